@@ -1,0 +1,409 @@
+"""A known generative model of impressions, clicks and watch ratios.
+
+Why: to judge a multi-task model on synthetic logs one must know the best achievable
+metrics. Every user, video and context value here carries latent vectors in three parts:
+one shared by both tasks, one for CTR only and one for CVR only. `task_relatedness` (rho)
+mixes them, so that at rho = 1 both tasks are driven by the same interaction and at rho = 0
+by independent ones:
+
+    z_ctr = sqrt(rho) <u_shared, v_shared> + sqrt(1 - rho) <u_ctr, v_ctr>
+    z_cvr = sqrt(rho) <u_shared, v_shared> + sqrt(1 - rho) <u_cvr, v_cvr>
+
+plus context effects that pull the tasks apart as in real traffic (position and a
+click-bait cover raise CTR only; the cover lowers the watch ratio; long videos are
+watched less fully). A video's latent vector is built from its observable attributes
+(categories, keywords, tags, content provider) plus a small idiosyncratic part, and a
+user's from group, age and preferred categories plus an idiosyncratic part, so a model
+that sees the log's features can learn most, not all, of the signal.
+
+The click probability p and the expected watch ratio m of every impression are kept as
+ground truth. Given a click, the watch ratio is exactly 1.0 with probability m**gamma and
+otherwise Beta-distributed with the mean that makes E[ratio] = m. Biases and gamma are
+calibrated on a fixed sample so that the statistics of LOG_SCHEMA.md's real sample hold:
+CTR 38.8%, mean watch ratio among clicks 0.818, 51% of clicks fully watched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+
+TARGET_CTR = 0.388
+TARGET_MEAN_WATCH_RATIO = 0.818
+TARGET_FULL_WATCH_SHARE = 0.51
+
+N_CATEGORY1 = 30
+CATEGORY2_PER_CATEGORY1 = 10
+N_KEYWORDS = 20_000
+KEYWORDS_PER_TOPIC = 40
+N_TAGS = 3_000
+TAGS_PER_TOPIC = 24
+N_USER_GROUPS = 20
+N_AGES = 8
+N_RECALL_ALGORITHMS = 12
+N_COVER_QUALITIES = 5
+DURATION_EDGES_SECONDS = (15, 30, 60, 120, 180, 300, 600, 1200, 1800, 3600)
+MAX_REQUEST_SIZE = 10
+
+NO_SOURCE_RATE = 0.03  # requests not made from a video page: no source video at all (4% of rows)
+# Share of examples whose value is the `-1` placeholder. With the rows that have no source
+# video at all, these give LOG_SCHEMA.md's real rates: 10% for the source categories, 5% for
+# FEA_STAG and FEA_UCAT, 4% for FEA_COVERQUALITY, 3% for FEA_ORDER.
+MISSING_RATES = {
+    "FEA_SICAT1": 0.062,
+    "FEA_SICAT2": 0.062,
+    "FEA_STAG": 0.01,
+    "FEA_UCAT": 0.05,
+    "FEA_COVERQUALITY": 0.04,
+    "FEA_ORDER": 0.03,
+}
+
+# Multi-valued lengths: (max, p) of `max - min(Geometric(p) - 1, max - 1)`, tuned so the
+# means match the real sample (IKEYWORD 7.6, SIKEYWORD 7.3, IXFTAG 5.6, STAG 4.3, UCAT 3.7).
+KEYWORD_LENGTH = (8, 0.72)
+TAG_LENGTH = (6, 0.72)
+SOURCE_TAG_LENGTH = (6, 0.33)
+USER_CATEGORY_LENGTH = (6, 0.27)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """What shapes a synthetic world; `rows` sizes the catalogues like the real sample."""
+
+    rows: int
+    days: int = 2
+    seed: int = 0
+    task_relatedness: float = 0.5
+    start_day: dt.date = dt.date(2020, 10, 11)
+    latent_dim: int = 8
+    signal: float = 1.2  # scale of the interaction terms in logit units
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"rows must be at least 1, got {self.rows}")
+        if self.days < 1:
+            raise ValueError(f"days must be at least 1, got {self.days}")
+        if not 0.0 <= self.task_relatedness <= 1.0:
+            raise ValueError(f"task_relatedness must be in [0, 1], got {self.task_relatedness}")
+
+
+@dataclasses.dataclass
+class Impressions:
+    """A columnar batch of impressions: indices into the world's catalogues, and truth."""
+
+    request_no: np.ndarray  # int64: global request counter
+    time_ms: np.ndarray  # int64: unix milliseconds
+    user: np.ndarray  # int64 index into users
+    video: np.ndarray  # int64 index into videos
+    source_video: np.ndarray  # int64 index into videos, -1 when there is none
+    algorithm: np.ndarray  # int64 recall algorithm index
+    position: np.ndarray  # int64 position in the result list
+    p_click: np.ndarray  # float64 true click probability
+    expected_watch_ratio: np.ndarray  # float64 true E[watch ratio | click]
+    click: np.ndarray  # int64 in {0, 1}
+    watch_ratio: np.ndarray  # float64 in [0, 1]; > 0 exactly where click == 1
+    production_pctr: np.ndarray  # float64: a noisy production model's pCTR
+    source_keyword_count: np.ndarray  # int64: how many of the source video's keywords are logged
+    source_tag_count: np.ndarray  # int64: how many of the source video's tags are logged
+    missing: dict[str, np.ndarray]  # feature name -> bool, True where the log says -1
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def _latent(rng: np.random.Generator, n: int, dim: int, scale: float = 1.0) -> np.ndarray:
+    """Latent vectors of n entities: [n, 3, dim] for the shared, CTR and CVR parts."""
+    return rng.normal(0.0, scale / np.sqrt(dim), size=(n, 3, dim))
+
+
+def _lengths(rng: np.random.Generator, n: int, shape: tuple[int, float]) -> np.ndarray:
+    maximum, p = shape
+    return maximum - np.minimum(rng.geometric(p, size=n) - 1, maximum - 1)
+
+
+def _distinct_from_topic(
+    rng: np.random.Generator, topic_members: np.ndarray, topic: np.ndarray, width: int
+) -> np.ndarray:
+    """[n, width] distinct members of each row's topic (a coprime stride walk)."""
+    per_topic = topic_members.shape[1]
+    start = rng.integers(0, per_topic, size=len(topic))
+    offsets = (start[:, None] + 7 * np.arange(width)[None, :]) % per_topic
+    return topic_members[topic[:, None], offsets]
+
+
+def _masked_mean(vectors: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Mean over axis 1 of [n, k, ...] vectors where present[n, k]."""
+    weights = present / np.maximum(present.sum(axis=1, keepdims=True), 1)
+    return np.einsum("nk,nk...->n...", weights, vectors)
+
+
+class World:
+    """The catalogues, their latent vectors and the calibrated biases of one seed."""
+
+    def __init__(self, config: WorldConfig) -> None:
+        self.config = config
+        rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(0,)))
+        dim = config.latent_dim
+        rows = config.rows
+
+        # Catalogue sizes scale like the real sample: 4,322 impressions came from 500 users
+        # and 4,191 distinct videos of 3,213 providers.
+        self.n_users = max(20, int(round(rows / 6.5)))
+        self.n_videos = int(min(max(200, 8 * rows), 5_000_000))
+        self.n_providers = max(50, int(0.8 * self.n_videos))
+        n_category2 = N_CATEGORY1 * CATEGORY2_PER_CATEGORY1
+
+        # Attribute vocabularies and their latent vectors.
+        category1_vec = _latent(rng, N_CATEGORY1, dim, 1.0)
+        category2_vec = _latent(rng, n_category2, dim, 0.7)
+        keyword_vec = _latent(rng, N_KEYWORDS, dim, 0.8)
+        tag_vec = _latent(rng, N_TAGS, dim, 0.6)
+        provider_vec = _latent(rng, self.n_providers, dim, 0.5)
+        group_vec = _latent(rng, N_USER_GROUPS, dim, 0.6)
+        age_vec = _latent(rng, N_AGES, dim, 0.6)
+        self.topic_keywords = rng.integers(0, N_KEYWORDS, size=(n_category2, KEYWORDS_PER_TOPIC))
+        self.topic_tags = rng.integers(0, N_TAGS, size=(n_category2, TAGS_PER_TOPIC))
+
+        # Videos: popularity rank = index; attributes; length in seconds.
+        n = self.n_videos
+        self.video_category2 = rng.integers(0, n_category2, size=n)
+        self.video_category1 = self.video_category2 // CATEGORY2_PER_CATEGORY1
+        self.video_provider = np.where(
+            rng.random(n) < 0.3,
+            np.minimum(rng.zipf(1.5, size=n) - 1, self.n_providers - 1),
+            rng.integers(0, self.n_providers, size=n),
+        )
+        self.video_keywords = _distinct_from_topic(rng, self.topic_keywords, self.video_category2, KEYWORD_LENGTH[0])
+        self.video_keyword_count = _lengths(rng, n, KEYWORD_LENGTH)
+        self.video_tags = _distinct_from_topic(rng, self.topic_tags, self.video_category2, TAG_LENGTH[0])
+        self.video_tag_count = _lengths(rng, n, TAG_LENGTH)
+        self.video_seconds = np.clip(np.exp(rng.normal(np.log(150.0), 0.9, size=n)), 5.0, 3600.0)
+        self.video_cover_quality = rng.integers(0, N_COVER_QUALITIES, size=n)
+        self._category1_vec = category1_vec
+        self._category2_vec = category2_vec
+        self._keyword_vec = keyword_vec
+        self._tag_vec = tag_vec
+        self._provider_vec = provider_vec
+        # The idiosyncratic part of a video's vector comes from a hash of its index, so that
+        # vectors need only be computed for the videos drawn (catalogues reach millions).
+        self._video_noise_seed = int(rng.integers(0, 2**31))
+
+        # Users: activity is long-tailed (log-normal), preferences tie them to categories.
+        self.user_activity = np.exp(rng.normal(0.0, 0.75, size=self.n_users))
+        self.user_activity /= self.user_activity.sum()
+        self.user_group = rng.integers(0, N_USER_GROUPS, size=self.n_users)
+        self.user_age = rng.integers(0, N_AGES, size=self.n_users)
+        favourite = rng.integers(0, N_CATEGORY1, size=(self.n_users, USER_CATEGORY_LENGTH[0]))
+        self.user_categories = (favourite + np.arange(USER_CATEGORY_LENGTH[0])[None, :] * 7) % N_CATEGORY1
+        self.user_category_count = _lengths(rng, self.n_users, USER_CATEGORY_LENGTH)
+        category_present = np.arange(USER_CATEGORY_LENGTH[0])[None, :] < self.user_category_count[:, None]
+        self.user_vec = (
+            group_vec[self.user_group]
+            + age_vec[self.user_age]
+            + 1.5 * _masked_mean(category1_vec[self.user_categories], category_present)
+            + _latent(rng, self.n_users, dim, 0.6)
+        )
+
+        # Context effects, in logit units: (CTR, CVR).
+        self.algorithm_effect = rng.normal(0.0, 0.3, size=(N_RECALL_ALGORITHMS, 2))
+        self.algorithm_weights = rng.dirichlet(np.full(N_RECALL_ALGORITHMS, 2.0))
+
+        calibration_rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2,)))
+        calibration = self._draw(calibration_rng, rows=50_000, request_start=0)
+        self._z_scale = calibration["z"].std(axis=0)
+        z = calibration["z"] / self._z_scale
+        self.ctr_bias = _solve_increasing(lambda b: _sigmoid(b + self._ctr_logit(z, calibration)).mean(), TARGET_CTR)
+        p = _sigmoid(self.ctr_bias + self._ctr_logit(z, calibration))
+        cvr_logit = self._cvr_logit(z, calibration)
+        self.cvr_bias = _solve_increasing(
+            lambda b: np.average(_sigmoid(b + cvr_logit), weights=p), TARGET_MEAN_WATCH_RATIO
+        )
+        m = _sigmoid(self.cvr_bias + cvr_logit)
+        # Share of full watches: E_p[m ** gamma] decreases in gamma.
+        self.full_watch_gamma = _solve_increasing(
+            lambda g: -np.average(m**g, weights=p), -TARGET_FULL_WATCH_SHARE, low=1.0, high=50.0
+        )
+
+    def _draw(self, rng: np.random.Generator, rows: int, request_start: int) -> dict[str, np.ndarray]:
+        """Requests of impressions with their context; no labels yet."""
+        sizes = []
+        total = 0
+        while total < rows:
+            batch = np.minimum(1 + rng.poisson(3.0, size=max(16, rows // 3)), MAX_REQUEST_SIZE)
+            sizes.append(batch)
+            total += int(batch.sum())
+        size = np.concatenate(sizes)
+        size = size[: int(np.searchsorted(np.cumsum(size), rows)) + 1]
+        n_requests = len(size)
+        request_user = rng.choice(self.n_users, size=n_requests, p=self.user_activity)
+        day_ms = 86_400_000
+        request_time = rng.integers(0, self.config.days * day_ms, size=n_requests)
+        has_source = rng.random(n_requests) >= NO_SOURCE_RATE
+        request_source = np.where(has_source, self._popular_videos(rng, n_requests), -1)
+
+        request = np.repeat(np.arange(n_requests), size)[:rows]
+        position = (np.arange(len(request)) - np.repeat(np.cumsum(size) - size, size)[:rows])
+        user = request_user[request]
+        source = request_source[request]
+        video = self._distinct_per_request(rng, request)
+        algorithm = rng.choice(N_RECALL_ALGORITHMS, size=rows, p=self.algorithm_weights)
+
+        parts = np.einsum("npd,npd->np", self.user_vec[user], self.video_vectors(video))
+        rho = self.config.task_relatedness
+        z = np.stack(
+            [
+                np.sqrt(rho) * parts[:, 0] + np.sqrt(1 - rho) * parts[:, 1],
+                np.sqrt(rho) * parts[:, 0] + np.sqrt(1 - rho) * parts[:, 2],
+            ],
+            axis=1,
+        )
+        same_category = (source >= 0) & (self.video_category1[np.maximum(source, 0)] == self.video_category1[video])
+        return {
+            "request_no": request + request_start,
+            "time_ms": request_time[request],
+            "user": user,
+            "video": video,
+            "source_video": source,
+            "algorithm": algorithm,
+            "position": position,
+            "same_category": same_category,
+            "z": z,
+        }
+
+    def video_vectors(self, video: np.ndarray) -> np.ndarray:
+        """Latent vectors [n, 3, dim] of videos: their attributes' plus their own."""
+        dim = self.config.latent_dim
+        keyword_present = np.arange(KEYWORD_LENGTH[0])[None, :] < self.video_keyword_count[video, None]
+        tag_present = np.arange(TAG_LENGTH[0])[None, :] < self.video_tag_count[video, None]
+        own = _hashed_normal(self._video_noise_seed, video, (3, dim)) * (0.4 / np.sqrt(dim))
+        return (
+            self._category1_vec[self.video_category1[video]]
+            + self._category2_vec[self.video_category2[video]]
+            + _masked_mean(self._keyword_vec[self.video_keywords[video]], keyword_present)
+            + _masked_mean(self._tag_vec[self.video_tags[video]], tag_present)
+            + self._provider_vec[self.video_provider[video]]
+            + own
+        )
+
+    def _distinct_per_request(self, rng: np.random.Generator, request: np.ndarray) -> np.ndarray:
+        """Videos for impressions, never the same video twice in one request."""
+        video = self._popular_videos(rng, len(request))
+        while True:
+            _, first = np.unique(request * self.n_videos + video, return_index=True)
+            repeated = np.ones(len(video), dtype=bool)
+            repeated[first] = False
+            if not repeated.any():
+                return video
+            video[repeated] = rng.integers(0, self.n_videos, size=int(repeated.sum()))
+
+    def _popular_videos(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """A long tail: a few draws from a Zipf head, the rest uniform over the catalogue."""
+        head = np.minimum(rng.zipf(1.6, size=n) - 1, self.n_videos - 1)
+        tail = rng.integers(0, self.n_videos, size=n)
+        return np.where(rng.random(n) < 0.05, head, tail)
+
+    def _ctr_logit(self, z: np.ndarray, draw: dict[str, np.ndarray]) -> np.ndarray:
+        video = draw["video"]
+        return (
+            self.config.signal * z[:, 0]
+            - 0.06 * np.minimum(draw["position"], 20)
+            + self.algorithm_effect[draw["algorithm"], 0]
+            + 0.15 * (self.video_cover_quality[video] - 2)
+            + 0.4 * draw["same_category"]
+        )
+
+    def _cvr_logit(self, z: np.ndarray, draw: dict[str, np.ndarray]) -> np.ndarray:
+        video = draw["video"]
+        return (
+            self.config.signal * z[:, 1]
+            + self.algorithm_effect[draw["algorithm"], 1]
+            - 0.12 * (self.video_cover_quality[video] - 2)
+            - 0.35 * np.log(self.video_seconds[video] / 150.0)
+            + 0.2 * draw["same_category"]
+        )
+
+    def sample(self, rows: int, chunk: int = 0, request_start: int = 0) -> Impressions:
+        """Draw `rows` impressions; chunk k of a seed is always the same."""
+        rng = np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(1, chunk)))
+        draw = self._draw(rng, rows, request_start)
+        z = draw["z"] / self._z_scale
+        p_click = _sigmoid(self.ctr_bias + self._ctr_logit(z, draw))
+        expected = _sigmoid(self.cvr_bias + self._cvr_logit(z, draw))
+        click = (rng.random(rows) < p_click).astype(np.int64)
+        full = rng.random(rows) < expected**self.full_watch_gamma
+        full_share = expected**self.full_watch_gamma
+        partial_mean = np.clip((expected - full_share) / np.maximum(1.0 - full_share, 1e-9), 1e-3, 1 - 1e-3)
+        concentration = 3.0
+        partial = rng.beta(partial_mean * concentration, (1.0 - partial_mean) * concentration)
+        ratio = np.where(full, 1.0, np.clip(partial, 1e-3, 1.0))
+        watch_ratio = np.where(click == 1, ratio, 0.0)
+        production_pctr = _sigmoid(np.log(p_click / (1 - p_click)) + rng.normal(0.0, 0.8, size=rows))
+        missing = {name: rng.random(rows) < rate for name, rate in MISSING_RATES.items()}
+        source = np.maximum(draw["source_video"], 0)
+        source_keyword_count = np.maximum(1, self.video_keyword_count[source] - (rng.random(rows) < 0.35))
+        source_tag_count = np.minimum(self.video_tag_count[source], _lengths(rng, rows, SOURCE_TAG_LENGTH))
+        order = np.lexsort((draw["position"], draw["time_ms"]))
+        columns = {
+            "request_no": draw["request_no"],
+            "time_ms": draw["time_ms"] + self.start_ms(),
+            "user": draw["user"],
+            "video": draw["video"],
+            "source_video": draw["source_video"],
+            "algorithm": draw["algorithm"],
+            "position": draw["position"],
+            "p_click": p_click,
+            "expected_watch_ratio": expected,
+            "click": click,
+            "watch_ratio": watch_ratio,
+            "production_pctr": production_pctr,
+            "source_keyword_count": source_keyword_count,
+            "source_tag_count": source_tag_count,
+        }
+        return Impressions(
+            **{key: value[order] for key, value in columns.items()},
+            missing={name: flags[order] for name, flags in missing.items()},
+        )
+
+    def day_of(self, time_ms: np.ndarray) -> np.ndarray:
+        """The day index (0-based from `start_day`) of unix-ms timestamps."""
+        return (time_ms - self.start_ms()) // 86_400_000
+
+    def start_ms(self) -> int:
+        start = dt.datetime.combine(self.config.start_day, dt.time(), tzinfo=dt.timezone.utc)
+        return int(start.timestamp() * 1000)
+
+
+def duration_bucket(seconds: np.ndarray) -> np.ndarray:
+    """The log's FEA_DURATION: index of the length bucket."""
+    return np.searchsorted(np.asarray(DURATION_EDGES_SECONDS), seconds, side="right")
+
+
+def _hashed_normal(seed: int, keys: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normals of `shape` per key, a pure function of (seed, key): splitmix64 + Box-Muller."""
+    width = int(np.prod(shape))
+    counters = (keys.astype(np.uint64)[:, None] * np.uint64(2 * width) + np.arange(2 * width, dtype=np.uint64)[None, :])
+    x = counters + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    uniform = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    u1, u2 = uniform[:, :width], uniform[:, width:]
+    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return normal.reshape((len(keys),) + shape)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _solve_increasing(f, target: float, low: float = -20.0, high: float = 20.0) -> float:
+    """Bisection for f(x) = target where f increases in x."""
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if f(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)

@@ -1,0 +1,214 @@
+"""The `lt4rec` command: thin wrappers over the packages that do the work."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+
+import click
+
+from lt4rec import errors
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # absl (TFX, TensorFlow) logs through the root logger once basicConfig has run.
+    for noisy in ("apache_beam", "tensorflow", "absl", "urllib3", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log more, including Beam and TFX internals.")
+def cli(verbose: bool) -> None:
+    """LT4REC: CTR and CVR models by sparse sharing, from video logs to TF Serving.
+
+    Typical use: `lt4rec generate` some logs (or `lt4rec preprocess` raw events into logs),
+    then `lt4rec pipeline run` the TFX pipeline on them.
+    """
+    _configure_logging(verbose)
+
+
+@cli.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
+@click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=1), help="Impressions to generate.")
+@click.option("--days", default=3, show_default=True, type=click.IntRange(min=1), help="Day partitions to spread them over.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic world (fixes everything).")
+@click.option(
+    "--task-relatedness",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="How much CTR and CVR share their latent drivers: 0 independent, 1 identical.",
+)
+@click.option(
+    "--start-day",
+    default="20201011",
+    show_default=True,
+    help="First day partition, YYYYMMDD.",
+)
+@click.option("--rows-per-file", default=200_000, show_default=True, type=click.IntRange(min=1), help="Rows per partition file.")
+@click.option("--raw", is_flag=True, help="Write raw impression/click/play event logs (with faults) instead of joined logs.")
+@click.option(
+    "--raw-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "csv"]),
+    help="Format of --raw event files: newline-delimited JSON or CSV.",
+)
+@click.option("--no-faults", is_flag=True, help="With --raw: write clean events, without injected faults.")
+def generate(
+    out_dir: str,
+    rows: int,
+    days: int,
+    seed: int,
+    task_relatedness: float,
+    start_day: str,
+    rows_per_file: int,
+    raw: bool,
+    raw_format: str,
+    no_faults: bool,
+) -> None:
+    """Write synthetic Tencent-style logs with known ground truth.
+
+    By default: GZIP TFRecord files of tf.Example, OUT/YYYYMMDD/part-NNNNN.gz, in the log
+    format the pipeline reads. With --raw: impression, click and play event logs under
+    OUT/{impressions,clicks,plays}/YYYYMMDD/, the input of `lt4rec preprocess`. Either way
+    the true click probability and expected watch ratio of every impression go to
+    OUT/_truth/ (never a feature), and the settings to OUT/_generator.json.
+    """
+    from lt4rec.logs import generator
+
+    try:
+        first_day = dt.datetime.strptime(start_day, "%Y%m%d").date()
+    except ValueError:
+        raise click.BadParameter(f"{start_day!r} is not a date of the form YYYYMMDD", param_hint="--start-day")
+    manifest = generator.generate(
+        out_dir,
+        rows=rows,
+        days=days,
+        seed=seed,
+        task_relatedness=task_relatedness,
+        start_day=first_day,
+        rows_per_file=rows_per_file,
+        raw=raw,
+        raw_format=raw_format,
+        faults=generator.FaultRates.none() if no_faults else None,
+    )
+    click.echo(f"Wrote {rows} impressions over {days} days to {out_dir}: {manifest['counts']}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--raw", "raw_dir", required=True, type=click.Path(file_okay=False), help="Root of the raw event logs.")
+@click.option("--out", "out_dir", required=True, help="Where to write the day partitions of joined logs.")
+@click.option(
+    "--format",
+    "file_format",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "json", "csv"]),
+    help="Format of the raw files; auto goes by their extension.",
+)
+@click.pass_context
+def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str) -> None:
+    """Join raw impression, click and play events into training logs (an Apache Beam job).
+
+    Writes OUT/YYYYMMDD/part-*.gz (GZIP TFRecord, tf.Example, the log format of the
+    pipeline), every rejected input line with its reason to OUT/_rejected/, and the
+    counters to OUT/_counters.json. Any further arguments are Beam pipeline options, passed
+    on unchanged: e.g. --runner=DirectRunner --direct_num_workers=2
+    --direct_running_mode=multi_processing, or the options of Dataflow, Flink or Spark.
+    """
+    from lt4rec.logs import preprocess as preprocess_lib
+
+    counters = preprocess_lib.run(raw_dir, out_dir, file_format=file_format, beam_args=list(ctx.args))
+    click.echo(preprocess_lib.format_counters(counters))
+
+
+@cli.group()
+def pipeline() -> None:
+    """Run the TFX pipeline (locally with LocalDagRunner)."""
+
+
+@pipeline.command(name="run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--data-root", required=True, help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files>.")
+@click.option("--pipeline-root", required=True, help="Where TFX keeps artifacts and its SQLite metadata store.")
+@click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go.")
+@click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline in ML Metadata.")
+@click.option("--eval-days", default=1, show_default=True, type=click.IntRange(min=1), help="Last days held out for evaluation.")
+@click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode).")
+@click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode).")
+@click.option(
+    "--span",
+    default=None,
+    help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval.",
+)
+@click.option(
+    "--table-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Multiply the size of every hashed id table (0.01 for tiny data, >1 for production).",
+)
+@click.option(
+    "--max-rejected-fraction",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Share of log rows that may fail the label checks before the run stops.",
+)
+@click.pass_context
+def pipeline_run(
+    ctx: click.Context,
+    data_root: str,
+    pipeline_root: str,
+    serving_dir: str,
+    pipeline_name: str,
+    eval_days: int,
+    first_day: str | None,
+    last_day: str | None,
+    span: str | None,
+    table_scale: float,
+    max_rejected_fraction: float,
+) -> None:
+    """Run the pipeline on day partitions of logs, locally.
+
+    History mode (the default) reads every day partition (or those from --first-day to
+    --last-day), holds out the last --eval-days for evaluation and trains on the rest.
+    Daily mode (--span) reads one day. Further arguments are Beam pipeline options for the
+    Beam-based components (default: the DirectRunner, in memory).
+    """
+    from lt4rec.pipeline import configs, local_runner
+
+    settings = configs.PipelineSettings(
+        pipeline_name=pipeline_name,
+        data_root=data_root,
+        pipeline_root=pipeline_root,
+        serving_dir=serving_dir,
+        eval_days=eval_days,
+        first_day=first_day,
+        last_day=last_day,
+        span=span,
+        table_scale=table_scale,
+        max_rejected_fraction=max_rejected_fraction,
+        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
+    )
+    local_runner.run(settings)
+    click.echo(f"Pipeline {pipeline_name} finished; artifacts under {pipeline_root}")
+
+
+def main() -> None:
+    """Entry point: user errors end with their message and exit code 1, not a traceback."""
+    try:
+        cli(standalone_mode=True)
+    except errors.UserFacingError as error:
+        click.echo(f"lt4rec: error: {error}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

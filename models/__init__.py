@@ -1,0 +1,1 @@
+"""TensorFlow code the pipeline's components call; knows nothing of TFX orchestration."""

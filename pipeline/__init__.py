@@ -1,0 +1,1 @@
+"""What runs: the one pipeline definition, its settings, and thin runners."""
