@@ -105,7 +105,7 @@ def parse_event(source: str, line: bytes | str, file_format: str) -> dict[str, A
 def _parse_json(source: str, line: str) -> dict[str, Any]:
     try:
         value = json.loads(line)
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, a 4300+ digit number, deep nesting
         raise RawEventError(MALFORMED, f"not JSON: {error}") from None
     if not isinstance(value, dict):
         raise RawEventError(MALFORMED, f"a JSON {type(value).__name__}, not an object")
@@ -185,7 +185,7 @@ def _integer(raw: Mapping[str, Any], key: str) -> int:
         result = int(value)
         if isinstance(value, float) or isinstance(value, bool) or str(result) != str(value).strip():
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         raise RawEventError(BAD_VALUE, f"{key} is not an integer: {value!r}") from None
     return result
 
@@ -194,7 +194,7 @@ def _number(raw: Mapping[str, Any], key: str) -> float:
     value = raw.get(key)
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
         raise RawEventError(BAD_VALUE, f"{key} is not a number: {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(result):
         raise RawEventError(BAD_VALUE, f"{key} is not a finite number: {value!r}")

@@ -4,26 +4,57 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
+import warnings
 
 import click
 
 from lt4rec import errors
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
+
+# Messages of TFX, TFT and Beam that say nothing a user can act on.
+_NOISE = (
+    "Tables initialized inside a tf.function",
+    "ArtifactQuery.property_predicate is not supported",
+    "BatchElements statistics",
+    "python-snappy",
+    "Missing pipeline option (runner)",
+)
+
+
+class _UserFacingLogs(logging.Filter):
+    """Our own logs, TFX's component start and finish, and real warnings; not the chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(noise in message for noise in _NOISE):
+            return False
+        if record.name in ("absl", "root") and record.levelno < logging.WARNING:
+            return record.name == "root" and record.pathname.startswith(_PROJECT) or message.startswith("Component ")
+        return True
+
+
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    # absl (TFX, TensorFlow) logs through the root logger once basicConfig has run.
-    for noisy in ("apache_beam", "tensorflow", "absl", "urllib3", "google"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_UserFacingLogs())
+        for noisy in ("apache_beam", "tensorflow", "urllib3", "google"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log more, including Beam and TFX internals.")
+@click.option("--verbose", is_flag=True, help="Log everything, including Beam and TFX internals.")
 def cli(verbose: bool) -> None:
     """LT4REC: CTR and CVR models by sparse sharing, from video logs to TF Serving.
 

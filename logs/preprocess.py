@@ -1,0 +1,482 @@
+"""`lt4rec preprocess`: the Apache Beam job that joins raw events into training logs.
+
+Input: `RAW/{impressions,clicks,plays}/YYYYMMDD/<files>`, newline-delimited JSON (`.jsonl`,
+`.json`) or CSV (`.csv`, whose first line is a header that is skipped and checked), any of
+them possibly GZIP compressed (`.gz`). `file_format="auto"` decides by extension; a mix of
+formats or an unknown extension is a `DataError` naming the file, raised before Beam starts,
+as is a folder without impression files or a non-empty output folder.
+
+Output:
+- `OUT/YYYYMMDD/part-NNNNN-of-MMMMM.gz`: GZIP TFRecord files of `tf.train.Example` in the
+  format of LOG_SCHEMA.md (`records.to_example(raw_events.impression_record(...))`), one
+  example per impression, in the day folder (UTC) of the impression's time;
+- `OUT/_rejected/part-*.jsonl`: one JSON object per rejected input line: `source`, `reason`,
+  `detail`, `file` and the `line` itself (undecodable bytes backslash-escaped);
+- `OUT/_counters.json`: the job's Beam counters (see `format_counters`).
+
+The contract, line by line:
+- Every line is read as bytes, so that a line that is not UTF-8 is rejected (`malformed`)
+  instead of crashing the job. `raw_events.parse_event` parses it; a failure is rejected
+  with the error's reason (`malformed`, `missing_field`, `bad_value`); so is a `time_ms`
+  outside [0, 9999-12-31] (`bad_value`), which has no day folder.
+- Events are grouped by their impression key (request_id, video_id). Within a key, an
+  event identical to another of its source (same typed fields, whatever the bytes) is
+  rejected as `duplicate`, one copy kept. Of several different impressions with one key
+  the earliest (then the smallest by content) is kept, the others are rejected as
+  `conflicting_impression`. Clicks and plays without an impression are rejected as
+  `click_without_impression` and `play_without_impression`. Of several different clicks
+  the earliest is kept, the others are rejected as `duplicate_click`. Plays of an
+  impression without a click are rejected as `play_without_click`.
+- Labels: `label` is 1 when a click joined, else 0. `cvrlabel` is the sum of the joined
+  plays' watched_seconds over their video_seconds (the largest, should they differ),
+  clipped to [0, 1]; 0 without a click or without a play. Clipped ratios and clicks
+  without a play are counted, not rejected.
+- Accounting: for each source, lines read = lines used + lines rejected, where an
+  impression line is used when it becomes an example, a click line when it joins as the
+  click of an impression, a play line when it joins into a watch ratio. CSV headers are
+  not lines read. Nothing is dropped without a counter and a dead-letter record.
+
+Beam options: `beam_args` go unchanged into `PipelineOptions` (runner, multi-processing,
+Dataflow, Flink or Spark options); the default runner is the DirectRunner. The DoFns are
+module-level classes, so they pickle for multi-process and remote workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import uuid
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.value_provider import StaticValueProvider
+
+from lt4rec.errors import DataError
+from lt4rec.logs import raw_events, records
+
+_LOGGER = logging.getLogger(__name__)
+
+# Rejection reasons: the parse-time ones of raw_events, then those of the join.
+MALFORMED = raw_events.MALFORMED
+MISSING_FIELD = raw_events.MISSING_FIELD
+BAD_VALUE = raw_events.BAD_VALUE
+DUPLICATE = "duplicate"
+CONFLICTING_IMPRESSION = "conflicting_impression"
+DUPLICATE_CLICK = "duplicate_click"
+CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+PLAY_WITHOUT_IMPRESSION = "play_without_impression"
+PLAY_WITHOUT_CLICK = "play_without_click"
+
+# Counter names (Beam metrics of namespace COUNTER_NAMESPACE). Per-source and per-day
+# counters append "/<source>" or "/<YYYYMMDD>"; rejections are "rejected/<source>/<reason>".
+COUNTER_NAMESPACE = "lt4rec.preprocess"
+LINES_READ = "lines_read"
+EXAMPLES_WRITTEN = "examples_written"
+CLICKS_JOINED = "clicks_joined"
+PLAYS_JOINED = "plays_joined"
+REJECTED = "rejected"
+WATCH_RATIOS_CLIPPED = "watch_ratios_clipped"
+CLICKS_WITHOUT_PLAY = "clicks_without_play"
+
+FILE_FORMATS = ("auto",) + raw_events.FORMATS
+REJECTED_DIR = "_rejected"
+COUNTERS_FILE = "_counters.json"
+EXAMPLE_FILE_PREFIX = "part"
+
+_EXTENSION_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+_MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last day with a YYYYMMDD folder
+
+
+class ParsedLine(NamedTuple):
+    """A parsed input line, kept with its origin so that the join can still reject it."""
+
+    file_name: str
+    line: bytes
+    event: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=None)
+def _counter(name: str) -> beam.metrics.metric.Metrics.DelegatingCounter:
+    """Cached: making a counter costs more than incrementing it, and a counter finds the
+    running step's metrics when incremented, so one object serves every step and bundle."""
+    return beam.metrics.Metrics.counter(COUNTER_NAMESPACE, name)
+
+
+def _count(name: str, value: int = 1) -> None:
+    _counter(name).inc(value)
+
+
+def _rejection(source: str, reason: str, detail: str, file_name: str, line: bytes) -> beam.pvalue.TaggedOutput:
+    """A dead-letter record, counted where it is made so that no rejection goes uncounted."""
+    _count(f"{REJECTED}/{source}/{reason}")
+    record = {
+        "source": source,
+        "reason": reason,
+        "detail": detail,
+        "file": file_name,
+        "line": line.decode("utf-8", errors="backslashreplace"),
+    }
+    return beam.pvalue.TaggedOutput(REJECTED, record)
+
+
+def _reject_parsed(source: str, reason: str, detail: str, parsed: ParsedLine) -> beam.pvalue.TaggedOutput:
+    return _rejection(source, reason, detail, parsed.file_name, parsed.line)
+
+
+class ParseLineFn(beam.DoFn):
+    """(file name, line bytes) -> ((request_id, video_id), ParsedLine), or a rejection."""
+
+    def __init__(self, source: str, file_format: str) -> None:
+        self._source = source
+        self._file_format = file_format
+
+    def process(self, element: tuple[str, bytes]) -> Iterator[Any]:
+        file_name, line = element
+        _count(f"{LINES_READ}/{self._source}")
+        try:
+            event = raw_events.parse_event(self._source, line, self._file_format)
+        except raw_events.RawEventError as error:
+            yield _rejection(self._source, error.reason, str(error), file_name, line)
+            return
+        if not 0 <= event["time_ms"] <= _MAX_TIME_MS:
+            yield _rejection(self._source, BAD_VALUE, f"time_ms out of range: {event['time_ms']}", file_name, line)
+            return
+        yield (event["request_id"], event["video_id"]), ParsedLine(file_name, line, event)
+
+
+def _identity(event: Mapping[str, Any]) -> str:
+    """A canonical text of an event: equal exactly when the typed events are equal."""
+    return json.dumps(event, sort_keys=True, ensure_ascii=False)
+
+
+def _distinct(source: str, lines: Iterable[ParsedLine]) -> tuple[list[ParsedLine], list[beam.pvalue.TaggedOutput]]:
+    """Keeps one line per distinct event, ordered by (time_ms, identity); rejects the copies.
+
+    Lines are visited in (file, bytes) order, so the copy kept does not depend on the order
+    the runner delivered them in.
+    """
+    kept: dict[str, ParsedLine] = {}
+    rejected = []
+    for parsed in sorted(lines, key=lambda parsed: (parsed.file_name, parsed.line)):
+        identity = _identity(parsed.event)
+        if identity in kept:
+            detail = f"an identical {source} event is kept, from {kept[identity].file_name}"
+            rejected.append(_reject_parsed(source, DUPLICATE, detail, parsed))
+        else:
+            kept[identity] = parsed
+    ordered = sorted(kept.items(), key=lambda item: (item[1].event["time_ms"], item[0]))
+    return [parsed for _, parsed in ordered], rejected
+
+
+class JoinFn(beam.DoFn):
+    """One impression key's co-grouped events -> (day, serialized example) and rejections."""
+
+    def process(self, element: tuple[tuple[str, str], Mapping[str, Iterable[ParsedLine]]]) -> Iterator[Any]:
+        (request_id, video_id), grouped = element
+        impressions, rejected = _distinct(raw_events.IMPRESSIONS, grouped[raw_events.IMPRESSIONS])
+        yield from rejected
+        clicks, rejected = _distinct(raw_events.CLICKS, grouped[raw_events.CLICKS])
+        yield from rejected
+        plays, rejected = _distinct(raw_events.PLAYS, grouped[raw_events.PLAYS])
+        yield from rejected
+        key_text = f"request_id {request_id!r}, video_id {video_id!r}"
+
+        if not impressions:
+            for click in clicks:
+                yield _reject_parsed(raw_events.CLICKS, CLICK_WITHOUT_IMPRESSION, f"no impression with {key_text}", click)
+            for play in plays:
+                yield _reject_parsed(raw_events.PLAYS, PLAY_WITHOUT_IMPRESSION, f"no impression with {key_text}", play)
+            return
+        impression, conflicting = impressions[0], impressions[1:]
+        for other in conflicting:
+            detail = f"another impression with {key_text} is kept, from {impression.file_name} (time_ms {impression.event['time_ms']})"
+            yield _reject_parsed(raw_events.IMPRESSIONS, CONFLICTING_IMPRESSION, detail, other)
+
+        clicked = bool(clicks)
+        if clicked:
+            first_click = clicks[0]
+            for other in clicks[1:]:
+                detail = f"the impression's click at time_ms {first_click.event['time_ms']} is kept"
+                yield _reject_parsed(raw_events.CLICKS, DUPLICATE_CLICK, detail, other)
+            _count(CLICKS_JOINED)
+        else:
+            for play in plays:
+                yield _reject_parsed(raw_events.PLAYS, PLAY_WITHOUT_CLICK, f"the impression with {key_text} has no click", play)
+            plays = []
+
+        watch_ratio = self._watch_ratio(plays) if plays else 0.0
+        if clicked and not plays:
+            _count(CLICKS_WITHOUT_PLAY)
+        _count(PLAYS_JOINED, len(plays))
+
+        day = records.day_folder(impression.event["time_ms"])
+        example = records.to_example(raw_events.impression_record(impression.event, clicked, watch_ratio))
+        _count(EXAMPLES_WRITTEN)
+        _count(f"{EXAMPLES_WRITTEN}/{day}")
+        yield day, example.SerializeToString(deterministic=True)
+
+    @staticmethod
+    def _watch_ratio(plays: Sequence[ParsedLine]) -> float:
+        """Watched seconds over the video's length, clipped to 1 (counted): logs overshoot."""
+        watched = math.fsum(play.event["watched_seconds"] for play in plays)  # fsum: order-independent
+        length = max(play.event["video_seconds"] for play in plays)
+        ratio = watched / length
+        if ratio > 1.0:
+            _count(WATCH_RATIOS_CLIPPED)
+            return 1.0
+        return ratio
+
+
+class GzipTFRecordSink(fileio.FileSink):
+    """Writes the examples of (day, serialized example) pairs as GZIP TFRecords.
+
+    fileio has no TFRecord sink; the framing is Beam's own (`tfrecordio`), the compression
+    that of `FileSystems.create`, so the files are exactly what `WriteToTFRecord` writes.
+    """
+
+    def create_metadata(self, destination: str, full_file_name: str) -> fileio.FileMetadata:
+        return fileio.FileMetadata(mime_type="application/octet-stream", compression_type=CompressionTypes.GZIP)
+
+    def open(self, fh) -> None:
+        self._handle = fh
+
+    def write(self, record: tuple[str, bytes]) -> None:
+        _TFRecordUtil.write_record(self._handle, record[1])
+
+    def flush(self) -> None:
+        """Nothing is buffered here, and flushing a compressed handle would end its gzip
+        stream before WriteToFiles closes it (which ends it once more, and fails)."""
+
+
+def example_day(element: tuple[str, bytes]) -> str:
+    """WriteToFiles' destination of an example: its day folder."""
+    return element[0]
+
+
+class DayPartFileNaming:
+    """Names a day's files `YYYYMMDD/part-NNNNN-of-MMMMM.gz` under the output folder.
+
+    It creates the day folder too: WriteToFiles only creates the output folder itself, and
+    it ignores a failed move of a file into a folder that is missing.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self._out_dir = out_dir
+
+    def __call__(self, window, pane, shard_index: int, total_shards: int, compression, destination: str) -> str:
+        try:
+            FileSystems.mkdirs(FileSystems.join(self._out_dir, destination))
+        except IOError:  # the folder exists (or, on object stores, there are no folders)
+            pass
+        return f"{destination}/{EXAMPLE_FILE_PREFIX}-{shard_index:05d}-of-{total_shards:05d}.gz"
+
+
+class CheckWrittenFn(beam.DoFn):
+    """Fails the job if a file WriteToFiles reports is not where it says (see DayPartFileNaming)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self._out_dir = out_dir
+
+    def process(self, file_result: fileio.FileResult) -> None:
+        path = FileSystems.join(self._out_dir, file_result.file_name)
+        if not FileSystems.exists(path):
+            raise IOError(f"WriteToFiles reported {path}, but it was not moved there from the temporary folder")
+        _LOGGER.info("Wrote %s", path)
+
+
+def _rejection_json(record: Mapping[str, str]) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _raw_file_pattern(raw_dir: str, source: str) -> str:
+    return FileSystems.join(raw_dir, source, "*", "*")
+
+
+def _raw_files(raw_dir: str) -> dict[str, list[str]]:
+    """The files of each source's day folders; a DataError when there are no impressions."""
+    files = {}
+    for source in raw_events.SOURCES:
+        match = FileSystems.match([_raw_file_pattern(raw_dir, source)])[0]
+        files[source] = sorted(metadata.path for metadata in match.metadata_list)
+    if not files[raw_events.IMPRESSIONS]:
+        where = raw_dir if FileSystems.exists(raw_dir) else f"{raw_dir} (which does not exist)"
+        raise DataError(
+            f"no raw impression files in {where}: expected {_raw_file_pattern(raw_dir, raw_events.IMPRESSIONS)}"
+        )
+    return files
+
+
+def _format_of(path: str) -> str:
+    name = path.lower()
+    if name.endswith(".gz"):
+        name = name[: -len(".gz")]
+    extension = os.path.splitext(name)[1]
+    if extension not in _EXTENSION_FORMATS:
+        raise DataError(
+            f"{path}: unknown raw file extension {extension or '(none)'!r}; expected .jsonl, .json or .csv "
+            "(optionally .gz), or pass the format explicitly"
+        )
+    return _EXTENSION_FORMATS[extension]
+
+
+def resolve_format(files: Mapping[str, Sequence[str]], file_format: str) -> str:
+    """The one format of all raw files: the given one, or by extension for "auto"."""
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"file_format must be one of {FILE_FORMATS}, got {file_format!r}")
+    if file_format != "auto":
+        return file_format
+    example_file_by_format: dict[str, str] = {}
+    for path in (path for source in raw_events.SOURCES for path in files[source]):
+        example_file_by_format.setdefault(_format_of(path), path)
+    if len(example_file_by_format) > 1:
+        raise DataError(
+            "raw files mix formats: "
+            + " but ".join(f"{path} is {found.upper()}" for found, path in sorted(example_file_by_format.items()))
+        )
+    return next(iter(example_file_by_format))
+
+
+def _check_csv_headers(files: Mapping[str, Sequence[str]]) -> None:
+    """Columns are read by position, so a file whose header differs would be misread."""
+    for source in raw_events.SOURCES:
+        expected = raw_events.csv_header(source)
+        for path in files[source]:
+            with FileSystems.open(path) as handle:  # decompresses by extension
+                header = handle.readline().decode("utf-8-sig", errors="backslashreplace").rstrip("\r\n")
+            if header and header != expected:
+                raise DataError(f"{path}: CSV header {header!r} is not the {source} header {expected!r}")
+
+
+def _check_output_empty(out_dir: str) -> None:
+    """Output of an earlier run would be mixed with this one's (day folders hold any part-*)."""
+    leftovers = FileSystems.match([FileSystems.join(out_dir, "**")])[0].metadata_list  # files at any depth
+    if leftovers:
+        raise DataError(f"output folder {out_dir} is not empty (it holds {leftovers[0].path}); choose a new one")
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    raw_dir: str,
+    files: Mapping[str, Sequence[str]],
+    out_dir: str,
+    file_format: str,
+    temp_dir: str,
+) -> None:
+    """Adds the read, parse, join and write steps to `pipeline`."""
+    parsed_by_source = {}
+    rejections = []
+    for source in raw_events.SOURCES:
+        if files[source]:
+            lines = pipeline | f"Read {source}" >> beam.io.ReadFromTextWithFilename(
+                _raw_file_pattern(raw_dir, source),
+                coder=beam.coders.BytesCoder(),
+                skip_header_lines=1 if file_format == "csv" else 0,
+            )
+        else:
+            lines = pipeline | f"No {source}" >> beam.Create([])
+        parsed = lines | f"Parse {source}" >> beam.ParDo(ParseLineFn(source, file_format)).with_outputs(
+            REJECTED, main="parsed"
+        )
+        parsed_by_source[source] = parsed.parsed
+        rejections.append(parsed[REJECTED])
+
+    joined = parsed_by_source | "Group by impression" >> beam.CoGroupByKey()
+    outputs = joined | "Join" >> beam.ParDo(JoinFn()).with_outputs(REJECTED, main="examples")
+    rejections.append(outputs[REJECTED])
+
+    (
+        outputs.examples
+        | "Write examples"
+        >> fileio.WriteToFiles(
+            path=out_dir,
+            destination=example_day,
+            sink=GzipTFRecordSink,
+            file_naming=DayPartFileNaming(out_dir),
+            temp_directory=StaticValueProvider(str, temp_dir),
+        )
+        | "Check written" >> beam.ParDo(CheckWrittenFn(out_dir))
+    )
+    (
+        rejections
+        | "All rejections" >> beam.Flatten()
+        | "To JSON" >> beam.Map(_rejection_json)
+        | "Write rejections"
+        >> beam.io.WriteToText(FileSystems.join(out_dir, REJECTED_DIR, "part"), file_name_suffix=".jsonl")
+    )
+
+
+def _query_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The job's counters by name, summed over steps; the fixed ones present even when 0."""
+    counters = {f"{LINES_READ}/{source}": 0 for source in raw_events.SOURCES}
+    counters.update({name: 0 for name in (EXAMPLES_WRITTEN, CLICKS_JOINED, PLAYS_JOINED, WATCH_RATIOS_CLIPPED, CLICKS_WITHOUT_PLAY)})
+    for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        counters[name] = counters.get(name, 0) + int(value)
+    return dict(sorted(counters.items()))
+
+
+def _write_counters(out_dir: str, counters: Mapping[str, int]) -> None:
+    with FileSystems.create(FileSystems.join(out_dir, COUNTERS_FILE)) as handle:
+        handle.write(json.dumps(counters, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+
+
+def run(raw_dir: str, out_dir: str, file_format: str = "auto", beam_args: Sequence[str] | None = None) -> dict[str, int]:
+    """Runs the job to the end; returns its counters (also written to OUT/_counters.json)."""
+    files = _raw_files(raw_dir)
+    file_format = resolve_format(files, file_format)
+    if file_format == "csv":
+        _check_csv_headers(files)
+    _check_output_empty(out_dir)
+    for source in raw_events.SOURCES:
+        _LOGGER.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, _raw_file_pattern(raw_dir, source))
+    _LOGGER.info("Writing day partitions of examples to %s, rejected lines to %s", out_dir, FileSystems.join(out_dir, REJECTED_DIR))
+
+    options = PipelineOptions(list(beam_args or []))
+    # WriteToFiles' temporary files go to a folder of this run, removed once it succeeds.
+    temp_root = options.view_as(GoogleCloudOptions).temp_location or out_dir
+    temp_dir = FileSystems.join(temp_root, f"_preprocess-tmp-{uuid.uuid4().hex}")
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, raw_dir, files, out_dir, file_format, temp_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
+
+    counters = _query_counters(result)
+    _write_counters(out_dir, counters)
+    _LOGGER.info("Counters (also in %s):\n%s", FileSystems.join(out_dir, COUNTERS_FILE), format_counters(counters))
+    return counters
+
+
+def format_counters(counters: Mapping[str, int]) -> str:
+    """The counters as a short report: per source, lines read = used + rejected."""
+    used = {
+        raw_events.IMPRESSIONS: ("examples written", counters.get(EXAMPLES_WRITTEN, 0)),
+        raw_events.CLICKS: ("clicks joined", counters.get(CLICKS_JOINED, 0)),
+        raw_events.PLAYS: ("plays joined", counters.get(PLAYS_JOINED, 0)),
+    }
+    lines = []
+    for source in raw_events.SOURCES:
+        prefix = f"{REJECTED}/{source}/"
+        reasons = {name[len(prefix):]: value for name, value in counters.items() if name.startswith(prefix)}
+        used_name, used_count = used[source]
+        line = f"{source:<12} {counters.get(f'{LINES_READ}/{source}', 0):>10} lines read = {used_count} {used_name} + {sum(reasons.values())} rejected"
+        if reasons:
+            line += " (" + ", ".join(f"{reason} {value}" for reason, value in sorted(reasons.items())) + ")"
+        lines.append(line)
+    day_prefix = f"{EXAMPLES_WRITTEN}/"
+    days = {name[len(day_prefix):]: value for name, value in counters.items() if name.startswith(day_prefix)}
+    lines.append("examples per day: " + (", ".join(f"{day} {value}" for day, value in sorted(days.items())) or "none"))
+    lines.append(f"watch ratios clipped to 1: {counters.get(WATCH_RATIOS_CLIPPED, 0)}")
+    lines.append(f"clicks without a play: {counters.get(CLICKS_WITHOUT_PLAY, 0)}")
+    return "\n".join(lines)

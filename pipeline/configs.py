@@ -1,0 +1,117 @@
+"""The settings of a pipeline run, with their defaults, in one place.
+
+`PipelineSettings` is what `create_pipeline` takes; the runners fill it from the command
+line (`lt4rec pipeline run`) or from `LT4REC_*` environment variables (the runner files
+that the tfx CLI and Kubeflow execute). Beam options for every Beam-based component come
+from `beam_pipeline_args` here and nowhere else: the DirectRunner by default, or the
+options of Dataflow, Flink or Spark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+
+import tensorflow as tf
+
+from lt4rec import errors
+from lt4rec.models import features
+
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
+# None: Beam's DirectRunner, in memory. (With any argument set, TFX also packages itself
+# for remote workers before every Beam component, which only remote runners need; pass
+# --setup_file=<this repo>/setup.py to ship this project to Dataflow, Flink or Spark.)
+DEFAULT_BEAM_PIPELINE_ARGS: tuple[str, ...] = ()
+PREPROCESSING_FN = "lt4rec.models.preprocessing.preprocessing_fn"
+_DAY = re.compile(r"^\d{8}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """Everything a run of the pipeline depends on."""
+
+    data_root: str
+    pipeline_root: str
+    serving_dir: str
+    pipeline_name: str = "lt4rec"
+    # History mode: the day partitions from first_day to last_day (all by default); the
+    # last eval_days of them are held out for evaluation.
+    eval_days: int = 1
+    first_day: str | None = None
+    last_day: str | None = None
+    # Daily mode: one day (YYYYMMDD, or "latest"), split 9:1 by request.
+    span: str | None = None
+    # Id tables: shared between related features, hashed table sizes scaled.
+    share_tables: bool = True
+    table_scale: float = 1.0
+    max_rejected_fraction: float = 0.0
+    beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
+    metadata_path: str | None = None  # SQLite file; default <pipeline_root>/metadata.sqlite
+
+    def __post_init__(self) -> None:
+        for name in ("first_day", "last_day"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_day(value, name)
+        if self.span is not None and self.span != "latest":
+            _check_day(self.span, "span")
+        if self.span is not None and (self.first_day or self.last_day):
+            raise errors.UserFacingError("span (daily mode) and first_day/last_day (history mode) exclude each other")
+
+    @property
+    def feature_config(self) -> features.FeatureConfig:
+        return features.scaled_config(self.table_scale, self.share_tables)
+
+    @property
+    def metadata_sqlite(self) -> str:
+        return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
+
+    @classmethod
+    def from_env(cls) -> "PipelineSettings":
+        """Settings from LT4REC_* environment variables, for runner files run by other tools."""
+        env = os.environ
+        try:
+            return cls(
+                data_root=env["LT4REC_DATA_ROOT"],
+                pipeline_root=env["LT4REC_PIPELINE_ROOT"],
+                serving_dir=env["LT4REC_SERVING_DIR"],
+                pipeline_name=env.get("LT4REC_PIPELINE_NAME", "lt4rec"),
+                eval_days=int(env.get("LT4REC_EVAL_DAYS", "1")),
+                span=env.get("LT4REC_SPAN") or None,
+                table_scale=float(env.get("LT4REC_TABLE_SCALE", "1.0")),
+                beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split()) if env.get("LT4REC_BEAM_ARGS") else DEFAULT_BEAM_PIPELINE_ARGS,
+            )
+        except KeyError as missing:
+            raise errors.UserFacingError(f"environment variable {missing.args[0]} is not set") from None
+
+
+def _check_day(value: str, name: str) -> None:
+    try:
+        if not _DAY.match(value):
+            raise ValueError
+        dt.datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        raise errors.UserFacingError(f"{name} {value!r} is not a day of the form YYYYMMDD") from None
+
+
+def discover_days(data_root: str) -> list[str]:
+    """The day partitions (YYYYMMDD folders with files) under a data root, or a DataError."""
+    if not tf.io.gfile.exists(data_root):
+        raise errors.DataError(f"data root {data_root} does not exist")
+    if not tf.io.gfile.isdir(data_root):
+        raise errors.DataError(f"data root {data_root} is not a folder")
+    days = []
+    for entry in sorted(tf.io.gfile.listdir(data_root)):
+        name = entry.rstrip("/")
+        folder = os.path.join(data_root, name)
+        if _DAY.match(name) and tf.io.gfile.isdir(folder):
+            if any(not tf.io.gfile.isdir(os.path.join(folder, f)) for f in tf.io.gfile.listdir(folder)):
+                days.append(name)
+    if not days:
+        raise errors.DataError(
+            f"data root {data_root} has no day partitions: expected {data_root}/YYYYMMDD/<files> "
+            "(e.g. from `lt4rec generate` or `lt4rec preprocess`)"
+        )
+    return days
