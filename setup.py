@@ -57,6 +57,7 @@ setup(
         "kfp==2.7.0",
         "click>=8.1",
         "numpy>=1.26,<2",
+        "google-crc32c>=1.5",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["lt4rec=lt4rec.cli:main"]},

@@ -6,10 +6,12 @@ Two outputs from one world (see `world.py`):
 - raw events (`raw=True`): `<out>/{impressions,clicks,plays}/YYYYMMDD/part-NNNNN.{jsonl,csv}`,
   the streams before any join, with the faults real logs have, for `lt4rec preprocess`.
 
-Either way the ground truth goes to `<out>/_truth/YYYYMMDD/part-NNNNN.csv.gz` (request id,
-video id, true click probability, true expected watch ratio; in the same row order as the
-log partition of the same name) and the world's settings and calibration to
-`<out>/_generator.json`. Folders starting with `_` are never read as day partitions.
+Either way the ground truth (request id, video id, true click probability, true expected
+watch ratio) goes beside the logs, in files that no reader takes for logs: for training
+logs `<out>/YYYYMMDD/_truth-part-NNNNN.csv.gz`, in the row order of `part-NNNNN.gz` (like
+Hadoop's `_SUCCESS`, names starting with `_` are not data); for raw events
+`<out>/truth/YYYYMMDD/part-NNNNN.csv.gz`. The world's settings and calibration go to
+`<out>/_generator.json`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from lt4rec.logs import raw_events, records
 from lt4rec.logs import world as world_lib
 from lt4rec.models import features
 
-TRUTH_DIR = "_truth"
+TRUTH_PREFIX = "_truth-"  # truth files beside the training logs of their day
+RAW_TRUTH_DIR = "truth"  # the truth folder of raw events
 MANIFEST = "_generator.json"
 CHUNK_ROWS = 100_000
 
@@ -60,8 +63,10 @@ def _chunks(world: world_lib.World, rows: int) -> Iterator[world_lib.Impressions
 class _PartitionWriter:
     """Rolls files of one kind per day: part-00000, part-00001, ... of `rows_per_file` rows."""
 
-    def __init__(self, root: str, suffix: str, rows_per_file: int, open_file, header: str | None = None):
-        self._root, self._suffix, self._rows_per_file = root, suffix, rows_per_file
+    def __init__(
+        self, root: str, suffix: str, rows_per_file: int, open_file, header: str | None = None, prefix: str = ""
+    ):
+        self._root, self._suffix, self._rows_per_file, self._prefix = root, suffix, rows_per_file, prefix
         self._open_file, self._header = open_file, header
         self._files: dict[str, tuple[object, int, int]] = {}  # day -> (handle, part, rows)
 
@@ -74,7 +79,7 @@ class _PartitionWriter:
                 part += 1
             folder = os.path.join(self._root, day)
             os.makedirs(folder, exist_ok=True)
-            handle = self._open_file(os.path.join(folder, f"part-{part:05d}{self._suffix}"))
+            handle = self._open_file(os.path.join(folder, f"{self._prefix}part-{part:05d}{self._suffix}"))
             if self._header is not None:
                 handle.write(self._header + "\n")
             count = 0
@@ -88,12 +93,14 @@ class _PartitionWriter:
         self._files.clear()
 
 
-def _truth_writer(out_dir: str, rows_per_file: int) -> _PartitionWriter:
+def _truth_writer(out_dir: str, rows_per_file: int, raw: bool) -> _PartitionWriter:
     def open_truth(path: str):
         return gzip.open(path, "wt", encoding="utf-8", newline="")
 
     header = ",".join([features.REQUEST_ID, "FEA_VID", "p_click", "expected_watch_ratio"])
-    return _PartitionWriter(os.path.join(out_dir, TRUTH_DIR), ".csv.gz", rows_per_file, open_truth, header)
+    if raw:
+        return _PartitionWriter(os.path.join(out_dir, RAW_TRUTH_DIR), ".csv.gz", rows_per_file, open_truth, header)
+    return _PartitionWriter(out_dir, ".csv.gz", rows_per_file, open_truth, header, prefix=TRUTH_PREFIX)
 
 
 def _truth_line(record: dict, p_click: float, expected: float) -> str:
@@ -122,7 +129,7 @@ def generate(
     logging.info("Building the world: %d rows over %d days, seed %d, task relatedness %.2f", rows, days, seed, task_relatedness)
     world = world_lib.World(config)
     os.makedirs(out_dir, exist_ok=True)
-    truth = _truth_writer(out_dir, rows_per_file)
+    truth = _truth_writer(out_dir, rows_per_file, raw)
     if raw:
         counts = _write_raw(out_dir, world, rows, rows_per_file, raw_format, faults or FaultRates(), truth)
     else:

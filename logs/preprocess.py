@@ -10,9 +10,12 @@ Output:
 - `OUT/YYYYMMDD/part-NNNNN-of-MMMMM.gz`: GZIP TFRecord files of `tf.train.Example` in the
   format of LOG_SCHEMA.md (`records.to_example(raw_events.impression_record(...))`), one
   example per impression, in the day folder (UTC) of the impression's time;
-- `OUT/_rejected/part-*.jsonl`: one JSON object per rejected input line: `source`, `reason`,
-  `detail`, `file` and the `line` itself (undecodable bytes backslash-escaped);
+- `OUT/_rejected-NNNNN-of-MMMMM.jsonl`: one JSON object per rejected input line: `source`,
+  `reason`, `detail`, `file` and the `line` itself (undecodable bytes backslash-escaped);
 - `OUT/_counters.json`: the job's Beam counters (see `format_counters`).
+
+Only day folders are folders in OUT (the rest are `_` files, which readers skip), so OUT is
+a data root for the pipeline in history and daily mode alike.
 
 The contract, line by line:
 - Every line is read as bytes, so that a line that is not UTF-8 is rejected (`malformed`)
@@ -88,7 +91,7 @@ WATCH_RATIOS_CLIPPED = "watch_ratios_clipped"
 CLICKS_WITHOUT_PLAY = "clicks_without_play"
 
 FILE_FORMATS = ("auto",) + raw_events.FORMATS
-REJECTED_DIR = "_rejected"
+REJECTED_PREFIX = "_rejected"
 COUNTERS_FILE = "_counters.json"
 EXAMPLE_FILE_PREFIX = "part"
 
@@ -414,7 +417,7 @@ def build_pipeline(
         | "All rejections" >> beam.Flatten()
         | "To JSON" >> beam.Map(_rejection_json)
         | "Write rejections"
-        >> beam.io.WriteToText(FileSystems.join(out_dir, REJECTED_DIR, "part"), file_name_suffix=".jsonl")
+        >> beam.io.WriteToText(FileSystems.join(out_dir, REJECTED_PREFIX), file_name_suffix=".jsonl")
     )
 
 
@@ -443,7 +446,7 @@ def run(raw_dir: str, out_dir: str, file_format: str = "auto", beam_args: Sequen
     _check_output_empty(out_dir)
     for source in raw_events.SOURCES:
         _LOGGER.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, _raw_file_pattern(raw_dir, source))
-    _LOGGER.info("Writing day partitions of examples to %s, rejected lines to %s", out_dir, FileSystems.join(out_dir, REJECTED_DIR))
+    _LOGGER.info("Writing day partitions of examples to %s, rejected lines to %s-*.jsonl", out_dir, FileSystems.join(out_dir, REJECTED_PREFIX))
 
     options = PipelineOptions(list(beam_args or []))
     # WriteToFiles' temporary files go to a folder of this run, removed once it succeeds.

@@ -110,7 +110,8 @@ def generate(
     format the pipeline reads. With --raw: impression, click and play event logs under
     OUT/{impressions,clicks,plays}/YYYYMMDD/, the input of `lt4rec preprocess`. Either way
     the true click probability and expected watch ratio of every impression go to
-    OUT/_truth/ (never a feature), and the settings to OUT/_generator.json.
+    OUT/YYYYMMDD/_truth-part-NNNNN.csv.gz (OUT/truth/ with --raw), never into a feature,
+    and the settings to OUT/_generator.json.
     """
     from lt4rec.logs import generator
 
@@ -149,7 +150,7 @@ def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str)
     """Join raw impression, click and play events into training logs (an Apache Beam job).
 
     Writes OUT/YYYYMMDD/part-*.gz (GZIP TFRecord, tf.Example, the log format of the
-    pipeline), every rejected input line with its reason to OUT/_rejected/, and the
+    pipeline), every rejected input line with its reason to OUT/_rejected-*.jsonl, and the
     counters to OUT/_counters.json. Any further arguments are Beam pipeline options, passed
     on unchanged: e.g. --runner=DirectRunner --direct_num_workers=2
     --direct_running_mode=multi_processing, or the options of Dataflow, Flink or Spark.

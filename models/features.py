@@ -75,20 +75,20 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("FEA_UID", 1, "user", "user id"),
     FeatureSpec("FEA_UGROUP", 1, "user_group", "user group"),
     FeatureSpec("FEA_AGE", 1, "age", "age bucket"),
-    FeatureSpec("FEA_UCAT", 6, "user_category", "user's preferred categories"),
+    FeatureSpec("FEA_UCAT", 6, "category", "user's preferred categories"),
     FeatureSpec("FEA_VID", 1, "video", "impressed video id"),
     FeatureSpec("FEA_CP", 1, "content_provider", "content provider of the video"),
-    FeatureSpec("FEA_ICAT1", 1, "category1", "first level category of the video"),
-    FeatureSpec("FEA_ICAT2", 1, "category2", "second level category of the video"),
-    FeatureSpec("FEA_IKEYWORD", 8, "keyword", "video keywords"),
+    FeatureSpec("FEA_ICAT1", 1, "category", "first level category of the video"),
+    FeatureSpec("FEA_ICAT2", 1, "category", "second level category of the video"),
+    FeatureSpec("FEA_IKEYWORD", 8, "tag", "video keywords"),
     FeatureSpec("FEA_IXFTAG", 6, "tag", "video tags"),
     FeatureSpec("FEA_DURATION", 1, "duration", "video length bucket"),
     FeatureSpec("FEA_COVERQUALITY", 1, "cover_quality", "cover image quality class"),
     FeatureSpec("FEA_SVID", 1, "video", "source video the user was watching"),
     FeatureSpec("FEA_SCP", 1, "content_provider", "source video's content provider"),
-    FeatureSpec("FEA_SICAT1", 1, "category1", "source video's first level category"),
-    FeatureSpec("FEA_SICAT2", 1, "category2", "source video's second level category"),
-    FeatureSpec("FEA_SIKEYWORD", 8, "keyword", "source video's keywords"),
+    FeatureSpec("FEA_SICAT1", 1, "category", "source video's first level category"),
+    FeatureSpec("FEA_SICAT2", 1, "category", "source video's second level category"),
+    FeatureSpec("FEA_SIKEYWORD", 8, "tag", "source video's keywords"),
     FeatureSpec("FEA_STAG", 6, "tag", "source video's tags"),
     FeatureSpec("FEA_ALGID", 1, "recall_algorithm", "recall algorithm that proposed it"),
     FeatureSpec("FEA_ORDER", 1, "position", "position in the result list"),
@@ -96,20 +96,21 @@ FEATURES: tuple[FeatureSpec, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURES_BY_NAME: Mapping[str, FeatureSpec] = {f.name: f for f in FEATURES}
 
-# Default encoding and size per shared table. Id-like, open-ended columns are hashed (the
+# The shared tables follow the LT4REC reference configuration: a source video's id,
+# provider, categories and tags share the tables of the impressed video's; all category
+# levels and the user's preferred categories share one table, and keywords share the tags'.
+#
+# Default encoding and size per table. Id-like, open-ended columns are hashed (the
 # production tables hold 10-15M rows; these defaults suit a single machine and are
 # overridden per run); small closed sets get a vocabulary.
 DEFAULT_TABLES: Mapping[str, tuple[Encoding, int]] = {
     "user": (Encoding.HASH, 1 << 18),
     "user_group": (Encoding.VOCABULARY, 64),
     "age": (Encoding.VOCABULARY, 32),
-    "user_category": (Encoding.VOCABULARY, 256),
     "video": (Encoding.HASH, 1 << 18),
     "content_provider": (Encoding.HASH, 1 << 16),
-    "category1": (Encoding.VOCABULARY, 256),
-    "category2": (Encoding.VOCABULARY, 2048),
-    "keyword": (Encoding.HASH, 1 << 17),
-    "tag": (Encoding.HASH, 1 << 15),
+    "category": (Encoding.VOCABULARY, 2048),
+    "tag": (Encoding.HASH, 1 << 17),
     "duration": (Encoding.VOCABULARY, 64),
     "cover_quality": (Encoding.VOCABULARY, 16),
     "recall_algorithm": (Encoding.VOCABULARY, 128),
@@ -157,9 +158,8 @@ def feature_config(
     """The id spaces of a run.
 
     Args:
-      share_tables: if True, related features share one table (video and source video,
-        item and source content provider, categories, keywords, tags); if False every
-        feature has a table of its own, named after the feature.
+      share_tables: if True, related features share one table (see DEFAULT_TABLES); if
+        False every feature has a table of its own, named after the feature.
       overrides: per table name (or, for a feature's own table, per feature name), a
         mapping with `encoding` ("hash" or "vocabulary") and/or `size`.
     """

@@ -107,7 +107,8 @@ def discover_days(data_root: str) -> list[str]:
         name = entry.rstrip("/")
         folder = os.path.join(data_root, name)
         if _DAY.match(name) and tf.io.gfile.isdir(folder):
-            if any(not tf.io.gfile.isdir(os.path.join(folder, f)) for f in tf.io.gfile.listdir(folder)):
+            names = [f for f in tf.io.gfile.listdir(folder) if not f.startswith(("_", "."))]
+            if any(not tf.io.gfile.isdir(os.path.join(folder, f)) for f in names):
                 days.append(name)
     if not days:
         raise errors.DataError(

@@ -58,7 +58,7 @@ def examples_by_request(out_dir: Path) -> dict[str, tuple[str, dict]]:
 
 def read_rejected(out_dir: Path) -> list[dict]:
     rejected = []
-    for path in sorted(glob.glob(str(out_dir / preprocess.REJECTED_DIR / "*"))):
+    for path in sorted(glob.glob(str(out_dir / (preprocess.REJECTED_PREFIX + "-*")))):
         with open(path, encoding="utf-8") as handle:
             rejected.extend(json.loads(line) for line in handle if line.strip())
     return rejected
@@ -588,7 +588,9 @@ def test_cli_end_to_end_multi_processing(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "lines read" in completed.stdout
-    assert sorted(os.listdir(tmp_path / "out")) == sorted(["20201011", "20201012", preprocess.REJECTED_DIR, preprocess.COUNTERS_FILE])
+    entries = sorted(os.listdir(tmp_path / "out"))
+    assert [e for e in entries if not e.startswith(preprocess.REJECTED_PREFIX)] == sorted(["20201011", "20201012", preprocess.COUNTERS_FILE])
+    assert any(e.startswith(preprocess.REJECTED_PREFIX) and e.endswith(".jsonl") for e in entries)
     assert glob.glob(str(tmp_path / "out" / "20201011" / "part-*.gz"))
     with open(tmp_path / "out" / preprocess.COUNTERS_FILE, encoding="utf-8") as handle:
         counters = json.load(handle)

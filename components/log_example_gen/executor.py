@@ -16,6 +16,7 @@ request id, so that the impressions of one request stay together.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -23,9 +24,12 @@ import logging
 import math
 import os
 import re
+import struct
+import zlib
 from typing import Any, Iterator
 
 import apache_beam as beam
+import google_crc32c
 import tensorflow as tf
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
@@ -94,6 +98,40 @@ def _values(feature: tf.train.Feature) -> list:
     return list(getattr(feature, kind).value) if kind else []
 
 
+class CorruptFileError(Exception):
+    """A log file whose bytes are damaged; the message says how."""
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_tfrecords(path: str) -> Iterator[bytes]:
+    """The records of a GZIP TFRecord file, checking every byte.
+
+    TensorFlow's own reader ends quietly when a GZIP file is cut at a record boundary
+    (or has lost its trailer), losing the rest without a word; Python's gzip module
+    notices the missing end-of-stream marker, and the TFRecord checksums catch the rest.
+    """
+    with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
+        try:
+            while header := stream.read(12):
+                if len(header) < 12:
+                    raise CorruptFileError("a record header is cut short")
+                length, length_crc = struct.unpack("<QI", header)
+                if _masked_crc(header[:8]) != length_crc:
+                    raise CorruptFileError("a record length fails its checksum")
+                record, footer = stream.read(length), stream.read(4)
+                if len(record) < length or len(footer) < 4:
+                    raise CorruptFileError("a record is cut short")
+                if _masked_crc(record) != struct.unpack("<I", footer)[0]:
+                    raise CorruptFileError("a record fails its checksum")
+                yield record
+        except (EOFError, OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+            raise CorruptFileError(f"bad GZIP data: {error}") from None
+
+
 class _ReadLogFile(beam.DoFn):
     """Reads one GZIP TFRecord file; yields (day, serialized example) or a rejection."""
 
@@ -101,7 +139,7 @@ class _ReadLogFile(beam.DoFn):
         day = os.path.basename(os.path.dirname(path))
         index = -1
         try:
-            for index, record in enumerate(tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()):
+            for index, record in enumerate(read_tfrecords(path)):
                 try:
                     example = tf.train.Example.FromString(record)
                 except Exception as error:  # a protobuf DecodeError
@@ -113,9 +151,8 @@ class _ReadLogFile(beam.DoFn):
                 else:
                     reason, field, detail = problem
                     yield beam.pvalue.TaggedOutput(REJECTED_DIR, _rejection(path, index, reason, field, detail, record))
-        except tf.errors.OpError as error:
-            cause = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip(" '")
-            detail = f"not a valid GZIP TFRecord file: it breaks off after {index + 1} records ({cause})"
+        except CorruptFileError as error:
+            detail = f"not a valid GZIP TFRecord file: it breaks off after {index + 1} records ({error})"
             yield beam.pvalue.TaggedOutput(REJECTED_DIR, _rejection(path, index + 1, CORRUPT_FILE, "", detail, b""))
 
 
@@ -257,11 +294,16 @@ def _summary(counts: dict[str, int], split_days: dict[str, list[str]]) -> str:
 
 
 def _day_files(pattern: str, first_day: str, last_day: str) -> list[str]:
-    """The files of the day partitions that `pattern` matches, within [first_day, last_day]."""
+    """The files of the day partitions that `pattern` matches, within [first_day, last_day].
+
+    As in Hadoop and Spark output, names that start with `_` or `.` (`_SUCCESS`, `.crc`
+    files, the generator's `_truth-*`) are not data.
+    """
     files = []
     for path in sorted(tf.io.gfile.glob(pattern)):
         day = os.path.basename(os.path.dirname(path))
-        if not DAY_FOLDER.match(day) or tf.io.gfile.isdir(path):
+        hidden = os.path.basename(path).startswith(("_", "."))
+        if hidden or not DAY_FOLDER.match(day) or tf.io.gfile.isdir(path):
             continue
         if (first_day and day < first_day) or (last_day and day > last_day):
             continue

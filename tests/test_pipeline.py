@@ -1,0 +1,152 @@
+"""The pipeline end to end on tiny data, and what its command line says about bad input."""
+
+import glob
+import os
+import subprocess
+
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from lt4rec import errors
+from lt4rec.models import features
+from lt4rec.pipeline import configs, local_runner
+from lt4rec.pipeline import pipeline as pipeline_lib
+from tests.conftest import LT4REC, read_examples
+
+TABLE_SCALE = 0.01
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_logs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    settings = configs.PipelineSettings(
+        data_root=tiny_logs,
+        pipeline_root=str(root / "pipeline"),
+        serving_dir=str(root / "serving"),
+        table_scale=TABLE_SCALE,
+    )
+    local_runner.run(settings)
+    return settings
+
+
+def _latest(settings, component: str, output: str) -> str:
+    return sorted(glob.glob(os.path.join(settings.pipeline_root, component, output, "*")), key=os.path.getmtime)[-1]
+
+
+def test_components_are_wired_once_in_order(tiny_logs):
+    settings = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y")
+    ids = [component.id for component in pipeline_lib.create_components(settings)]
+    assert ids == [
+        "LogExampleGen", "StatisticsGen", "InferredSchemaGen", "CuratedSchemaGen",
+        "ExampleValidator", "AnomalyCheck", "Transform",
+    ]
+
+
+def test_transform_gives_every_feature_as_fixed_width_ids(finished_run):
+    transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
+    spec = transform_output.transformed_feature_spec()
+    for feature in features.FEATURES:
+        assert spec[feature.name] == tf.io.FixedLenFeature([feature.max_values], tf.int64), feature.name
+    assert spec[features.CLICK_LABEL] == tf.io.FixedLenFeature([], tf.int64)
+    assert spec[features.WATCH_RATIO_LABEL] == tf.io.FixedLenFeature([], tf.float32)
+
+
+def test_transformed_splits_hold_every_row_of_their_days(finished_run, tiny_logs):
+    transformed = _latest(finished_run, "Transform", "transformed_examples")
+    counts = {
+        split: sum(len(read_examples(f)) for f in glob.glob(os.path.join(transformed, f"Split-{split}", "*")))
+        for split in ("train", "eval")
+    }
+    per_day = {day: len(read_examples(os.path.join(tiny_logs, day, "part-00000.gz"))) for day in ("20201011", "20201012", "20201013")}
+    assert counts == {"train": per_day["20201011"] + per_day["20201012"], "eval": per_day["20201013"]}
+
+
+def test_transform_graph_hashes_ids_as_computed_by_hand(finished_run, tiny_logs):
+    transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
+    raw = read_examples(os.path.join(tiny_logs, "20201013", "part-00000.gz"))[:50]
+    parsed = tf.io.parse_example(
+        [e.SerializeToString() for e in raw], transform_output.raw_feature_spec()
+    )
+    ids = transform_output.transform_features_layer()(parsed)
+    user_table = finished_run.feature_config.table_of["FEA_UID"]
+    for row, example in enumerate(raw):
+        user = example.features.feature["FEA_UID"].bytes_list.value[0]
+        expected = tf.strings.to_hash_bucket_fast([user], user_table.size - 1).numpy()[0] + 1
+        assert int(ids["FEA_UID"][row, 0]) == expected
+        keywords = example.features.feature["FEA_IKEYWORD"].bytes_list.value
+        present = int(tf.math.count_nonzero(ids["FEA_IKEYWORD"][row]))
+        assert present == (0 if list(keywords) == [b"-1"] else len(keywords))
+
+
+def test_the_curated_schema_is_the_one_transform_used(finished_run):
+    imported = glob.glob(os.path.join(_latest(finished_run, "CuratedSchemaGen", "schema"), "*.pbtxt"))
+    assert len(imported) == 1
+    with open(imported[0]) as handle, open(configs.SCHEMA_PATH) as curated:
+        assert handle.read().strip().splitlines()[-5:] == curated.read().strip().splitlines()[-5:]
+
+
+def test_a_missing_or_empty_data_root_is_named(tmp_path):
+    with pytest.raises(errors.DataError, match="does not exist"):
+        configs.discover_days(str(tmp_path / "nowhere"))
+    (tmp_path / "empty" / "20201011").mkdir(parents=True)
+    (tmp_path / "empty" / "20201011" / "_SUCCESS").write_text("")
+    with pytest.raises(errors.DataError, match="no day partitions"):
+        configs.discover_days(str(tmp_path / "empty"))
+
+
+def _run_cli(data_root: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [LT4REC, "pipeline", "run", "--data-root", data_root, "--pipeline-root", str(tmp_path / "pipeline"),
+         "--serving-dir", str(tmp_path / "serving"), "--table-scale", str(TABLE_SCALE)],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.parametrize("case", ["missing root", "empty root"])
+def test_cli_names_a_bad_data_root_without_a_traceback(tmp_path, case):
+    root = tmp_path / "logs"
+    if case == "empty root":
+        root.mkdir()
+    done = _run_cli(str(root), tmp_path)
+    assert done.returncode == 1
+    assert f"lt4rec: error: data root {root}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _cut(path: str) -> None:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+
+
+def _drop_label(examples):
+    del examples[5].features.feature[features.CLICK_LABEL]
+    return examples
+
+
+def _watch_ratio_above_one(examples):
+    examples[9].features.feature[features.WATCH_RATIO_LABEL].float_list.value[0] = 1.25
+    return examples
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("corrupt", r"part-00000.gz: not a valid GZIP TFRecord file"),
+        (_drop_label, r"part-00000.gz record 5: field 'label' is missing"),
+        (_watch_ratio_above_one, r"part-00000.gz record 9: field 'cvrlabel' = \[1.25\] is outside \[0, 1\]"),
+    ],
+)
+def test_cli_names_the_file_and_field_of_bad_logs(tmp_path, damaged_copy, damage, expected):
+    import re
+
+    root = damaged_copy(lambda examples: examples) if damage == "corrupt" else damaged_copy(damage)
+    if damage == "corrupt":
+        _cut(os.path.join(root, "20201012", "part-00000.gz"))
+    done = _run_cli(root, tmp_path)
+    assert done.returncode == 1
+    assert re.search(expected, done.stderr), done.stderr[-2000:]
+    assert os.path.join(root, "20201012") in done.stderr
+    assert "Traceback" not in done.stderr
