@@ -7,8 +7,11 @@ its settings from LT4REC_* environment variables (see `configs.PipelineSettings.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from lt4rec.pipeline import configs
@@ -29,6 +32,38 @@ def build(settings: configs.PipelineSettings) -> tfx.dsl.Pipeline:
 
 def run(settings: configs.PipelineSettings) -> None:
     tfx.orchestration.LocalDagRunner().run(build(settings))
+    for step in last_run_steps(settings):
+        logging.info("%-18s %-8s %7.1f s", step.component, step.state, step.seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One component's execution in a pipeline run, as ML Metadata recorded it."""
+
+    component: str
+    state: str  # COMPLETE, CACHED, FAILED, ...
+    seconds: float
+
+
+def last_run_steps(settings: configs.PipelineSettings) -> list[Step]:
+    """The components of the latest run of the pipeline, in the order they ran."""
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = settings.metadata_sqlite
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+        return []
+    latest = max(runs, key=lambda context: context.create_time_since_epoch)
+    in_run = {execution.id for execution in store.get_executions_by_context(latest.id)}
+    steps = []
+    for node in store.get_contexts_by_type("node"):
+        for execution in store.get_executions_by_context(node.id):
+            if execution.id in in_run:
+                seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+                state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+                steps.append((execution.create_time_since_epoch, Step(node.name.split(".", 1)[-1], state, seconds)))
+    return [step for _, step in sorted(steps, key=lambda item: item[0])]
 
 
 if __name__ == "__main__":
