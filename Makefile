@@ -1,0 +1,35 @@
+# Two entry points (see README.md): `make demo` runs the main job end to end on generated
+# logs, `make test` runs the test suite. Both create and fill .venv first if needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+# Keras 2 (tf-keras), which TFX 1.16, TF-MOT 0.8 and TF Serving's signatures expect.
+export TF_USE_LEGACY_KERAS := 1
+# tfx 1.16 declares Requires-Python <3.11 although its whole stack has 3.11 wheels.
+export PIP_IGNORE_REQUIRES_PYTHON := 1
+
+.PHONY: install demo test clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+# Small built-in data: 20k impressions over 4 days (the last one is held out), hashed id
+# tables scaled down to match.
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/lt4rec generate --out $(DEMO)/logs --rows 20000 --days 4 --seed 0
+	$(BIN)/lt4rec pipeline run --data-root $(DEMO)/logs --pipeline-root $(DEMO)/pipeline \
+		--serving-dir $(DEMO)/serving --table-scale 0.05
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO)
