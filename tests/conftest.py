@@ -53,3 +53,23 @@ def damaged_copy(tiny_logs, tmp_path) -> Callable[[Callable[[list], list]], str]
         return root
 
     return make
+
+
+def random_transformed(rows: int, seed: int = 0) -> dict:
+    """Transformed examples (ids in [0, 16), 0 = missing) whose labels depend on a few ids.
+
+    Small enough for every table of `features.scaled_config(0.001)`; stands in for
+    Transform's output in the unit tests of the models.
+    """
+    import numpy as np
+
+    from lt4rec.models import features
+
+    rng = np.random.default_rng(seed)
+    examples = {spec.name: rng.integers(0, 16, size=(rows, spec.max_values)).astype(np.int64) for spec in features.FEATURES}
+    logit = (examples["FEA_UID"][:, 0] % 5 - 2) * 0.8 + (examples["FEA_VID"][:, 0] % 3 - 1)
+    click = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    ratio = np.clip(0.5 + 0.1 * (examples["FEA_CP"][:, 0] % 4) + rng.normal(0, 0.1, rows), 0, 1)
+    examples[features.CLICK_LABEL] = click
+    examples[features.WATCH_RATIO_LABEL] = np.where(click == 1, ratio, 0).astype(np.float32)
+    return examples

@@ -1,0 +1,255 @@
+"""Per-task binary masks on the shared MLP, carried by TF-MOT's pruning wrapper.
+
+TF-MOT's `PruneLowMagnitude` holds one mask per weight and applies it by assignment
+(`kernel.assign(kernel * mask)` on every call), which is right for one task and wrong for
+two sharing one kernel: a CTR call would erase the weights only CVR keeps. So
+`TaskMaskedPruneLowMagnitude` extends it rather than replacing it:
+
+- it keeps TF-MOT's own `mask` variable as the *union* of the task masks (the weights that
+  some task keeps), so TF-MOT's `weight_mask_op` zeroes in place exactly the weights no
+  task keeps, and TF-MOT's own tools (`strip_pruning`, its summaries) see a valid mask;
+- it adds one `<task>_mask` variable per task and applies mask k in the forward pass,
+  `inputs @ (kernel * mask_k) + bias * unit_mask_k`, leaving the shared kernel as it is.
+  A unit none of whose incoming weights task k keeps is off for task k (its bias too), so
+  that a pruned unit outputs exactly zero and export can drop it.
+
+Because gradients flow through `kernel * mask_k`, a batch of task k has zero gradient on
+every weight outside mask k; with one optimizer per task (see `models/training.py`) those
+weights and the other task's optimizer state stay bit-for-bit unchanged.
+
+The functions below compute masks (magnitude pruning, globally or per layer, of
+connections or of whole units), fold them for export, and describe their overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule, pruning_wrapper
+
+TASKS = ("ctr", "cvr")
+CONNECTION = "connection"  # S-Weight: each kernel entry is kept or dropped
+NEURON = "neuron"  # S-Neuron: whole units (kernel columns) are kept or dropped
+GRANULARITIES = (CONNECTION, NEURON)
+GLOBAL = "global"  # one magnitude threshold over every masked kernel
+PER_LAYER = "layer"  # each kernel drops the same share
+SCOPES = (GLOBAL, PER_LAYER)
+
+Masks = dict[str, np.ndarray]  # layer name -> 0/1 float32 array of the kernel's shape
+
+
+class TaskMaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
+    """A pruning wrapper around a Dense layer with one mask per task over one shared kernel."""
+
+    def __init__(self, layer: tf.keras.layers.Dense, tasks: Sequence[str] = TASKS, **kwargs):
+        # The masks come from the search, not from a schedule: TF-MOT's schedule never fires.
+        kwargs.setdefault("pruning_schedule", pruning_schedule.ConstantSparsity(0.0, begin_step=0, frequency=1 << 62))
+        super().__init__(layer, **kwargs)
+        self.tasks = tuple(tasks)
+        self.task_masks: dict[str, tf.Variable] = {}
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        for task in self.tasks:
+            self.task_masks[task] = self.add_weight(
+                f"{task}_mask",
+                shape=self.layer.kernel.shape,
+                initializer="ones",
+                dtype=self.layer.kernel.dtype,
+                trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+    @property
+    def union_mask(self) -> tf.Variable:
+        """TF-MOT's own mask variable, kept equal to the union of the task masks."""
+        return self.pruning_vars[0][1]
+
+    def call(self, inputs, task: str | None = None, training=None):
+        """The layer as task `task` sees it; `task=None` is the union of all tasks' weights."""
+        mask = self.union_mask if task is None else self.task_masks[task]
+        dense = self.layer
+        outputs = tf.matmul(inputs, dense.kernel * mask)
+        if dense.use_bias:
+            unit_on = tf.reduce_max(mask, axis=0)
+            outputs = outputs + dense.bias * unit_on
+        return dense.activation(outputs) if dense.activation is not None else outputs
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": list(self.tasks)}
+
+    def set_task_mask(self, task: str, mask: np.ndarray) -> None:
+        """Set task `task`'s mask, then the union, then zero the weights that no task keeps."""
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.shape != tuple(self.layer.kernel.shape):
+            raise ValueError(f"{self.name}: mask of shape {mask.shape} for a kernel of shape {self.layer.kernel.shape}")
+        self.task_masks[task].assign(mask)
+        self.union_mask.assign(tf.reduce_max(tf.stack([m for m in self.task_masks.values()]), axis=0))
+        self.pruning_obj.weight_mask_op()
+
+    def task_mask(self, task: str) -> np.ndarray:
+        return self.task_masks[task].numpy()
+
+    def folded(self, task: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Kernel and bias of a plain Dense layer equal to this layer for `task`."""
+        mask = self.task_mask(task)
+        kernel = self.layer.kernel.numpy() * mask
+        bias = self.layer.bias.numpy() * mask.max(axis=0) if self.layer.use_bias else None
+        return kernel, bias
+
+
+def masked_layers(model: tf.keras.layers.Layer) -> list[TaskMaskedPruneLowMagnitude]:
+    """The task-masked wrappers of a model or layer, in the order they were created."""
+    return [layer for layer in model.submodules if isinstance(layer, TaskMaskedPruneLowMagnitude)]
+
+
+def get_masks(model: tf.keras.layers.Layer, task: str) -> Masks:
+    return {layer.name: layer.task_mask(task) for layer in masked_layers(model)}
+
+
+def set_masks(model: tf.keras.layers.Layer, task: str, masks: Mapping[str, np.ndarray]) -> None:
+    layers = {layer.name: layer for layer in masked_layers(model)}
+    if set(masks) != set(layers):
+        raise ValueError(f"masks for layers {sorted(masks)}, but the model's masked layers are {sorted(layers)}")
+    for name, mask in masks.items():
+        layers[name].set_task_mask(task, mask)
+
+
+def get_kernels(model: tf.keras.layers.Layer) -> dict[str, np.ndarray]:
+    return {layer.name: layer.layer.kernel.numpy() for layer in masked_layers(model)}
+
+
+def full_masks(model: tf.keras.layers.Layer) -> Masks:
+    """Masks that keep everything (round 0 of a search)."""
+    return {layer.name: np.ones(layer.layer.kernel.shape, np.float32) for layer in masked_layers(model)}
+
+
+def rate_for(remaining: float, rounds: int) -> float:
+    """The share q to drop per round so that `remaining` is left after `rounds` rounds."""
+    if not 0 < remaining <= 1 or rounds < 1:
+        raise ValueError(f"cannot leave {remaining} of the weights after {rounds} rounds")
+    return 1.0 - remaining ** (1.0 / rounds)
+
+
+def remaining_fraction(masks: Mapping[str, np.ndarray]) -> float:
+    kept = sum(float(mask.sum()) for mask in masks.values())
+    return kept / sum(mask.size for mask in masks.values())
+
+
+def _keep_top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """0/1 of scores' shape with the `keep` largest scores set (ties broken by position)."""
+    flat = np.zeros(scores.size, np.float32)
+    if keep > 0:
+        order = np.argsort(-scores.ravel(), kind="stable")
+        flat[order[:keep]] = 1.0
+    return flat.reshape(scores.shape)
+
+
+def prune_by_magnitude(
+    kernels: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    rounds: int,
+    rate: float,
+    scope: str = GLOBAL,
+    granularity: str = CONNECTION,
+) -> Masks:
+    """The masks after pruning round `rounds`: keep the largest |w| among the kept weights.
+
+    The count kept is `round(size * (1 - rate) ** rounds)` over the scope (all kernels for
+    GLOBAL, each kernel for PER_LAYER), taken from the weights `masks` still keeps, so the
+    remaining fraction after r rounds is (1-q)^r within one weight (or one unit) whatever
+    the rounding of the earlier rounds. NEURON granularity scores a unit by the mean |w|
+    of its kept incoming weights and keeps or drops its whole kernel column.
+    """
+    if scope not in SCOPES or granularity not in GRANULARITIES:
+        raise ValueError(f"scope must be one of {SCOPES} and granularity one of {GRANULARITIES}")
+    if not 0 <= rate < 1:
+        raise ValueError(f"pruning rate {rate} is not in [0, 1)")
+    share = (1.0 - rate) ** rounds
+    names = list(kernels)
+    # Scores of the prunable items: kernel entries, or units (columns); dropped items score -1.
+    scores = {}
+    for name in names:
+        magnitude = np.abs(kernels[name]) * masks[name]
+        if granularity == CONNECTION:
+            scores[name] = np.where(masks[name] > 0, magnitude, -1.0)
+        else:
+            kept_in = masks[name].sum(axis=0)
+            scores[name] = np.where(kept_in > 0, magnitude.sum(axis=0) / np.maximum(kept_in, 1), -1.0)
+
+    def expand(name: str, kept_items: np.ndarray) -> np.ndarray:
+        if granularity == CONNECTION:
+            return kept_items
+        return masks[name] * kept_items[np.newaxis, :]
+
+    if scope == PER_LAYER:
+        return {name: expand(name, _keep_top(scores[name], round(scores[name].size * share))) for name in names}
+    flat = np.concatenate([scores[name].ravel() for name in names])
+    kept = _keep_top(flat, round(flat.size * share))
+    result, start = {}, 0
+    for name in names:
+        size = scores[name].size
+        result[name] = expand(name, kept[start : start + size].reshape(scores[name].shape))
+        start += size
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOverlap:
+    """How the CTR and CVR masks of one kernel divide its weights."""
+
+    layer: str
+    size: int
+    shared: int
+    ctr_only: int
+    cvr_only: int
+    unused: int
+
+    def fractions(self) -> dict[str, float]:
+        return {key: getattr(self, key) / self.size for key in ("shared", "ctr_only", "cvr_only", "unused")}
+
+
+def overlap(ctr_masks: Mapping[str, np.ndarray], cvr_masks: Mapping[str, np.ndarray]) -> list[LayerOverlap]:
+    result = []
+    for name, ctr_mask in ctr_masks.items():
+        ctr, cvr = ctr_mask > 0, cvr_masks[name] > 0
+        result.append(
+            LayerOverlap(
+                layer=name,
+                size=ctr.size,
+                shared=int(np.sum(ctr & cvr)),
+                ctr_only=int(np.sum(ctr & ~cvr)),
+                cvr_only=int(np.sum(~ctr & cvr)),
+                unused=int(np.sum(~ctr & ~cvr)),
+            )
+        )
+    return result
+
+
+def units_kept(mask: np.ndarray) -> np.ndarray:
+    """Indices of the units (kernel columns) a mask keeps any incoming weight of."""
+    return np.flatnonzero(mask.max(axis=0) > 0)
+
+
+def save_masks(path: str, masks_by_task: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Write masks as one .npz (keys `<task>/<layer>`), compressed: they are mostly zeros."""
+    arrays = {f"{task}/{name}": mask.astype(np.uint8) for task, masks in masks_by_task.items() for name, mask in masks.items()}
+    buffer = io.BytesIO()  # zip needs a seekable file; GFile (for gs:// paths) is not
+    np.savez_compressed(buffer, **arrays)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def load_masks(path: str) -> dict[str, Masks]:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        arrays = np.load(io.BytesIO(f.read()))
+    result: dict[str, Masks] = {}
+    for key in arrays.files:
+        task, name = key.split("/", 1)
+        result.setdefault(task, {})[name] = arrays[key].astype(np.float32)
+    return result
+

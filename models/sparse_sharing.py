@@ -1,0 +1,182 @@
+"""Algorithm 1 of LT4REC: warmup, per-task mask search, masked mixed training.
+
+1. Warmup: train the whole net on mixed CTR/CVR batches; keep the weights as sNET_init.
+2. Per task, iterative magnitude pruning: round r trains from the rewinding target with
+   mask m_r on the task's samples, is scored on validation, and prunes to m_{r+1}
+   ((1-q)^(r+1) of the weights left). The best round (within an optional minimum
+   sparsity) gives the task's mask.
+3. Rewind to sNET_init, set both masks, and train on mixed batches; a batch of task k
+   updates only what mask k keeps (see `training.py`).
+
+The TFX components call `warmup`/`search_masks` (MaskSearch) and `train_shared` (Trainer),
+the benchmarks call `run` for the whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from lt4rec.models import masks, metrics, network, training
+
+REWIND_WARMUP = "warmup"  # sNET_init, the weights after warmup (the paper's choice)
+REWIND_RANDOM = "random"  # the random initialisation (the original lottery ticket)
+REWIND_TARGETS = (REWIND_WARMUP, REWIND_RANDOM)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """How the masks are searched; recorded in the masks artifact."""
+
+    rounds: int = 4
+    remaining: float = 0.2  # the share of MLP weights left after `rounds` rounds
+    scope: str = masks.GLOBAL
+    granularity: str = masks.CONNECTION
+    rewind_to: str = REWIND_WARMUP
+    min_sparsity: float = 0.0  # only rounds with at least this share pruned may be chosen
+    warmup_epochs: int = 1
+    epochs_per_round: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rewind_to not in REWIND_TARGETS:
+            raise ValueError(f"rewind_to must be one of {REWIND_TARGETS}, not {self.rewind_to!r}")
+        masks.rate_for(self.remaining, self.rounds)  # validates remaining and rounds
+        if not 0 <= self.min_sparsity < 1:
+            raise ValueError(f"min_sparsity {self.min_sparsity} is not in [0, 1)")
+
+    @property
+    def rate(self) -> float:
+        """q: the share of the remaining weights each round drops."""
+        return masks.rate_for(self.remaining, self.rounds)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+    """One round of one task's search: its mask's share of weights and validation score."""
+
+    task: str
+    round: int
+    remaining: float
+    metric: str
+    value: float
+    seconds: float
+
+
+@dataclasses.dataclass
+class TaskSearch:
+    task: str
+    rounds: list[RoundResult]
+    best_round: int
+    masks: masks.Masks
+
+    @property
+    def best(self) -> RoundResult:
+        return self.rounds[self.best_round]
+
+
+def select_round(rounds: list[RoundResult], min_sparsity: float) -> int:
+    """The best-scoring round among those at least `min_sparsity` sparse (ties: sparser)."""
+    metric, larger_is_better = metrics.SELECTION_METRIC[rounds[0].task]
+    eligible = [r for r in rounds if 1.0 - r.remaining >= min_sparsity - 1e-9 and not math.isnan(r.value)]
+    if not eligible:
+        raise ValueError(f"no round of the {rounds[0].task} search is {min_sparsity:.0%} sparse and scored")
+    sign = 1.0 if larger_is_better else -1.0
+    return max(eligible, key=lambda r: (sign * r.value, -r.remaining)).round
+
+
+@dataclasses.dataclass
+class Datasets:
+    """Batched task datasets: train per task, and one validation set of all impressions."""
+
+    train: Mapping[str, tf.data.Dataset]
+    validation: tf.data.Dataset
+
+    @classmethod
+    def from_examples(cls, train: tf.data.Dataset, validation: tf.data.Dataset, batch_size: int, seed: int, tasks: Iterable[str]):
+        """From unbatched transformed examples."""
+        return cls(
+            train={task: training.task_batches(train, task, batch_size, seed) for task in tasks},
+            validation=validation.batch(4 * batch_size).prefetch(tf.data.AUTOTUNE),
+        )
+
+
+class SparseSharing:
+    """Algorithm 1 on one network, step by step."""
+
+    def __init__(self, model: network.RankingNetwork, data: Datasets, train_config: training.TrainConfig, search_config: SearchConfig):
+        if not model.masked:
+            raise ValueError("sparse sharing needs the sparse_sharing network variant")
+        self.model = model
+        self.data = data
+        self.search_config = search_config
+        self.trainer = training.MultiTaskTrainer(model, train_config)
+        self.seed = train_config.seed
+        self.random_init = training.snapshot(model)
+        self.snet_init: list[np.ndarray] | None = None
+
+    def _full_masks(self) -> None:
+        for task in self.model.config.tasks:
+            masks.set_masks(self.model, task, self.model.initial_masks(task))
+
+    def warmup(self) -> training.PhaseStats:
+        """Step 1: the whole net on mixed batches; its weights become sNET_init."""
+        self._full_masks()
+        stats = None
+        for epoch in range(self.search_config.warmup_epochs):
+            stats = self.trainer.train(self.data.train, f"warmup epoch {epoch + 1}", seed=self.seed + epoch)
+        self.snet_init = training.snapshot(self.model)
+        return stats
+
+    def rewind(self, target: str = REWIND_WARMUP) -> None:
+        weights = self.random_init if target == REWIND_RANDOM else self.snet_init
+        if weights is None:
+            raise RuntimeError("rewind to sNET_init before the warmup")
+        training.restore(self.model, weights)
+        self.trainer.reset_optimizers()
+
+    def search(self, task: str, on_round: Callable[[RoundResult], None] | None = None) -> TaskSearch:
+        """Step 2 for one task: rounds of train, score, prune, rewind."""
+        config = self.search_config
+        metric_name, _ = metrics.SELECTION_METRIC[task]
+        self._full_masks()
+        current = self.model.initial_masks(task)
+        round_masks, results = [], []
+        for round_index in range(config.rounds + 1):
+            start = time.perf_counter()
+            self.rewind(config.rewind_to)
+            masks.set_masks(self.model, task, current)
+            for epoch in range(config.epochs_per_round):
+                self.trainer.train({task: self.data.train[task]}, f"{task} search round {round_index}", seed=self.seed + 1000 * (round_index + 1) + epoch)
+            score = getattr(training.evaluate(self.model, self.data.validation), metric_name)
+            result = RoundResult(task, round_index, masks.remaining_fraction(current), metric_name, score, time.perf_counter() - start)
+            logging.info("%s search round %d: %.1f%% of MLP weights left, validation %s %.5f", task, round_index, 100 * result.remaining, metric_name, score)
+            results.append(result)
+            round_masks.append(current)
+            if on_round:
+                on_round(result)
+            if round_index < config.rounds:
+                current = masks.prune_by_magnitude(
+                    masks.get_kernels(self.model), current, round_index + 1, config.rate, config.scope, config.granularity
+                )
+        best = select_round(results, config.min_sparsity)
+        logging.info("%s: chose round %d (%.1f%% of weights, %s %.5f)", task, best, 100 * results[best].remaining, metric_name, results[best].value)
+        return TaskSearch(task, results, best, round_masks[best])
+
+    def train_shared(self, task_masks: Mapping[str, masks.Masks], epochs: int) -> list[training.PhaseStats]:
+        """Step 3: from sNET_init with the chosen masks, mixed batches."""
+        self.rewind(REWIND_WARMUP)
+        for task, task_mask in task_masks.items():
+            masks.set_masks(self.model, task, task_mask)
+        return [
+            self.trainer.train(self.data.train, f"shared training epoch {epoch + 1}", seed=self.seed + 10_000 + epoch)
+            for epoch in range(epochs)
+        ]

@@ -1,0 +1,226 @@
+"""Training of the network on task batches: one optimizer per task.
+
+Every batch belongs to one task: CTR batches hold impressions, CVR batches clicked
+impressions only. A batch of task k runs the network through mask k and is applied by
+task k's own optimizer. Gradients through `kernel * mask_k` are exactly zero outside mask
+k, and an Adam whose moments only ever saw zeros there moves nothing there: a batch of
+task k leaves every weight outside mask k, and the other task's optimizer state, bit for
+bit as they were. (One shared Adam would not: its moments, filled by task j, would keep
+moving j's private weights on k's batches.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from lt4rec.models import features, masks, metrics, network
+
+CLICK = features.CLICK_LABEL
+WATCH_RATIO = features.WATCH_RATIO_LABEL
+LABEL_KEYS = (CLICK, WATCH_RATIO)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How the network is trained; recorded with every trained model."""
+
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    loss_weights: tuple[tuple[str, float], ...] = (("ctr", 0.7), ("cvr", 0.3))
+    # Gradient conflict: clicked samples with a watch ratio under the threshold weigh
+    # 1 + conflict_weight in the CVR loss (0 turns it off).
+    conflict_weight: float = 0.0
+    conflict_threshold: float = 0.2
+    seed: int = 0
+
+    @property
+    def loss_weight(self) -> dict[str, float]:
+        return dict(self.loss_weights)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> "TrainConfig":
+        config = dict(config)
+        config["loss_weights"] = tuple((task, float(w)) for task, w in config["loss_weights"])
+        return cls(**config)
+
+
+def task_examples(examples: tf.data.Dataset, task: str) -> tf.data.Dataset:
+    """The examples of a task, from unbatched transformed examples: CVR keeps clicks only."""
+    if task == "cvr":
+        return examples.filter(lambda example: tf.equal(tf.reshape(example[CLICK], []), 1))
+    return examples
+
+
+def task_batches(examples: tf.data.Dataset, task: str, batch_size: int, seed: int, buffer: int = 50_000) -> tf.data.Dataset:
+    """Shuffled batches of one task (reshuffled each pass, reproducible from the seed)."""
+    return (
+        task_examples(examples, task)
+        .shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def task_loss(task: str, labels: Mapping[str, tf.Tensor], predictions: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+    """CTR: binary cross-entropy on the click. CVR: weighted MSE of the watch ratio."""
+    if task == "ctr":
+        click = tf.cast(tf.reshape(labels[CLICK], [-1]), tf.float32)
+        return tf.reduce_mean(tf.keras.losses.binary_crossentropy(click[:, tf.newaxis], predictions[:, tf.newaxis]))
+    ratio = tf.reshape(labels[WATCH_RATIO], [-1])
+    weight = 1.0 + config.conflict_weight * tf.cast(ratio < config.conflict_threshold, tf.float32)
+    return tf.reduce_sum(weight * tf.square(ratio - predictions)) / tf.reduce_sum(weight)
+
+
+def split(batch: Mapping[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    inputs = {name: batch[name] for name in features.FEATURE_NAMES}
+    return inputs, {key: batch[key] for key in LABEL_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseStats:
+    """What one training pass did, for logs and benchmarks."""
+
+    phase: str
+    examples: dict[str, int]
+    seconds: float
+    mean_loss: dict[str, float]
+
+    @property
+    def examples_per_second(self) -> float:
+        return sum(self.examples.values()) / self.seconds if self.seconds else float("nan")
+
+
+class MultiTaskTrainer:
+    """Trains a `RankingNetwork` on task batches, one Adam per task."""
+
+    def __init__(self, model: network.RankingNetwork, config: TrainConfig):
+        self.model = model
+        self.config = config
+        self.optimizers = {task: tf.keras.optimizers.Adam(config.learning_rate) for task in model.config.tasks}
+        for optimizer in self.optimizers.values():
+            optimizer.build(model.trainable_variables)
+        self._steps: dict[str, Callable] = {}
+
+    def reset_optimizers(self) -> None:
+        """Fresh optimizer state (moments and step counts), as after construction."""
+        for optimizer in self.optimizers.values():
+            for variable in optimizer.variables():
+                variable.assign(tf.zeros_like(variable))
+
+    def _step_fn(self, task: str):
+        weight = self.config.loss_weight.get(task, 1.0) if len(self.model.config.tasks) > 1 else 1.0
+
+        def step(batch):
+            inputs, labels = split(batch)
+            with tf.GradientTape() as tape:
+                predictions = self.model(inputs, task=task, training=True)[task]
+                loss = task_loss(task, labels, predictions, self.config)
+                weighted = weight * loss
+            variables = self.model.trainable_variables
+            gradients = tape.gradient(weighted, variables)
+            self.optimizers[task].apply_gradients(
+                [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
+            )
+            return loss
+
+        return step
+
+    def train_step(self, task: str, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        if task not in self._steps:
+            # Traced once per task, for any batch size (the last batch of a pass is smaller).
+            signature = {
+                key: tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype) for key, tensor in batch.items()
+            }
+            self._steps[task] = tf.function(self._step_fn(task), input_signature=[signature])
+        return self._steps[task](batch)
+
+    def train(self, batches: Mapping[str, Iterable], phase: str, seed: int) -> PhaseStats:
+        """One pass over every task's batches, interleaved at random in proportion.
+
+        With one task this is plain training on that task; with both it is the mixed
+        training of Algorithm 1 (warmup and final phase).
+        """
+        rng = np.random.default_rng(seed)
+        iterators = {task: iter(task_batches) for task, task_batches in batches.items()}
+        examples = {task: 0 for task in batches}
+        losses: dict[str, list[float]] = {task: [] for task in batches}
+        start = time.perf_counter()
+        while iterators:
+            tasks = list(iterators)
+            task = tasks[rng.integers(len(tasks))] if len(tasks) > 1 else tasks[0]
+            batch = next(iterators[task], None)
+            if batch is None:
+                del iterators[task]
+                continue
+            losses[task].append(float(self.train_step(task, batch)))
+            examples[task] += int(tf.shape(batch[CLICK])[0])
+        stats = PhaseStats(
+            phase=phase,
+            examples=examples,
+            seconds=time.perf_counter() - start,
+            mean_loss={task: float(np.mean(values)) if values else float("nan") for task, values in losses.items()},
+        )
+        logging.info(
+            "%s: %s examples in %.1f s (%.0f examples/s), mean loss %s",
+            phase,
+            ", ".join(f"{count} {task}" for task, count in examples.items()),
+            stats.seconds,
+            stats.examples_per_second,
+            ", ".join(f"{task} {loss:.4f}" for task, loss in stats.mean_loss.items()),
+        )
+        return stats
+
+
+_PREDICT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict(model: network.RankingNetwork, batches: Iterable) -> dict[str, np.ndarray]:
+    """Every task's predictions over batches, with the labels and the user id beside them."""
+    if model not in _PREDICT_FUNCTIONS:
+        _PREDICT_FUNCTIONS[model] = tf.function(lambda inputs: model(inputs), reduce_retracing=True)
+    call = _PREDICT_FUNCTIONS[model]
+    collected: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        inputs, labels = split(batch)
+        outputs = {**call(inputs), **labels, features.USER_ID: inputs[features.USER_ID][:, 0]}
+        for key, value in outputs.items():
+            collected.setdefault(key, []).append(np.reshape(value.numpy(), [-1]))
+    return {key: np.concatenate(values) for key, values in collected.items()}
+
+
+def evaluate(model: network.RankingNetwork, batches: Iterable) -> metrics.TaskMetrics:
+    scored = predict(model, batches)
+    return metrics.compute(
+        click=scored[CLICK],
+        watch_ratio=scored[WATCH_RATIO],
+        user=scored[features.USER_ID],
+        ctr=scored.get("ctr"),
+        cvr=scored.get("cvr"),
+    )
+
+
+def snapshot(model: tf.keras.Model) -> list[np.ndarray]:
+    """The trainable weights (not masks, not optimizer state), to rewind to."""
+    return [variable.numpy() for variable in model.trainable_variables]
+
+
+def restore(model: tf.keras.Model, weights: list[np.ndarray]) -> None:
+    for variable, value in zip(model.trainable_variables, weights, strict=True):
+        variable.assign(value)
+
+
+def mlp_weight_share(model: network.RankingNetwork, task: str) -> float:
+    """The share of the sparse-sharing MLP's weights `task` keeps (1 for dense variants)."""
+    if not model.masked:
+        return 1.0
+    return masks.remaining_fraction(masks.get_masks(model, task))

@@ -1,0 +1,147 @@
+"""Per-task masks: magnitude pruning, the TF-MOT wrapper's forward pass and bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from lt4rec.models import masks
+
+
+def _kernels(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"a": rng.normal(size=(40, 30)), "b": rng.normal(size=(30, 20)), "c": rng.normal(size=(20, 10))}
+
+
+def _wrapper(units_in: int = 6, units_out: int = 4) -> masks.TaskMaskedPruneLowMagnitude:
+    layer = masks.TaskMaskedPruneLowMagnitude(tf.keras.layers.Dense(units_out, activation="relu", name="dense"))
+    layer.build((None, units_in))
+    layer.layer.bias.assign(np.linspace(0.1, 0.4, units_out))
+    return layer
+
+
+@pytest.mark.parametrize("scope", masks.SCOPES)
+def test_remaining_fraction_after_r_rounds_is_within_one_weight(scope):
+    kernels = _kernels()
+    rate = masks.rate_for(0.2, 4)
+    current = {name: np.ones_like(kernel, dtype=np.float32) for name, kernel in kernels.items()}
+    for round_index in range(1, 5):
+        current = masks.prune_by_magnitude(kernels, current, round_index, rate, scope=scope)
+        sizes = [mask.size for mask in current.values()] if scope == masks.PER_LAYER else [sum(m.size for m in current.values())]
+        kept = [mask.sum() for mask in current.values()] if scope == masks.PER_LAYER else [sum(m.sum() for m in current.values())]
+        for size, count in zip(sizes, kept):
+            assert abs(count - size * (1 - rate) ** round_index) <= 1.0
+    assert masks.remaining_fraction(current) == pytest.approx(0.2, abs=1e-2)
+
+
+def test_pruning_keeps_the_largest_magnitudes_and_only_shrinks():
+    kernels = _kernels()
+    full = {name: np.ones_like(kernel, dtype=np.float32) for name, kernel in kernels.items()}
+    first = masks.prune_by_magnitude(kernels, full, 1, 0.5)
+    second = masks.prune_by_magnitude(kernels, first, 2, 0.5)
+    values = np.concatenate([np.abs(kernels[n]).ravel() for n in kernels])
+    kept = np.concatenate([first[n].ravel() for n in kernels]) > 0
+    assert values[kept].min() >= values[~kept].max()  # global threshold
+    for name in kernels:
+        assert np.all(second[name] <= first[name])  # a dropped weight never comes back
+
+
+def test_per_layer_scope_prunes_every_layer_alike():
+    kernels = _kernels()
+    kernels["a"] = kernels["a"] * 100  # globally, layer a would keep everything
+    full = {name: np.ones_like(kernel, dtype=np.float32) for name, kernel in kernels.items()}
+    per_layer = masks.prune_by_magnitude(kernels, full, 1, 0.5, scope=masks.PER_LAYER)
+    assert [mask.mean() for mask in per_layer.values()] == pytest.approx([0.5, 0.5, 0.5], abs=0.01)
+    global_ = masks.prune_by_magnitude(kernels, full, 1, 0.5, scope=masks.GLOBAL)
+    assert global_["a"].mean() > 0.8 and global_["b"].mean() < 0.2 and global_["c"].mean() < 0.2
+
+
+def test_neuron_masks_remove_whole_units():
+    kernels = _kernels()
+    full = {name: np.ones_like(kernel, dtype=np.float32) for name, kernel in kernels.items()}
+    neuron = masks.prune_by_magnitude(kernels, full, 2, 0.3, granularity=masks.NEURON)
+    for mask in neuron.values():
+        column_sums = mask.sum(axis=0)
+        assert set(np.unique(column_sums)) <= {0.0, float(mask.shape[0])}  # all or nothing per unit
+    units = sum(mask.shape[1] for mask in neuron.values())
+    kept_units = sum(len(masks.units_kept(mask)) for mask in neuron.values())
+    assert abs(kept_units - units * 0.7**2) <= 1.0
+
+
+def test_wrapper_applies_each_tasks_mask_in_the_forward_pass_and_leaves_the_kernel():
+    layer = _wrapper()
+    assert isinstance(layer, pruning_wrapper.PruneLowMagnitude)  # TF-MOT's machinery underneath
+    rng = np.random.default_rng(1)
+    ctr_mask = (rng.random((6, 4)) < 0.5).astype(np.float32)
+    ctr_mask[:, 3] = 0  # unit 3 is off for CTR: its bias must not leak through
+    cvr_mask = np.ones((6, 4), np.float32)
+    layer.set_task_mask("ctr", ctr_mask)
+    layer.set_task_mask("cvr", cvr_mask)
+    kernel, bias = layer.layer.kernel.numpy(), layer.layer.bias.numpy()
+    inputs = rng.normal(size=(5, 6)).astype(np.float32)
+
+    by_hand = np.maximum(inputs @ (kernel * ctr_mask) + bias * ctr_mask.max(axis=0), 0)
+    np.testing.assert_allclose(layer(inputs, task="ctr").numpy(), by_hand, rtol=1e-5, atol=1e-6)
+    assert np.all(layer(inputs, task="ctr").numpy()[:, 3] == 0)
+    np.testing.assert_allclose(layer(inputs, task="cvr").numpy(), np.maximum(inputs @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(layer.layer.kernel.numpy(), kernel)  # calls changed nothing
+
+
+def test_union_mask_is_tf_mots_mask_and_zeroes_only_weights_no_task_keeps():
+    layer = _wrapper()
+    ctr_mask = np.zeros((6, 4), np.float32)
+    ctr_mask[:3] = 1
+    cvr_mask = np.zeros((6, 4), np.float32)
+    cvr_mask[2:4] = 1
+    layer.set_task_mask("ctr", ctr_mask)
+    layer.set_task_mask("cvr", cvr_mask)
+    union = np.maximum(ctr_mask, cvr_mask)
+    np.testing.assert_array_equal(layer.pruning_vars[0][1].numpy(), union)
+    kernel = layer.layer.kernel.numpy()
+    assert np.all(kernel[union == 0] == 0)
+    assert np.all(kernel[union == 1] != 0)
+
+
+def test_folded_kernel_reproduces_the_task():
+    layer = _wrapper()
+    mask = np.zeros((6, 4), np.float32)
+    mask[:, :2] = 1
+    layer.set_task_mask("cvr", mask)
+    kernel, bias = layer.folded("cvr")
+    inputs = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_allclose(layer(inputs, task="cvr").numpy(), np.maximum(inputs @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+    assert list(masks.units_kept(mask)) == [0, 1]
+
+
+def test_overlap_counts_every_weight_once():
+    ctr = {"x": np.array([[1, 1], [0, 0]], np.float32)}
+    cvr = {"x": np.array([[1, 0], [1, 0]], np.float32)}
+    (layer,) = masks.overlap(ctr, cvr)
+    assert (layer.shared, layer.ctr_only, layer.cvr_only, layer.unused) == (1, 1, 1, 1)
+    assert sum(layer.fractions().values()) == pytest.approx(1.0)
+
+
+def test_masks_round_trip_through_a_file(tmp_path):
+    kernels = _kernels()
+    saved = {
+        task: masks.prune_by_magnitude(kernels, {n: np.ones_like(k, np.float32) for n, k in kernels.items()}, 1, rate)
+        for task, rate in (("ctr", 0.5), ("cvr", 0.3))
+    }
+    path = str(tmp_path / "masks.npz")
+    masks.save_masks(path, saved)
+    loaded = masks.load_masks(path)
+    for task in saved:
+        for name in saved[task]:
+            np.testing.assert_array_equal(loaded[task][name], saved[task][name])
+
+
+def test_bad_shapes_and_settings_are_refused():
+    layer = _wrapper()
+    with pytest.raises(ValueError, match="mask of shape"):
+        layer.set_task_mask("ctr", np.ones((3, 3)))
+    with pytest.raises(ValueError):
+        masks.rate_for(0.0, 4)
+    with pytest.raises(ValueError):
+        masks.prune_by_magnitude(_kernels(), {}, 1, 0.5, scope="everywhere")

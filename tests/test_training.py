@@ -1,0 +1,97 @@
+"""Task batches touch only their task's weights and optimizer state; pruned weights stay zero."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lt4rec.models import features, masks, network, training
+from tests.conftest import random_transformed
+
+
+def _setup(seed: int = 0):
+    tf.keras.utils.set_random_seed(seed)
+    examples = tf.data.Dataset.from_tensor_slices(random_transformed(600, seed))
+    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model.build_for(next(iter(examples.batch(2))))
+    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01))
+    kernels = masks.get_kernels(model)
+    for task, rate in (("ctr", 0.5), ("cvr", 0.6)):
+        noisy = {name: kernel + np.random.default_rng(len(task) + int(rate * 10)).normal(0, 0.3, kernel.shape) for name, kernel in kernels.items()}
+        masks.set_masks(model, task, masks.prune_by_magnitude(noisy, model.initial_masks(task), 1, rate))
+    batches = {task: training.task_batches(examples, task, 64, seed) for task in ("ctr", "cvr")}
+    trainer.train(batches, "mixed", seed)  # both optimizers now hold state
+    return model, trainer, batches
+
+
+def _state(model, trainer):
+    return (
+        {variable.name: variable.numpy().copy() for variable in model.variables},
+        {task: [v.numpy().copy() for v in optimizer.variables()] for task, optimizer in trainer.optimizers.items()},
+    )
+
+
+@pytest.mark.parametrize("task, other", [("ctr", "cvr"), ("cvr", "ctr")])
+def test_a_batch_of_one_task_changes_only_what_its_mask_keeps(task, other):
+    model, trainer, batches = _setup()
+    weights_before, optimizers_before = _state(model, trainer)
+    trainer.train_step(task, next(iter(batches[task])))
+    weights_after, optimizers_after = _state(model, trainer)
+
+    changed_inside = 0
+    for layer in masks.masked_layers(model):
+        mask = layer.task_mask(task) > 0
+        name = layer.layer.kernel.name
+        before, after = weights_before[name], weights_after[name]
+        np.testing.assert_array_equal(after[~mask], before[~mask])  # bit for bit
+        changed_inside += int(np.sum(after[mask] != before[mask]))
+        bias_on = mask.max(axis=0)
+        np.testing.assert_array_equal(weights_after[layer.layer.bias.name][~bias_on], weights_before[layer.layer.bias.name][~bias_on])
+    assert changed_inside > 0
+    for variable in model.heads[other].variables:
+        np.testing.assert_array_equal(weights_after[variable.name], weights_before[variable.name])
+    for before, after in zip(optimizers_before[other], optimizers_after[other]):
+        np.testing.assert_array_equal(after, before)  # the other task's Adam state is untouched
+
+    # This task's Adam moments never saw a gradient outside its mask.
+    optimizer = trainer.optimizers[task]
+    for layer in masks.masked_layers(model):
+        outside = layer.task_mask(task) == 0
+        index = optimizer._index_dict[optimizer._var_key(layer.layer.kernel)]  # tf_keras Adam's slots
+        for moments in (optimizer._momentums, optimizer._velocities):
+            assert np.all(moments[index].numpy()[outside] == 0)
+
+
+def test_weights_no_task_keeps_are_zero_and_stay_zero():
+    model, trainer, batches = _setup(1)
+    unused = {layer.name: (layer.task_mask("ctr") == 0) & (layer.task_mask("cvr") == 0) for layer in masks.masked_layers(model)}
+    assert any(u.any() for u in unused.values())
+    for _ in range(2):
+        trainer.train(batches, "mixed", 3)
+    for layer in masks.masked_layers(model):
+        assert np.all(layer.layer.kernel.numpy()[unused[layer.name]] == 0)
+
+
+def test_reset_optimizers_clears_moments_and_step_counts():
+    model, trainer, _ = _setup(2)
+    trainer.reset_optimizers()
+    for optimizer in trainer.optimizers.values():
+        assert all(np.all(v.numpy() == 0) for v in optimizer.variables())
+        assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+
+
+def test_cvr_loss_counts_clicks_and_weighs_conflicts():
+    labels = {features.CLICK_LABEL: tf.constant([1, 1]), features.WATCH_RATIO_LABEL: tf.constant([0.1, 0.9])}
+    predictions = tf.constant([0.5, 0.5])
+    plain = training.task_loss("cvr", labels, predictions, training.TrainConfig())
+    assert float(plain) == pytest.approx((0.16 + 0.16) / 2)
+    weighted = training.task_loss("cvr", labels, tf.constant([0.1, 0.5]), training.TrainConfig(conflict_weight=3.0))
+    assert float(weighted) == pytest.approx((4 * 0.0 + 1 * 0.16) / 5)
+
+
+def test_cvr_batches_hold_clicked_impressions_only():
+    examples = tf.data.Dataset.from_tensor_slices(random_transformed(300, 4))
+    clicks = [int(c) for batch in training.task_batches(examples, "cvr", 50, 0) for c in batch[features.CLICK_LABEL]]
+    expected = int(random_transformed(300, 4)[features.CLICK_LABEL].sum())
+    assert set(clicks) == {1} and len(clicks) == expected
