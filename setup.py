@@ -54,8 +54,11 @@ setup(
         "apache-beam[gcp]==2.59.0",
         "tensorflow-serving-api==2.16.1",
         "tensorflow-recommenders==0.7.7",
-        "kfp==2.7.0",
+        # kfp >= 2.6 needs protobuf 4, which tensorflow-metadata 1.16 forbids on Python < 3.11.
+        "kfp==2.7.0; python_version >= '3.11'",
+        "kfp==2.5.0; python_version < '3.11'",
         "click>=8.1",
+        "matplotlib>=3.8",
         "numpy>=1.26,<2",
         "google-crc32c>=1.5",
     ],

@@ -161,6 +161,87 @@ def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str)
     click.echo(preprocess_lib.format_counters(counters))
 
 
+_MODEL_OPTIONS = [
+    click.option("--masks", "mask_mode", type=click.Choice(["search", "reuse"]), default="search", show_default=True,
+                 help="search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
+                      "in ML Metadata and retrain only the shared weights (daily runs)."),
+    click.option("--embedding-dim", default=32, show_default=True, type=click.IntRange(min=1), help="Embedding dimension per field."),
+    click.option("--hidden-units", default="512,256,128", show_default=True,
+                 help="MLP widths, comma-separated (a bigger shared net: e.g. 1024,512,256)."),
+    click.option("--multi-view-dim", default=0, show_default=True, type=click.IntRange(min=0),
+                 help="Multi-view: extra embedding dimensions per field that only CVR sees (0: off)."),
+    click.option("--rounds", default=4, show_default=True, type=click.IntRange(min=1), help="Pruning rounds per task."),
+    click.option("--remaining", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+                 help="Share of MLP weights left after the last round (sets q)."),
+    click.option("--prune-scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
+                 help="One magnitude threshold over the whole MLP, or the same share per layer."),
+    click.option("--granularity", type=click.Choice(["connection", "neuron"]), default="connection", show_default=True,
+                 help="Prune single weights (S-Weight) or whole units (S-Neuron)."),
+    click.option("--rewind-to", type=click.Choice(["warmup", "random"]), default="warmup", show_default=True,
+                 help="Rewind each round to sNET_init (after warmup) or to the random initialisation."),
+    click.option("--min-sparsity", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+                 help="Only rounds with at least this share of MLP weights pruned may be chosen."),
+    click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=1)),
+    click.option("--epochs-per-round", default=1, show_default=True, type=click.IntRange(min=1)),
+    click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1), help="Epochs of the final shared training."),
+    click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1)),
+    click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
+    click.option("--ctr-loss-weight", default=0.7, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_ctr."),
+    click.option("--cvr-loss-weight", default=0.3, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_cvr."),
+    click.option("--conflict-weight", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+                 help="Gradient conflict: extra CVR loss weight of clicked samples with a watch ratio under "
+                      "--conflict-threshold (0: off)."),
+    click.option("--conflict-threshold", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0)),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and batch order."),
+    click.option("--min-ctr-auc", default=0.5, show_default=True, type=float, help="Bless only at or above this CTR AUC."),
+    click.option("--max-cvr-mse", default=0.25, show_default=True, type=float, help="Bless only at or below this CVR MSE."),
+]
+
+
+def model_options(command):
+    """The options of the model, its training and its mask search (see `_model_settings`)."""
+    for option in reversed(_MODEL_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _model_settings(options: dict) -> dict:
+    """PipelineSettings' model fields from the options of `model_options`."""
+    from lt4rec.models import network, sparse_sharing, training
+
+    try:
+        hidden_units = tuple(int(width) for width in options["hidden_units"].split(","))
+    except ValueError:
+        raise click.BadParameter(f"{options['hidden_units']!r} is not a comma-separated list of widths", param_hint="--hidden-units")
+    return dict(
+        masks=options["mask_mode"],
+        network=network.NetworkConfig(
+            embedding_dim=options["embedding_dim"], hidden_units=hidden_units, multi_view_dim=options["multi_view_dim"]
+        ),
+        train=training.TrainConfig(
+            batch_size=options["batch_size"],
+            learning_rate=options["learning_rate"],
+            epochs=options["epochs"],
+            loss_weights=(("ctr", options["ctr_loss_weight"]), ("cvr", options["cvr_loss_weight"])),
+            conflict_weight=options["conflict_weight"],
+            conflict_threshold=options["conflict_threshold"],
+            seed=options["seed"],
+        ),
+        search=sparse_sharing.SearchConfig(
+            rounds=options["rounds"],
+            remaining=options["remaining"],
+            scope=options["prune_scope"],
+            granularity=options["granularity"],
+            rewind_to=options["rewind_to"],
+            min_sparsity=options["min_sparsity"],
+            warmup_epochs=options["warmup_epochs"],
+            epochs_per_round=options["epochs_per_round"],
+        ),
+        min_ctr_auc=options["min_ctr_auc"],
+        max_cvr_mse=options["max_cvr_mse"],
+    )
+
+
 @cli.group()
 def pipeline() -> None:
     """Run the TFX pipeline (locally with LocalDagRunner)."""
@@ -193,6 +274,7 @@ def pipeline() -> None:
     type=click.FloatRange(0.0, 1.0),
     help="Share of log rows that may fail the label checks before the run stops.",
 )
+@model_options
 @click.pass_context
 def pipeline_run(
     ctx: click.Context,
@@ -206,13 +288,17 @@ def pipeline_run(
     span: str | None,
     table_scale: float,
     max_rejected_fraction: float,
+    **model: object,
 ) -> None:
     """Run the pipeline on day partitions of logs, locally.
 
     History mode (the default) reads every day partition (or those from --first-day to
     --last-day), holds out the last --eval-days for evaluation and trains on the rest.
-    Daily mode (--span) reads one day. Further arguments are Beam pipeline options for the
-    Beam-based components (default: the DirectRunner, in memory).
+    Daily mode (--span) reads one day. Then MaskSearch finds one mask per task on the MLP
+    (warmup, then --rounds of magnitude pruning per task), the Trainer trains the shared
+    network under them, and the Evaluator scores each task and blesses the model. Further
+    arguments are Beam pipeline options for the Beam-based components (default: the
+    DirectRunner, in memory).
     """
     from lt4rec.pipeline import configs, local_runner
 
@@ -228,6 +314,7 @@ def pipeline_run(
         table_scale=table_scale,
         max_rejected_fraction=max_rejected_fraction,
         beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
+        **_model_settings(model),
     )
     local_runner.run(settings)
     click.echo(f"Pipeline {pipeline_name} finished; artifacts under {pipeline_root}")

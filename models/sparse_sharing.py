@@ -15,7 +15,9 @@ the benchmarks call `run` for the whole.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import masks, metrics, network, training
+
+logger = logging.getLogger(__name__)
 
 REWIND_WARMUP = "warmup"  # sNET_init, the weights after warmup (the paper's choice)
 REWIND_RANDOM = "random"  # the random initialisation (the original lottery ticket)
@@ -158,7 +162,7 @@ class SparseSharing:
                 self.trainer.train({task: self.data.train[task]}, f"{task} search round {round_index}", seed=self.seed + 1000 * (round_index + 1) + epoch)
             score = getattr(training.evaluate(self.model, self.data.validation), metric_name)
             result = RoundResult(task, round_index, masks.remaining_fraction(current), metric_name, score, time.perf_counter() - start)
-            logging.info("%s search round %d: %.1f%% of MLP weights left, validation %s %.5f", task, round_index, 100 * result.remaining, metric_name, score)
+            logger.info("%s search round %d: %.1f%% of MLP weights left, validation %s %.5f", task, round_index, 100 * result.remaining, metric_name, score)
             results.append(result)
             round_masks.append(current)
             if on_round:
@@ -168,15 +172,59 @@ class SparseSharing:
                     masks.get_kernels(self.model), current, round_index + 1, config.rate, config.scope, config.granularity
                 )
         best = select_round(results, config.min_sparsity)
-        logging.info("%s: chose round %d (%.1f%% of weights, %s %.5f)", task, best, 100 * results[best].remaining, metric_name, results[best].value)
+        logger.info("%s: chose round %d (%.1f%% of weights, %s %.5f)", task, best, 100 * results[best].remaining, metric_name, results[best].value)
         return TaskSearch(task, results, best, round_masks[best])
 
-    def train_shared(self, task_masks: Mapping[str, masks.Masks], epochs: int) -> list[training.PhaseStats]:
+    def train_shared(self, task_masks: Mapping[str, masks.Masks]) -> list[training.PhaseStats]:
         """Step 3: from sNET_init with the chosen masks, mixed batches."""
         self.rewind(REWIND_WARMUP)
         for task, task_mask in task_masks.items():
             masks.set_masks(self.model, task, task_mask)
         return [
             self.trainer.train(self.data.train, f"shared training epoch {epoch + 1}", seed=self.seed + 10_000 + epoch)
-            for epoch in range(epochs)
+            for epoch in range(self.trainer.config.epochs)
         ]
+
+    def write(self, folder: str, searches: Mapping[str, TaskSearch], extra: Mapping | None = None) -> None:
+        """The search's result, for the trainer: chosen masks, sNET_init, every round."""
+        tf.io.gfile.makedirs(folder)
+        masks.save_masks(os.path.join(folder, MASKS_FILE), {task: search.masks for task, search in searches.items()})
+        self.rewind(REWIND_WARMUP)
+        tf.train.Checkpoint(network=self.model).write(os.path.join(folder, SNET_INIT_CHECKPOINT))
+        report = {
+            "network": self.model.config.to_dict(),
+            "train": self.trainer.config.to_dict(),
+            "search": self.search_config.to_dict(),
+            "rate": self.search_config.rate,
+            "tasks": {
+                task: {
+                    "best_round": search.best_round,
+                    "remaining": search.best.remaining,
+                    "per_layer_remaining": {name: float(mask.mean()) for name, mask in search.masks.items()},
+                    "rounds": [dataclasses.asdict(r) for r in search.rounds],
+                }
+                for task, search in searches.items()
+            },
+            **(extra or {}),
+        }
+        with tf.io.gfile.GFile(os.path.join(folder, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+
+
+MASKS_FILE = "masks.npz"
+REPORT_FILE = "search.json"
+SNET_INIT_CHECKPOINT = "snet_init/checkpoint"
+
+
+def read_report(folder: str) -> dict:
+    with tf.io.gfile.GFile(os.path.join(folder, REPORT_FILE)) as f:
+        return json.load(f)
+
+
+def load_search(folder: str, model: network.RankingNetwork) -> dict[str, masks.Masks]:
+    """Restore sNET_init from a search's output into `model` and return its chosen masks."""
+    searched = network.NetworkConfig.from_dict(read_report(folder)["network"])
+    if searched != model.config:
+        raise ValueError(f"the masks in {folder} were searched on network {searched}, not on {model.config}")
+    tf.train.Checkpoint(network=model).read(os.path.join(folder, SNET_INIT_CHECKPOINT)).assert_existing_objects_matched()
+    return masks.load_masks(os.path.join(folder, MASKS_FILE))

@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from lt4rec.models import features, masks, metrics, network
 
+logger = logging.getLogger(__name__)
+
 CLICK = features.CLICK_LABEL
 WATCH_RATIO = features.WATCH_RATIO_LABEL
 LABEL_KEYS = (CLICK, WATCH_RATIO)
@@ -33,6 +35,7 @@ class TrainConfig:
 
     batch_size: int = 512
     learning_rate: float = 1e-3
+    epochs: int = 1  # passes of the final (shared) training over the training split
     loss_weights: tuple[tuple[str, float], ...] = (("ctr", 0.7), ("cvr", 0.3))
     # Gradient conflict: clicked samples with a watch ratio under the threshold weigh
     # 1 + conflict_weight in the CVR loss (0 turns it off).
@@ -170,7 +173,7 @@ class MultiTaskTrainer:
             seconds=time.perf_counter() - start,
             mean_loss={task: float(np.mean(values)) if values else float("nan") for task, values in losses.items()},
         )
-        logging.info(
+        logger.info(
             "%s: %s examples in %.1f s (%.0f examples/s), mean loss %s",
             phase,
             ", ".join(f"{count} {task}" for task, count in examples.items()),

@@ -17,7 +17,7 @@ import re
 import tensorflow as tf
 
 from lt4rec import errors
-from lt4rec.models import features
+from lt4rec.models import features, network, sparse_sharing, training
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 # None: Beam's DirectRunner, in memory. (With any argument set, TFX also packages itself
@@ -25,6 +25,10 @@ SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 # --setup_file=<this repo>/setup.py to ship this project to Dataflow, Flink or Spark.)
 DEFAULT_BEAM_PIPELINE_ARGS: tuple[str, ...] = ()
 PREPROCESSING_FN = "lt4rec.models.preprocessing.preprocessing_fn"
+RUN_FN = "lt4rec.models.trainer.run_fn"
+SEARCH_MASKS = "search"  # run MaskSearch, then train under the masks it finds
+REUSE_MASKS = "reuse"  # train under the latest masks in ML Metadata (daily runs)
+MASK_MODES = (SEARCH_MASKS, REUSE_MASKS)
 _DAY = re.compile(r"^\d{8}$")
 
 
@@ -47,6 +51,17 @@ class PipelineSettings:
     share_tables: bool = True
     table_scale: float = 1.0
     max_rejected_fraction: float = 0.0
+    # The model: the network, its training, the mask search (Algorithm 1's settings).
+    network: network.NetworkConfig = network.NetworkConfig()
+    train: training.TrainConfig = training.TrainConfig()
+    search: sparse_sharing.SearchConfig = sparse_sharing.SearchConfig()
+    masks: str = SEARCH_MASKS
+    # The Evaluator blesses a model whose CTR AUC and CVR MSE (clicks only) are within
+    # these bounds, and, once a blessed model exists, no worse than it by more than these.
+    min_ctr_auc: float = 0.5
+    max_cvr_mse: float = 0.25
+    max_ctr_auc_drop: float = 0.01
+    max_cvr_mse_rise: float = 0.005
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
     metadata_path: str | None = None  # SQLite file; default <pipeline_root>/metadata.sqlite
 
@@ -57,12 +72,24 @@ class PipelineSettings:
                 _check_day(value, name)
         if self.span is not None and self.span != "latest":
             _check_day(self.span, "span")
+        if self.masks not in MASK_MODES:
+            raise errors.UserFacingError(f"masks must be one of {MASK_MODES}, not {self.masks!r}")
         if self.span is not None and (self.first_day or self.last_day):
             raise errors.UserFacingError("span (daily mode) and first_day/last_day (history mode) exclude each other")
 
     @property
     def feature_config(self) -> features.FeatureConfig:
         return features.scaled_config(self.table_scale, self.share_tables)
+
+    @property
+    def model_settings(self) -> dict:
+        """What MaskSearch and the Trainer are given: one dict, so they cannot disagree."""
+        return {
+            "features": self.feature_config.to_dict(),
+            "network": self.network.to_dict(),
+            "train": self.train.to_dict(),
+            "search": self.search.to_dict(),
+        }
 
     @property
     def metadata_sqlite(self) -> str:

@@ -6,18 +6,26 @@
                                         AnomalyCheck (stops the run on anomalies)
                                               │
     LogExampleGen ───────────────────────> Transform <─ curated schema
+                                              │
+                      MaskSearch (or the latest masks) ─> SparseSharingTrainer
+                                                                │
+                                 latest blessed model ─> Evaluator (TFMA, per task)
 
 Runners (`local_runner.py`, and later Kubeflow's) only choose where it runs.
 """
 
 from __future__ import annotations
 
+import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
 from lt4rec.components.anomaly_check import AnomalyCheck
+from lt4rec.components.artifacts import Masks
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
-from lt4rec.models import preprocessing
+from lt4rec.components.mask_search import MaskSearch
+from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
+from lt4rec.models import features, preprocessing
 from lt4rec.pipeline import configs
 
 
@@ -58,6 +66,38 @@ def create_components(settings: configs.PipelineSettings) -> list:
         disable_statistics=True,
     )
     transform.add_upstream_node(anomaly_check)
+
+    if settings.masks == configs.SEARCH_MASKS:
+        masks_source = MaskSearch(
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            settings=settings.model_settings,
+        )
+        masks = masks_source.outputs["masks"]
+    else:
+        masks_source = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            masks=tfx.dsl.Channel(type=Masks),
+        ).with_id("LatestMasks")
+        masks = masks_source.outputs["masks"]
+    trainer = SparseSharingTrainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        masks=masks,
+        run_fn=configs.RUN_FN,
+        custom_config=settings.model_settings,
+    )
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModel")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        eval_config=eval_config(settings),
+    )
     return [
         example_gen,
         statistics_gen,
@@ -66,7 +106,69 @@ def create_components(settings: configs.PipelineSettings) -> list:
         example_validator,
         anomaly_check,
         transform,
+        masks_source,
+        trainer,
+        latest_blessed_model,
+        evaluator,
     ]
+
+
+def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
+    """Per task: CTR AUC, GAUC by user, log loss, calibration; CVR MSE on clicks only.
+
+    The serving model scores the raw eval split. CVR's metrics weigh each example by its
+    click label, so non-clicked impressions count for nothing. Blessing: value bounds
+    always, and no worse than the latest blessed model (when there is one) by more than
+    the settings allow.
+    """
+    higher = tfma.MetricDirection.HIGHER_IS_BETTER
+    lower = tfma.MetricDirection.LOWER_IS_BETTER
+    ctr_auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": settings.min_ctr_auc}),
+        change_threshold=tfma.GenericChangeThreshold(direction=higher, absolute={"value": -settings.max_ctr_auc_drop}),
+    )
+    cvr_mse_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(upper_bound={"value": settings.max_cvr_mse}),
+        change_threshold=tfma.GenericChangeThreshold(direction=lower, absolute={"value": settings.max_cvr_mse_rise}),
+    )
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_keys={"ctr": features.CLICK_LABEL, "cvr": features.WATCH_RATIO_LABEL},
+                example_weight_keys={"cvr": features.CLICK_LABEL},
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                output_names=["ctr"],
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(class_name="AUC", threshold=ctr_auc_threshold),
+                    tfma.MetricConfig(class_name="BinaryCrossentropy", config='{"name": "log_loss"}'),
+                    tfma.MetricConfig(class_name="Calibration"),
+                    tfma.MetricConfig(class_name="MeanLabel"),
+                    tfma.MetricConfig(class_name="MeanPrediction"),
+                ],
+            ),
+            tfma.MetricsSpec(  # per-user AUC: TFMA groups the examples by user first
+                output_names=["ctr"],
+                query_key=features.USER_ID,
+                metrics=[tfma.MetricConfig(class_name="GAUC", module="lt4rec.models.tfma_metrics")],
+                example_weights=tfma.ExampleWeightOptions(unweighted=True),
+            ),
+            tfma.MetricsSpec(
+                output_names=["cvr"],
+                metrics=[
+                    tfma.MetricConfig(class_name="WeightedExampleCount", config='{"name": "clicked_examples"}'),
+                    tfma.MetricConfig(class_name="MeanSquaredError", config='{"name": "mse"}', threshold=cvr_mse_threshold),
+                    tfma.MetricConfig(class_name="MeanLabel"),
+                    tfma.MetricConfig(class_name="MeanPrediction"),
+                ],
+            ),
+        ],
+    )
 
 
 def create_pipeline(

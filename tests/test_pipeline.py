@@ -1,20 +1,28 @@
 """The pipeline end to end on tiny data, and what its command line says about bad input."""
 
 import glob
+import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 
 from lt4rec import errors
-from lt4rec.models import features
+from lt4rec.models import features, masks, network, sparse_sharing, trainer, training
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.conftest import LT4REC, read_examples
 
 TABLE_SCALE = 0.01
+TINY_MODEL = dict(
+    network=network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16)),
+    train=training.TrainConfig(batch_size=128),
+    search=sparse_sharing.SearchConfig(rounds=2, remaining=0.25),
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +33,7 @@ def finished_run(tiny_logs, tmp_path_factory):
         pipeline_root=str(root / "pipeline"),
         serving_dir=str(root / "serving"),
         table_scale=TABLE_SCALE,
+        **TINY_MODEL,
     )
     local_runner.run(settings)
     return settings
@@ -37,10 +46,67 @@ def _latest(settings, component: str, output: str) -> str:
 def test_components_are_wired_once_in_order(tiny_logs):
     settings = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y")
     ids = [component.id for component in pipeline_lib.create_components(settings)]
-    assert ids == [
-        "LogExampleGen", "StatisticsGen", "InferredSchemaGen", "CuratedSchemaGen",
-        "ExampleValidator", "AnomalyCheck", "Transform",
-    ]
+    front = ["LogExampleGen", "StatisticsGen", "InferredSchemaGen", "CuratedSchemaGen", "ExampleValidator", "AnomalyCheck", "Transform"]
+    assert ids == front + ["MaskSearch", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator"]
+    reuse = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", masks=configs.REUSE_MASKS)
+    ids = [component.id for component in pipeline_lib.create_components(reuse)]
+    assert ids == front + ["LatestMasks", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator"]
+
+
+def test_mask_search_writes_every_round_masks_plots_and_summary(finished_run):
+    folder = _latest(finished_run, "MaskSearch", "masks")
+    report = sparse_sharing.read_report(folder)
+    found = masks.load_masks(os.path.join(folder, sparse_sharing.MASKS_FILE))
+    for task in ("ctr", "cvr"):
+        rounds = report["tasks"][task]["rounds"]
+        assert [r["round"] for r in rounds] == [0, 1, 2]
+        assert [r["remaining"] for r in rounds] == pytest.approx([1.0, 0.5, 0.25], abs=1e-3)
+        best = report["tasks"][task]["best_round"]
+        assert masks.remaining_fraction(found[task]) == pytest.approx(rounds[best]["remaining"])
+    for name in ("pruning_curve.png", "mask_overlap.png"):
+        with open(os.path.join(folder, name), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(folder, "summary.txt")) as handle:
+        assert "all layers" in handle.read()
+
+
+def test_trained_model_keeps_the_masks_and_scores_raw_logs(finished_run, tiny_logs):
+    model_dir = _latest(finished_run, "SparseSharingTrainer", "model")
+    searched = masks.load_masks(os.path.join(_latest(finished_run, "MaskSearch", "masks"), sparse_sharing.MASKS_FILE))
+    trained = masks.load_masks(os.path.join(model_dir, trainer.TRAINING_FOLDER, sparse_sharing.MASKS_FILE))
+    for task in searched:
+        for layer in searched[task]:
+            np.testing.assert_array_equal(trained[task][layer], searched[task][layer])
+
+    serving = tf.saved_model.load(os.path.join(model_dir, "Format-Serving"))
+    raw = read_examples(os.path.join(tiny_logs, "20201013", "part-00000.gz"))[:20]
+    for example in raw:  # requests carry no labels
+        for key in (features.CLICK_LABEL, features.WATCH_RATIO_LABEL):
+            del example.features.feature[key]
+    scores = serving.signatures["serving_default"](examples=tf.constant([e.SerializeToString() for e in raw]))
+    for output in ("ctr", "cvr"):
+        assert scores[output].shape == (20,)
+        assert np.all((scores[output].numpy() > 0) & (scores[output].numpy() < 1))
+
+
+def test_evaluator_reports_each_task_and_blesses(finished_run):
+    evaluation = _latest(finished_run, "Evaluator", "evaluation")
+    result = tfma.load_eval_result(evaluation)
+    (_, by_output), = result.slicing_metrics
+    ctr = {name: value["doubleValue"] for name, value in by_output["ctr"][""].items()}
+    cvr = {name: value["doubleValue"] for name, value in by_output["cvr"][""].items()}
+    assert {"auc", "gauc", "log_loss", "calibration"} <= set(ctr)
+    assert {"mse", "clicked_examples"} <= set(cvr)
+    eval_day = read_examples(os.path.join(finished_run.data_root, "20201013", "part-00000.gz"))
+    clicks = sum(e.features.feature[features.CLICK_LABEL].int64_list.value[0] for e in eval_day)
+    assert ctr["example_count"] == len(eval_day)
+    assert cvr["clicked_examples"] == clicks  # CVR counts clicked impressions only
+    assert tfma.load_validation_result(evaluation).validation_ok
+    assert os.path.exists(os.path.join(_latest(finished_run, "Evaluator", "blessing"), "BLESSED"))
+    with open(os.path.join(_latest(finished_run, "SparseSharingTrainer", "model"), trainer.TRAINING_FOLDER, trainer.METRICS_FILE)) as handle:
+        in_process = json.load(handle)
+    assert ctr["auc"] == pytest.approx(in_process["ctr_auc"], abs=2e-3)  # TFMA's AUC is bucketed
+    assert cvr["mse"] == pytest.approx(in_process["cvr_mse"], rel=1e-4)
 
 
 def test_transform_gives_every_feature_as_fixed_width_ids(finished_run):

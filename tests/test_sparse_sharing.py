@@ -69,7 +69,7 @@ def test_neuron_level_search_and_shared_training_keep_their_masks():
         assert search.best_round == 1  # the only round 50% sparse
         for mask in search.masks.values():
             assert set(np.unique(mask.sum(axis=0))) <= {0.0, float(mask.shape[0])}
-    algorithm.train_shared({task: search.masks for task, search in found.items()}, epochs=1)
+    algorithm.train_shared({task: search.masks for task, search in found.items()})
     for task, search in found.items():
         for name, mask in masks.get_masks(algorithm.model, task).items():
             np.testing.assert_array_equal(mask, search.masks[name])

@@ -1,0 +1,70 @@
+"""MaskSearch's executor: reads Transform's splits, runs the search, writes the masks artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from lt4rec.models import features, inputs, masks, network, plots, sparse_sharing, training
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = "examples"
+TRANSFORM_GRAPH = "transform_graph"
+MASKS = "masks"
+SETTINGS = "settings"
+TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
+
+
+def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
+    uri = artifact_utils.get_split_uri(examples_artifacts, split)
+    return inputs.in_memory(inputs.transformed_examples(io_utils.all_files_pattern(uri), transform_output))
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]) -> None:
+        settings = json.loads(exec_properties[SETTINGS])
+        feature_config = features.FeatureConfig.from_dict(settings["features"])
+        network_config = network.NetworkConfig.from_dict(settings["network"])
+        train_config = training.TrainConfig.from_dict(settings["train"])
+        search_config = sparse_sharing.SearchConfig(**settings["search"])
+
+        transform_output = tft.TFTransformOutput(artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH]))
+        train = split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output)
+        validation = split_examples(input_dict[EXAMPLES], EVAL_SPLIT, transform_output)
+
+        tf.keras.utils.set_random_seed(train_config.seed)
+        data = sparse_sharing.Datasets.from_examples(train, validation, train_config.batch_size, train_config.seed, network_config.tasks)
+        model = network.RankingNetwork(feature_config, network_config)
+        model.build_for(next(iter(data.validation)))
+        algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config)
+        logger.info(
+            "Mask search: %d rounds per task, q=%.3f (%.0f%% left after the last), %s %s pruning, rewinding to %s",
+            search_config.rounds, search_config.rate, 100 * search_config.remaining,
+            search_config.scope, search_config.granularity, search_config.rewind_to,
+        )
+        algorithm.warmup()
+        searches = {task: algorithm.search(task) for task in network_config.tasks}
+
+        output = artifact_utils.get_single_instance(output_dict[MASKS])
+        algorithm.write(output.uri, searches, extra={"features": feature_config.to_dict()})
+        overlaps = masks.overlap(searches["ctr"].masks, searches["cvr"].masks)
+        plots.pruning_curve(searches, os.path.join(output.uri, "pruning_curve.png"))
+        plots.mask_overlap(overlaps, os.path.join(output.uri, "mask_overlap.png"))
+        summary = plots.summary_text(searches, overlaps)
+        with tf.io.gfile.GFile(os.path.join(output.uri, "summary.txt"), "w") as f:
+            f.write(summary)
+        logger.info("Mask search done:\n%s", summary)
+        for task, search in searches.items():
+            output.set_float_custom_property(f"{task}_remaining", search.best.remaining)
+            output.set_int_custom_property(f"{task}_best_round", search.best_round)
+            output.set_float_custom_property(f"{task}_{search.best.metric}", search.best.value)
+        output.span = max(artifact.span for artifact in input_dict[EXAMPLES])

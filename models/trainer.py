@@ -1,0 +1,85 @@
+"""The Trainer's `run_fn`: Algorithm 1's last step on Transform's output, then export.
+
+For the sparse-sharing network it restores sNET_init and the masks that MaskSearch found
+(the masks artifact's folder comes in `custom_config[MASKS_URI]`) and trains on mixed task
+batches; the baselines (single task, hard sharing, shared bottom) train from scratch on
+the same batches. It writes:
+- the serving model (`fn_args.serving_model_dir`): raw serialized examples in, `ctr` and
+  `cvr` out, which the Evaluator scores;
+- `<model>/training/`: the trained weights as a checkpoint, the masks, the settings and
+  the eval metrics, from which the per-task exports are made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from lt4rec.models import export, features, inputs, masks, network, sparse_sharing, training
+
+logger = logging.getLogger(__name__)
+
+FEATURES = "features"
+NETWORK = "network"
+TRAIN = "train"
+MASKS_URI = "masks_uri"
+TRAINING_FOLDER = "training"
+CHECKPOINT = "checkpoint/checkpoint"
+SETTINGS_FILE = "settings.json"
+METRICS_FILE = "eval_metrics.json"
+
+
+def training_folder(serving_model_dir: str) -> str:
+    """Where the trained checkpoint and masks live, beside the serving model."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), TRAINING_FOLDER)
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    config = fn_args.custom_config or {}
+    feature_config = features.FeatureConfig.from_dict(config[FEATURES])
+    network_config = network.NetworkConfig.from_dict(config[NETWORK])
+    train_config = training.TrainConfig.from_dict(config[TRAIN])
+    transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    train = inputs.in_memory(inputs.transformed_examples(fn_args.train_files, transform_output))
+    evaluation = inputs.in_memory(inputs.transformed_examples(fn_args.eval_files, transform_output))
+    tf.keras.utils.set_random_seed(train_config.seed)
+    data = sparse_sharing.Datasets.from_examples(train, evaluation, train_config.batch_size, train_config.seed, network_config.tasks)
+    model = network.RankingNetwork(feature_config, network_config)
+    model.build_for(next(iter(data.validation)))
+
+    if model.masked:
+        if not config.get(MASKS_URI):
+            raise ValueError("the sparse-sharing network needs the masks of a MaskSearch (no masks input)")
+        task_masks = sparse_sharing.load_search(config[MASKS_URI], model)
+        algorithm = sparse_sharing.SparseSharing(model, data, train_config, sparse_sharing.SearchConfig())
+        algorithm.snet_init = training.snapshot(model)
+        logger.info(
+            "Training the shared network from sNET_init with the masks of %s (%s)",
+            config[MASKS_URI],
+            ", ".join(f"{task} {100 * masks.remaining_fraction(m):.1f}% of MLP weights" for task, m in task_masks.items()),
+        )
+        algorithm.train_shared(task_masks)
+    else:
+        trainer = training.MultiTaskTrainer(model, train_config)
+        for epoch in range(train_config.epochs):
+            trainer.train(data.train, f"{network_config.variant} epoch {epoch + 1}", seed=train_config.seed + epoch)
+
+    result = training.evaluate(model, data.validation)
+    logger.info("Eval split: %s", ", ".join(f"{k} {v:.5f}" for k, v in result.to_dict().items()))
+
+    folder = training_folder(fn_args.serving_model_dir)
+    tf.io.gfile.makedirs(folder)
+    tf.train.Checkpoint(network=model).write(os.path.join(folder, CHECKPOINT))
+    if model.masked:
+        masks.save_masks(os.path.join(folder, sparse_sharing.MASKS_FILE), {t: masks.get_masks(model, t) for t in network_config.tasks})
+    with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE), "w") as f:
+        json.dump({FEATURES: feature_config.to_dict(), NETWORK: network_config.to_dict(), TRAIN: train_config.to_dict()}, f, indent=2)
+    with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
+        json.dump(result.to_dict(), f, indent=2)
+    export.export_serving_model(model, transform_output, fn_args.serving_model_dir)
