@@ -21,12 +21,12 @@ $(VENV)/.installed: setup.py pyproject.toml constraints.txt
 	touch $@
 
 # Small built-in data: 20k impressions over 4 days (the last one is held out), hashed id
-# tables scaled down to match.
+# tables scaled down to match; the mask search may choose only rounds at least 50% sparse.
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/lt4rec generate --out $(DEMO)/logs --rows 20000 --days 4 --seed 0
 	$(BIN)/lt4rec pipeline run --data-root $(DEMO)/logs --pipeline-root $(DEMO)/pipeline \
-		--serving-dir $(DEMO)/serving --table-scale 0.05
+		--serving-dir $(DEMO)/serving --table-scale 0.05 --min-sparsity 0.5
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -37,7 +37,7 @@ TABLE_SCALE = 0.1
 
 
 def _batches(split, batch_size: int) -> tf.data.Dataset:
-    return split.dataset().batch(4 * batch_size)
+    return training.ordered_batches(split.examples, 4 * batch_size)
 
 
 def _scores(model: network.RankingNetwork, split, batch_size: int) -> dict[str, np.ndarray]:
@@ -59,7 +59,7 @@ def _new_model(config: network.NetworkConfig, splits, seed: int) -> network.Rank
 def _train_baseline(config: network.NetworkConfig, splits, train_config: training.TrainConfig, epochs: int) -> network.RankingNetwork:
     model = _new_model(config, splits, train_config.seed)
     trainer = training.MultiTaskTrainer(model, train_config)
-    batches = {task: training.task_batches(splits["train"].dataset(), task, train_config.batch_size, train_config.seed) for task in config.tasks}
+    batches = {task: training.task_batches(splits["train"].examples, task, train_config.batch_size, train_config.seed) for task in config.tasks}
     for epoch in range(epochs):
         trainer.train(batches, f"{config.variant} {'/'.join(config.tasks)} epoch {epoch + 1}", train_config.seed + epoch)
     return model
@@ -68,7 +68,7 @@ def _train_baseline(config: network.NetworkConfig, splits, train_config: trainin
 def _sparse_sharing(granularity: str, splits, train_config, search_config) -> tuple[network.RankingNetwork, dict[str, float]]:
     model = _new_model(network.NetworkConfig(), splits, train_config.seed)
     data = sparse_sharing.Datasets(
-        train={task: training.task_batches(splits["train"].dataset(), task, train_config.batch_size, train_config.seed) for task in masks.TASKS},
+        train={task: training.task_batches(splits["train"].examples, task, train_config.batch_size, train_config.seed) for task in masks.TASKS},
         validation=_batches(splits["validation"], train_config.batch_size),
     )
     config = sparse_sharing.SearchConfig(**{**search_config.to_dict(), "granularity": granularity})
@@ -124,11 +124,11 @@ def run_seed(seed: int, args) -> tuple[dict[str, metrics.TaskMetrics], dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=50_000, help="Generated impressions per seed.")
+    parser.add_argument("--rows", type=int, default=200_000, help="Generated impressions per seed.")
     parser.add_argument("--days", type=int, default=4, help="Days: all but the last two train; validation; test.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=2, help="Final epochs (baselines: warmup + these).")
+    parser.add_argument("--epochs", type=int, default=1, help="Final epochs (baselines: warmup + these).")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--remaining", type=float, default=0.2)
     parser.add_argument("--epochs-per-round", type=int, default=1)

@@ -45,7 +45,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     splits = load(args.rows, seed=args.seed)
-    train = splits["train"].dataset()
+    train = splits["train"].examples
     feature_config = features.scaled_config(0.1)
     sample = {name: tf.constant(splits["test"].examples[name][:2]) for name in features.FEATURE_NAMES}
     batches = {task: training.task_batches(train, task, training.TrainConfig().batch_size, args.seed) for task in masks.TASKS}

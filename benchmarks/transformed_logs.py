@@ -40,8 +40,6 @@ class Split:
     def rows(self) -> int:
         return len(self.examples[features.CLICK_LABEL])
 
-    def dataset(self) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices(self.examples)
 
 
 def _analyze(train_files: list[str], feature_config: features.FeatureConfig, transform_dir: str) -> None:

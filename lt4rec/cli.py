@@ -195,6 +195,10 @@ _MODEL_OPTIONS = [
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and batch order."),
     click.option("--min-ctr-auc", default=0.5, show_default=True, type=float, help="Bless only at or above this CTR AUC."),
     click.option("--max-cvr-mse", default=0.25, show_default=True, type=float, help="Bless only at or below this CVR MSE."),
+    click.option("--max-ctr-auc-drop", default=0.01, show_default=True, type=click.FloatRange(min=0.0),
+                 help="Bless only if CTR AUC is at most this much below the latest blessed model's."),
+    click.option("--max-cvr-mse-rise", default=0.005, show_default=True, type=click.FloatRange(min=0.0),
+                 help="Bless only if CVR MSE is at most this much above the latest blessed model's."),
 ]
 
 
@@ -239,6 +243,8 @@ def _model_settings(options: dict) -> dict:
         ),
         min_ctr_auc=options["min_ctr_auc"],
         max_cvr_mse=options["max_cvr_mse"],
+        max_ctr_auc_drop=options["max_ctr_auc_drop"],
+        max_cvr_mse_rise=options["max_cvr_mse_rise"],
     )
 
 

@@ -24,11 +24,11 @@ def transformed_examples(file_patterns: str | list[str], transform_output: tft.T
     )
 
 
-def in_memory(examples: tf.data.Dataset) -> tf.data.Dataset:
-    """The same examples held in memory: every round of the search passes over them again."""
+def in_memory(examples: tf.data.Dataset) -> dict[str, tf.Tensor]:
+    """The examples as columns in memory: every round of the search passes over them again."""
     columns: dict[str, list] = {}
     for batch in examples.batch(65_536):
         for name, value in batch.items():
             columns.setdefault(name, []).append(value)
-    return tf.data.Dataset.from_tensor_slices({name: tf.concat(values, axis=0) for name, values in columns.items()})
+    return {name: tf.concat(values, axis=0) for name, values in columns.items()}
 

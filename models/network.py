@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import features, layers, masks
@@ -124,12 +123,6 @@ class RankingNetwork(tf.keras.Model):
             first = masks.masked_layers(self)[0].name
             result[first][self.shared_input_width :, :] = 0.0
         return result
-
-    def mlp_weight_count(self, task: str) -> int:
-        """How many MLP kernel weights `task` uses (all of its tower's, or its mask's)."""
-        if self.masked:
-            return int(sum(mask.sum() for mask in masks.get_masks(self, task).values()))
-        return int(sum(np.prod(layer.kernel.shape) for layer in self.towers[task]))
 
     def build_for(self, example_batch: Mapping[str, tf.Tensor]) -> None:
         """Create every variable by one call per task."""

@@ -105,11 +105,11 @@ class Datasets:
     validation: tf.data.Dataset
 
     @classmethod
-    def from_examples(cls, train: tf.data.Dataset, validation: tf.data.Dataset, batch_size: int, seed: int, tasks: Iterable[str]):
-        """From unbatched transformed examples."""
+    def from_columns(cls, train: training.Columns, validation: training.Columns, batch_size: int, seed: int, tasks: Iterable[str]):
+        """From transformed examples in memory."""
         return cls(
             train={task: training.task_batches(train, task, batch_size, seed) for task in tasks},
-            validation=validation.batch(4 * batch_size).prefetch(tf.data.AUTOTUNE),
+            validation=training.ordered_batches(validation, 4 * batch_size),
         )
 
 

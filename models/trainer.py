@@ -49,7 +49,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train = inputs.in_memory(inputs.transformed_examples(fn_args.train_files, transform_output))
     evaluation = inputs.in_memory(inputs.transformed_examples(fn_args.eval_files, transform_output))
     tf.keras.utils.set_random_seed(train_config.seed)
-    data = sparse_sharing.Datasets.from_examples(train, evaluation, train_config.batch_size, train_config.seed, network_config.tasks)
+    data = sparse_sharing.Datasets.from_columns(train, evaluation, train_config.batch_size, train_config.seed, network_config.tasks)
     model = network.RankingNetwork(feature_config, network_config)
     model.build_for(next(iter(data.validation)))
 

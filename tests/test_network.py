@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import features, layers, masks, network
+from lt4rec.models import features, layers, masks, network, training
 from tests.conftest import random_transformed
 
 FEATURE_CONFIG = features.scaled_config(0.001)
@@ -86,7 +86,8 @@ def test_sparse_sharing_tasks_see_their_own_masks_of_one_kernel():
     after = model(inputs)
     assert not np.allclose(before["ctr"].numpy(), after["ctr"].numpy())
     np.testing.assert_array_equal(before["cvr"].numpy(), after["cvr"].numpy())  # CVR keeps everything
-    assert model.mlp_weight_count("ctr") == int(sum(m.sum() for m in ctr_masks.values()))
+    assert training.mlp_weight_share(model, "ctr") == pytest.approx(0.5, abs=1e-3)
+    assert training.mlp_weight_share(model, "cvr") == 1.0
 
 
 def test_multi_view_inputs_reach_cvr_only():

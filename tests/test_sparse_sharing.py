@@ -13,9 +13,9 @@ from tests.conftest import random_transformed
 def _algorithm(search: sparse_sharing.SearchConfig, seed: int = 0) -> sparse_sharing.SparseSharing:
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(1200, seed)
-    train = tf.data.Dataset.from_tensor_slices({k: v[:1000] for k, v in examples.items()})
-    validation = tf.data.Dataset.from_tensor_slices({k: v[1000:] for k, v in examples.items()})
-    data = sparse_sharing.Datasets.from_examples(train, validation, 128, seed, masks.TASKS)
+    train = {k: v[:1000] for k, v in examples.items()}
+    validation = {k: v[1000:] for k, v in examples.items()}
+    data = sparse_sharing.Datasets.from_columns(train, validation, 128, seed, masks.TASKS)
     model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
     model.build_for(next(iter(data.validation)))
     return sparse_sharing.SparseSharing(model, data, training.TrainConfig(batch_size=128, learning_rate=0.01, seed=seed), search)

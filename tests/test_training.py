@@ -12,9 +12,9 @@ from tests.conftest import random_transformed
 
 def _setup(seed: int = 0):
     tf.keras.utils.set_random_seed(seed)
-    examples = tf.data.Dataset.from_tensor_slices(random_transformed(600, seed))
+    examples = random_transformed(600, seed)
     model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
-    model.build_for(next(iter(examples.batch(2))))
+    model.build_for({name: values[:2] for name, values in examples.items()})
     trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01))
     kernels = masks.get_kernels(model)
     for task, rate in (("ctr", 0.5), ("cvr", 0.6)):
@@ -91,7 +91,11 @@ def test_cvr_loss_counts_clicks_and_weighs_conflicts():
 
 
 def test_cvr_batches_hold_clicked_impressions_only():
-    examples = tf.data.Dataset.from_tensor_slices(random_transformed(300, 4))
-    clicks = [int(c) for batch in training.task_batches(examples, "cvr", 50, 0) for c in batch[features.CLICK_LABEL]]
-    expected = int(random_transformed(300, 4)[features.CLICK_LABEL].sum())
-    assert set(clicks) == {1} and len(clicks) == expected
+    examples = random_transformed(300, 4)
+    batches = list(training.task_batches(examples, "cvr", 50, 0))
+    clicks = [int(c) for batch in batches for c in batch[features.CLICK_LABEL]]
+    assert set(clicks) == {1} and len(clicks) == int(examples[features.CLICK_LABEL].sum())
+    users = sorted(int(u) for batch in batches for u in batch["FEA_UID"][:, 0])
+    assert users == sorted(int(u) for u in examples["FEA_UID"][examples[features.CLICK_LABEL] == 1, 0])
+    first, second = ([int(u) for u in next(iter(pass_))["FEA_UID"][:, 0]] for pass_ in (batches, training.task_batches(examples, "cvr", 50, 0)))
+    assert first == second  # reproducible from the seed

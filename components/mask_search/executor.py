@@ -24,7 +24,7 @@ SETTINGS = "settings"
 TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
 
 
-def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
+def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> dict[str, tf.Tensor]:
     uri = artifact_utils.get_split_uri(examples_artifacts, split)
     return inputs.in_memory(inputs.transformed_examples(io_utils.all_files_pattern(uri), transform_output))
 
@@ -42,7 +42,7 @@ class Executor(base_executor.BaseExecutor):
         validation = split_examples(input_dict[EXAMPLES], EVAL_SPLIT, transform_output)
 
         tf.keras.utils.set_random_seed(train_config.seed)
-        data = sparse_sharing.Datasets.from_examples(train, validation, train_config.batch_size, train_config.seed, network_config.tasks)
+        data = sparse_sharing.Datasets.from_columns(train, validation, train_config.batch_size, train_config.seed, network_config.tasks)
         model = network.RankingNetwork(feature_config, network_config)
         model.build_for(next(iter(data.validation)))
         algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config)
