@@ -7,11 +7,13 @@ mask search chooses its rounds on the validation day. Every model sees the same 
 passes over its data: the baselines train warmup + final epochs, the sparse-sharing
 models warm up, search, rewind to sNET_init and train the final epochs. Beside them, the
 generator's best achievable values: the metrics of its true click probability and true
-E[watch ratio | click]. Prints Algorithm 1's time per phase, then mean and spread over
-seeds.
+E[watch ratio | click], which no model can reach (they include each video's and user's
+idiosyncratic latent parts). Prints Algorithm 1's time per phase (including the first
+pass's tf.function tracing in warmup), then mean and spread over seeds. About 8 minutes
+per seed on 2 cores at the default 200k impressions (half of them train).
 
-    .venv/bin/python benchmarks/comparison.py --rows 50000 --seeds 0 1 2
-    .venv/bin/python benchmarks/comparison.py --rows 200000 --seeds 0 --models s_weight   # phase times
+    .venv/bin/python benchmarks/comparison.py --seeds 0 1 2
+    .venv/bin/python benchmarks/comparison.py --rows 50000 --seeds 0 --models s_weight   # quick
 """
 
 from __future__ import annotations

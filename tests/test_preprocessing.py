@@ -5,7 +5,7 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx.utils import io_utils
 
 from lt4rec.models import features, preprocessing
