@@ -12,7 +12,7 @@ import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 
 from lt4rec import errors
-from lt4rec.models import features, masks, network, sparse_sharing, trainer, training
+from lt4rec.models import export, features, masks, network, sparse_sharing, trainer, training
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.conftest import LT4REC, read_examples
@@ -216,3 +216,56 @@ def test_cli_names_the_file_and_field_of_bad_logs(tmp_path, damaged_copy, damage
     assert re.search(expected, done.stderr), done.stderr[-2000:]
     assert os.path.join(root, "20201012") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_network(finished_run):
+    """The Trainer's network, restored from its checkpoint, with real transformed inputs."""
+    model_dir = _latest(finished_run, "SparseSharingTrainer", "model")
+    transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
+    raw = [e.SerializeToString() for e in read_examples(os.path.join(finished_run.data_root, "20201013", "part-00000.gz"))[:100]]
+    ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
+    inputs = {name: ids[name] for name in features.FEATURE_NAMES}
+    model = network.RankingNetwork(finished_run.feature_config, finished_run.network)
+    model.build_for(inputs)
+    tf.train.Checkpoint(network=model).read(
+        os.path.join(model_dir, trainer.TRAINING_FOLDER, trainer.CHECKPOINT)
+    ).assert_existing_objects_matched()
+    return model, transform_output, raw, inputs
+
+
+@pytest.mark.parametrize("task", ["ctr", "cvr"])
+@pytest.mark.parametrize("compact", [False, True])
+def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_network, tmp_path, task, compact):
+    model, transform_output, raw, inputs = trained_network
+    # Prune whole units further, so that compaction has units to drop.
+    pruned = masks.prune_by_magnitude(masks.get_kernels(model), masks.get_masks(model, task), 1, 0.5, granularity=masks.NEURON)
+    masks.set_masks(model, task, pruned)
+    expected = model(inputs, task=task)[task].numpy()
+
+    path = str(tmp_path / task)
+    task_network = export.export_task_model(model, task, transform_output, path, compact=compact)
+    loaded = tf.saved_model.load(path)
+    scores = loaded.signatures["serving_default"](examples=tf.constant(raw))
+    assert set(scores) == {task}
+    np.testing.assert_allclose(scores[task].numpy(), expected, atol=1e-5)
+
+    variables = [v.name for v in loaded.signatures["serving_default"].variables]
+    assert not [name for name in variables if "mask" in name or "pruning" in name or "threshold" in name]
+    other = "cvr" if task == "ctr" else "ctr"
+    assert not [name for name in variables if other in name]
+    assert len(task_network.kernels) == len(model.config.hidden_units) + 1  # MLP + the task's head only
+    live = [len(masks.units_kept(mask)) for mask in pruned.values()]
+    assert task_network.layer_widths == (live if compact else list(model.config.hidden_units))
+
+    # The raw-tensor signature gives the same scores as the serialized-example one.
+    parsed = tf.io.parse_example(raw, export.raw_input_spec(transform_output))
+    named = {
+        spec.name: tf.sparse.to_dense(parsed[spec.name], default_value="")[:, : spec.max_values]
+        for spec in features.FEATURES
+    }
+    named = {name: tf.pad(value, [[0, 0], [0, spec.max_values - tf.shape(value)[1]]])
+             for (name, value), spec in zip(named.items(), features.FEATURES)}
+    by_name = loaded.signatures["serving_raw"](**named)
+    np.testing.assert_allclose(by_name[task].numpy(), expected, atol=1e-5)
+
