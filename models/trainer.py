@@ -83,3 +83,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump(result.to_dict(), f, indent=2)
     export.export_serving_model(model, transform_output, fn_args.serving_model_dir)
+
+
+def load_trained(model_uri: str) -> tuple[network.RankingNetwork, dict]:
+    """The trained network of a Trainer's `model` artifact, with its masks, and its settings."""
+    folder = os.path.join(model_uri, TRAINING_FOLDER)
+    with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE)) as f:
+        settings = json.load(f)
+    model = network.RankingNetwork(
+        features.FeatureConfig.from_dict(settings[FEATURES]), network.NetworkConfig.from_dict(settings[NETWORK])
+    )
+    model.build_for({spec.name: tf.zeros([1, spec.max_values], tf.int64) for spec in features.FEATURES})
+    tf.train.Checkpoint(network=model).read(os.path.join(folder, CHECKPOINT)).assert_existing_objects_matched()
+    return model, settings

@@ -10,6 +10,8 @@
                       MaskSearch (or the latest masks) ─> SparseSharingTrainer
                                                                 │
                                  latest blessed model ─> Evaluator (TFMA, per task)
+                                                                │ blessing
+                                  TaskPusher: <serving_dir>/ctr/<v>/, <serving_dir>/cvr/<v>/
 
 Runners (`local_runner.py`, and later Kubeflow's) only choose where it runs.
 """
@@ -25,6 +27,7 @@ from lt4rec.components.artifacts import Masks
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
 from lt4rec.components.mask_search import MaskSearch
 from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
+from lt4rec.components.task_pusher import TaskPusher
 from lt4rec.models import features, preprocessing
 from lt4rec.pipeline import configs
 
@@ -98,6 +101,12 @@ def create_components(settings: configs.PipelineSettings) -> list:
         baseline_model=latest_blessed_model.outputs["model"],
         eval_config=eval_config(settings),
     )
+    pusher = TaskPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        transform_graph=transform.outputs["transform_graph"],
+        serving_dir=settings.serving_dir,
+    )
     return [
         example_gen,
         statistics_gen,
@@ -110,6 +119,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
         trainer,
         latest_blessed_model,
         evaluator,
+        pusher,
     ]
 
 

@@ -47,10 +47,10 @@ def test_components_are_wired_once_in_order(tiny_logs):
     settings = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y")
     ids = [component.id for component in pipeline_lib.create_components(settings)]
     front = ["LogExampleGen", "StatisticsGen", "InferredSchemaGen", "CuratedSchemaGen", "ExampleValidator", "AnomalyCheck", "Transform"]
-    assert ids == front + ["MaskSearch", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator"]
+    assert ids == front + ["MaskSearch", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator", "TaskPusher"]
     reuse = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", masks=configs.REUSE_MASKS)
     ids = [component.id for component in pipeline_lib.create_components(reuse)]
-    assert ids == front + ["LatestMasks", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator"]
+    assert ids == front + ["LatestMasks", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator", "TaskPusher"]
 
 
 def test_mask_search_writes_every_round_masks_plots_and_summary(finished_run):
@@ -269,3 +269,19 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
     by_name = loaded.signatures["serving_raw"](**named)
     np.testing.assert_allclose(by_name[task].numpy(), expected, atol=1e-5)
 
+
+
+def test_pusher_writes_one_compacted_model_per_task_in_serving_layout(finished_run, trained_network):
+    _, _, raw, _ = trained_network
+    model_dir = _latest(finished_run, "SparseSharingTrainer", "model")
+    reference, _ = trainer.load_trained(model_dir)  # as trained, before any test pruned it further
+    for task in ("ctr", "cvr"):
+        versions = os.listdir(os.path.join(finished_run.serving_dir, task))
+        assert versions == ["1"]
+        path = os.path.join(finished_run.serving_dir, task, "1")
+        assert os.path.exists(os.path.join(path, "saved_model.pb")) and os.path.isdir(os.path.join(path, "variables"))
+        scores = tf.saved_model.load(path).signatures["serving_default"](examples=tf.constant(raw))[task].numpy()
+        transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
+        ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
+        expected = reference({name: ids[name] for name in features.FEATURE_NAMES}, task=task)[task].numpy()
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
