@@ -46,6 +46,7 @@ class SearchConfig:
     min_sparsity: float = 0.0  # only rounds with at least this share pruned may be chosen
     warmup_epochs: int = 1
     epochs_per_round: int = 1
+    validation_fraction: float = 0.1  # of the train split, held out to choose the rounds
 
     def __post_init__(self) -> None:
         if self.rewind_to not in REWIND_TARGETS:
@@ -53,6 +54,8 @@ class SearchConfig:
         masks.rate_for(self.remaining, self.rounds)  # validates remaining and rounds
         if not 0 <= self.min_sparsity < 1:
             raise ValueError(f"min_sparsity {self.min_sparsity} is not in [0, 1)")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction {self.validation_fraction} is not in (0, 1)")
 
     @property
     def rate(self) -> float:

@@ -86,6 +86,18 @@ def task_batches(columns: Columns, task: str, batch_size: int, seed: int) -> tf.
     )
 
 
+def hold_out(columns: Columns, fraction: float, seed: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """(kept, held out): a seeded random `fraction` of the rows set aside, e.g. for validation."""
+    rows = int(tf.shape(columns[CLICK])[0])
+    held = max(1, round(rows * fraction))
+    order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed=[seed, 0])
+    kept_rows, held_rows = tf.sort(order[held:]), tf.sort(order[:held])
+    return (
+        {name: tf.gather(values, kept_rows) for name, values in columns.items()},
+        {name: tf.gather(values, held_rows) for name, values in columns.items()},
+    )
+
+
 def ordered_batches(columns: Columns, batch_size: int) -> tf.data.Dataset:
     """All examples in order, for scoring."""
     return tf.data.Dataset.from_tensor_slices(dict(columns)).batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -99,3 +99,15 @@ def test_cvr_batches_hold_clicked_impressions_only():
     assert users == sorted(int(u) for u in examples["FEA_UID"][examples[features.CLICK_LABEL] == 1, 0])
     first, second = ([int(u) for u in next(iter(pass_))["FEA_UID"][:, 0]] for pass_ in (batches, training.task_batches(examples, "cvr", 50, 0)))
     assert first == second  # reproducible from the seed
+
+
+def test_hold_out_splits_rows_disjointly_and_reproducibly():
+    examples = random_transformed(500, 5)
+    examples["row"] = np.arange(500)
+    kept, held = training.hold_out(examples, 0.1, seed=3)
+    kept_rows, held_rows = kept["row"].numpy(), held["row"].numpy()
+    assert len(held_rows) == 50 and len(kept_rows) == 450
+    assert sorted(np.concatenate([kept_rows, held_rows]).tolist()) == list(range(500))
+    np.testing.assert_array_equal(held["FEA_UID"].numpy(), examples["FEA_UID"][held_rows])
+    assert held_rows.tolist() == training.hold_out(examples, 0.1, seed=3)[1]["row"].numpy().tolist()
+    assert held_rows.tolist() != training.hold_out(examples, 0.1, seed=4)[1]["row"].numpy().tolist()

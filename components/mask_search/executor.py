@@ -1,4 +1,9 @@
-"""MaskSearch's executor: reads Transform's splits, runs the search, writes the masks artifact."""
+"""MaskSearch's executor: reads Transform's train split, runs the search, writes the masks artifact.
+
+The rounds are chosen on a seeded random share of the train split held out for it
+(`SearchConfig.validation_fraction`), so that the eval split stays the Evaluator's own
+test set, untouched by any choice the search makes.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ EXAMPLES = "examples"
 TRANSFORM_GRAPH = "transform_graph"
 MASKS = "masks"
 SETTINGS = "settings"
-TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
+TRAIN_SPLIT = "train"
 
 
 def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> dict[str, tf.Tensor]:
@@ -38,8 +43,15 @@ class Executor(base_executor.BaseExecutor):
         search_config = sparse_sharing.SearchConfig(**settings["search"])
 
         transform_output = tft.TFTransformOutput(artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH]))
-        train = split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output)
-        validation = split_examples(input_dict[EXAMPLES], EVAL_SPLIT, transform_output)
+        train, validation = training.hold_out(
+            split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output),
+            search_config.validation_fraction,
+            train_config.seed,
+        )
+        logger.info(
+            "Mask search data: %d train rows, %d held out for choosing the rounds",
+            int(train[features.CLICK_LABEL].shape[0]), int(validation[features.CLICK_LABEL].shape[0]),
+        )
 
         tf.keras.utils.set_random_seed(train_config.seed)
         data = sparse_sharing.Datasets.from_columns(train, validation, train_config.batch_size, train_config.seed, network_config.tasks)
