@@ -67,7 +67,7 @@ def _train_baseline(config: network.NetworkConfig, splits, train_config: trainin
     return model
 
 
-def _sparse_sharing(granularity: str, splits, train_config, search_config) -> tuple[network.RankingNetwork, dict[str, float]]:
+def train_sparse_sharing(granularity: str, splits, train_config, search_config) -> tuple[network.RankingNetwork, dict[str, float]]:
     model = _new_model(network.NetworkConfig(), splits, train_config.seed)
     data = sparse_sharing.Datasets(
         train={task: training.task_batches(splits["train"].examples, task, train_config.batch_size, train_config.seed) for task in masks.TASKS},
@@ -116,7 +116,7 @@ def run_seed(seed: int, args) -> tuple[dict[str, metrics.TaskMetrics], dict[str,
             kept[name] = "100%/100%"
         else:
             granularity = masks.CONNECTION if name == "s_weight" else masks.NEURON
-            model, phases[name] = _sparse_sharing(granularity, splits, train_config, search_config)
+            model, phases[name] = train_sparse_sharing(granularity, splits, train_config, search_config)
             scores = _scores(model, test, args.batch_size)
             results[name] = _metrics(test, scores["ctr"], scores["cvr"])
             kept[name] = "/".join(f"{100 * training.mlp_weight_share(model, task):.0f}%" for task in masks.TASKS)

@@ -3,7 +3,8 @@
 From the Trainer's model it writes `<serving_dir>/ctr/<version>/` and
 `<serving_dir>/cvr/<version>/`, each the task's network with its mask folded in and its
 switched-off units removed (`models/export.py`), but only if the Evaluator blessed the
-model. Versions are consecutive integers (1, 2, ...), the next after the highest already
+model. Each version is written under a dot-folder and renamed into place, so a server
+polling the folder loads it whole or not at all. Versions are consecutive integers (1, 2, ...), the next after the highest already
 under `serving_dir`, so that TF Serving loads each push as a new version.
 """
 
@@ -49,7 +50,12 @@ def TaskPusher(
     version = next_version(serving_dir, tasks)
     for task in tasks:
         destination = os.path.join(serving_dir, network.OUTPUT_NAMES[task], str(version))
-        task_network = export.export_task_model(trained, task, transform_output, destination, compact=True)
+        # Written aside and renamed, so that a polling server never sees half a version.
+        staging = os.path.join(serving_dir, network.OUTPUT_NAMES[task], f".staging-{version}")
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+        task_network = export.export_task_model(trained, task, transform_output, staging, compact=True)
+        tf.io.gfile.rename(staging, destination)
         pushed_model.set_string_custom_property(f"{task}_destination", destination)
         pushed_model.set_string_custom_property(f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths)))
     pushed_model.set_int_custom_property("pushed", 1)

@@ -30,6 +30,8 @@ import datetime as dt
 
 import numpy as np
 
+from lt4rec.models import features
+
 TARGET_CTR = 0.388
 TARGET_MEAN_WATCH_RATIO = 0.818
 TARGET_FULL_WATCH_SHARE = 0.51
@@ -44,7 +46,6 @@ N_USER_GROUPS = 20
 N_AGES = 8
 N_RECALL_ALGORITHMS = 12
 N_COVER_QUALITIES = 5
-DURATION_EDGES_SECONDS = (15, 30, 60, 120, 180, 300, 600, 1200, 1800, 3600)
 MAX_REQUEST_SIZE = 10
 
 NO_SOURCE_RATE = 0.03  # requests not made from a video page: no source video at all (4% of rows)
@@ -377,7 +378,7 @@ class World:
 
 def duration_bucket(seconds: np.ndarray) -> np.ndarray:
     """The log's FEA_DURATION: index of the length bucket."""
-    return np.searchsorted(np.asarray(DURATION_EDGES_SECONDS), seconds, side="right")
+    return np.searchsorted(np.asarray(features.DURATION_BUCKET_EDGES_SECONDS), seconds, side="right")
 
 
 def _hashed_normal(seed: int, keys: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

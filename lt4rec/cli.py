@@ -329,6 +329,50 @@ def pipeline_run(
     click.echo(f"Pipeline {pipeline_name} finished; artifacts under {pipeline_root}")
 
 
+@cli.command()
+@click.option("--target", required=True, help="HOST:PORT of a TF Serving (or `lt4rec serve`) gRPC endpoint.")
+@click.option("--logs", "logs_pattern", required=True, help="GZIP TFRecord logs (a glob) holding the request's candidates.")
+@click.option("--request-id", default=None, help="The request (`seqnum`) whose candidates to rank (default: the first).")
+@click.option("--ctr-exponent", "a", default=1.0, show_default=True, type=float, help="a in pCTR^a * pCVR^b * length^c.")
+@click.option("--cvr-exponent", "b", default=1.0, show_default=True, type=float, help="b in pCTR^a * pCVR^b * length^c.")
+@click.option("--length-exponent", "c", default=1.0, show_default=True, type=float, help="c in pCTR^a * pCVR^b * length^c.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True), help="Seconds per RPC.")
+@click.option("--as-json", is_flag=True, help="Print the ranking as JSON lines instead of a table.")
+def score(target: str, logs_pattern: str, request_id: str | None, a: float, b: float, c: float, timeout: float, as_json: bool) -> None:
+    """Rank one request's candidate videos with the served CTR and CVR models.
+
+    Sends the request's impressions from the logs, as serialized tf.Examples, to the `ctr`
+    and `cvr` models over TF Serving's gRPC Predict, and prints them best first by
+    rankscore = pCTR^a * pCVR^b * video_length^c (video length from FEA_DURATION's bucket).
+    """
+    import dataclasses
+    import json
+
+    import grpc
+
+    from lt4rec.serving import client
+
+    try:
+        found_id, candidates = client.find_request(client.read_requests(logs_pattern), request_id)
+        with client.RankingClient(target, timeout=timeout) as ranking:
+            ranked = ranking.rank(candidates, client.RankWeights(a, b, c))
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        raise errors.UserFacingError(str(error).strip("'\"")) from error
+    except grpc.RpcError as error:
+        raise errors.UserFacingError(f"{target}: {error.code().name}: {error.details()}") from error
+    if as_json:
+        for rank, candidate in enumerate(ranked, start=1):
+            click.echo(json.dumps({"request_id": found_id, "rank": rank, **dataclasses.asdict(candidate)}))
+        return
+    click.echo(f"request {found_id}: {len(ranked)} candidates, rankscore = pCTR^{a:g} * pCVR^{b:g} * length^{c:g}")
+    click.echo(f"{'rank':>4}  {'video':<24} {'pCTR':>7} {'pCVR':>7} {'length s':>9} {'rankscore':>10}")
+    for rank, candidate in enumerate(ranked, start=1):
+        click.echo(
+            f"{rank:>4}  {candidate.video:<24} {candidate.pctr:7.4f} {candidate.pcvr:7.4f} "
+            f"{candidate.video_length:9.1f} {candidate.rankscore:10.4f}"
+        )
+
+
 def main() -> None:
     """Entry point: user errors end with their message and exit code 1, not a traceback."""
     try:

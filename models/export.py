@@ -17,7 +17,11 @@ columns are not inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import os
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -28,6 +32,12 @@ from lt4rec.models import features, layers, masks, network
 
 NOT_INPUTS = (features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR)
 EXAMPLES_INPUT = "examples"
+ASSETS_EXTRA = "assets.extra"
+METADATA_FILE = "lt4rec_model.json"
+DENSE, SPARSE, MEASURE = "dense", "sparse", "measure"
+MATMUL_CHOICES = (MEASURE, DENSE, SPARSE)
+SPARSE_CANDIDATE_DENSITY = 0.5  # denser layers are never timed as sparse
+SPARSE_MARGIN = 0.9  # the sparse path must take at most this share of the dense time
 
 
 def raw_input_spec(transform_output: tft.TFTransformOutput) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
@@ -41,32 +51,66 @@ def raw_input_spec(transform_output: tft.TFTransformOutput) -> dict[str, tf.io.F
 class TaskNetwork(tf.Module):
     """One task's network with its mask folded in: embeddings, cross, plain dense layers, head.
 
-    `compact`: drop the units the task's mask switched off (no kept incoming weight, so
-    their output is exactly zero) from their layer and their rows from the next one.
+    `compact`: remove the hidden units that cannot affect the score (no kept incoming
+    weight and no bias, so always 0 after ReLU; or no kept outgoing weight), their
+    columns from their layer and their rows from the next, so the layers are physically
+    smaller. `matmul`: MEASURE times each hidden layer that is still sparse enough both
+    ways at `batch` rows, as a dense matmul and as a sparse-dense matmul over its
+    nonzeros, and keeps the faster (`layer_paths` records the choice and the timings);
+    DENSE or SPARSE forces one path for every hidden layer.
     """
 
-    def __init__(self, model: network.RankingNetwork, task: str, compact: bool = False):
+    def __init__(
+        self, model: network.RankingNetwork, task: str, compact: bool = False, matmul: str = MEASURE, batch: int = 200
+    ):
+        if matmul not in MATMUL_CHOICES:
+            raise ValueError(f"matmul must be one of {MATMUL_CHOICES}, not {matmul!r}")
         super().__init__(name=f"{task}_network")
         self.task = task
         self.embeddings = _copy_embeddings(model.embeddings)
         self.cross = layers.FeatureCross()
         self.view = _copy_embeddings(model.cvr_view) if model.cvr_view is not None and task == "cvr" else None
-        kernels, biases, kept = _folded_tower(model, task)
+        kernels, biases = _folded_tower(model, task)
         if model.cvr_view is not None and task != "cvr":
             kernels[0] = kernels[0][: model.shared_input_width]  # inputs this task never sees
         head = model.heads[task]
         kernels.append(head.kernel.numpy())
         biases.append(head.bias.numpy())
+        self.dense_weights = sum(int(kernel.size) for kernel in kernels[:-1])  # the unpruned MLP's
         if compact:
-            for index, units in enumerate(kept):
-                kernels[index], biases[index] = kernels[index][:, units], biases[index][units]
-                kernels[index + 1] = kernels[index + 1][units, :]
-        self.kernels = [tf.Variable(k, trainable=False, name=f"kernel_{i}") for i, k in enumerate(kernels)]
+            kernels, biases = _drop_dead_units(kernels, biases)
+        self.layer_paths = [choose_matmul_path(kernel, batch, matmul) for kernel in kernels[:-1]]
+        self.kernels = []
+        for index, (kernel, path) in enumerate(zip(kernels, [*self.layer_paths, LayerPath.dense(kernels[-1])])):
+            if path.path == SPARSE:
+                rows, columns = np.nonzero(kernel)
+                self.kernels.append(
+                    SparseKernel(
+                        tf.Variable(np.stack([rows, columns], axis=1).astype(np.int64), trainable=False, name=f"kernel_{index}_indices"),
+                        tf.Variable(kernel[rows, columns], trainable=False, name=f"kernel_{index}_values"),
+                        kernel.shape,
+                    )
+                )
+            else:
+                self.kernels.append(tf.Variable(kernel, trainable=False, name=f"kernel_{index}"))
         self.biases = [tf.Variable(b, trainable=False, name=f"bias_{i}") for i, b in enumerate(biases)]
+        self.kept_weights = sum(int(np.count_nonzero(kernel)) for kernel in kernels[:-1])
 
     @property
     def layer_widths(self) -> list[int]:
-        return [int(kernel.shape[1]) for kernel in self.kernels[:-1]]
+        return [int(path.shape[1]) for path in self.layer_paths]
+
+    def metadata(self) -> dict:
+        """What the model is, for `assets.extra/` beside it: task, widths, paths, weights kept."""
+        return {
+            "task": self.task,
+            "output": network.OUTPUT_NAMES[self.task],
+            "layer_widths": self.layer_widths,
+            "mlp_weights_kept": self.kept_weights,
+            "mlp_weights_dense": self.dense_weights,
+            "mlp_share_kept": self.kept_weights / self.dense_weights,
+            "layers": [dataclasses.asdict(path) for path in self.layer_paths],
+        }
 
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         hidden = self.cross(self.embeddings(inputs))
@@ -74,8 +118,80 @@ class TaskNetwork(tf.Module):
             fields = self.view(inputs)
             hidden = tf.concat([hidden, tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])], axis=1)
         for kernel, bias in zip(self.kernels[:-1], self.biases[:-1]):
-            hidden = tf.nn.relu(tf.matmul(hidden, kernel) + bias)
+            hidden = tf.nn.relu(_matmul(hidden, kernel) + bias)
         return tf.sigmoid(tf.squeeze(tf.matmul(hidden, self.kernels[-1]) + self.biases[-1], axis=1))
+
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPath:
+    """How one hidden layer multiplies, and the timings (microseconds per batch) that chose it."""
+
+    shape: tuple[int, int]
+    density: float
+    path: str
+    dense_us: float | None = None
+    sparse_us: float | None = None
+
+    @classmethod
+    def dense(cls, kernel: np.ndarray) -> "LayerPath":
+        return cls(tuple(kernel.shape), float(np.count_nonzero(kernel) / max(kernel.size, 1)), DENSE)
+
+
+class SparseKernel(tf.Module):
+    """A kernel kept as its nonzeros: indices [nnz, 2] and values [nnz]."""
+
+    def __init__(self, indices: tf.Variable, values: tf.Variable, shape: tuple[int, int]):
+        super().__init__()
+        self.indices, self.values, self.shape = indices, values, tuple(int(d) for d in shape)
+
+    def tensor(self) -> tf.SparseTensor:
+        return tf.SparseTensor(self.indices, self.values, self.shape)
+
+
+def _matmul(hidden: tf.Tensor, kernel: tf.Variable | SparseKernel) -> tf.Tensor:
+    if isinstance(kernel, SparseKernel):
+        # hidden @ K as (K^T @ hidden^T)^T: TF's sparse matmul takes the sparse operand first.
+        return tf.transpose(tf.sparse.sparse_dense_matmul(kernel.tensor(), hidden, adjoint_a=True, adjoint_b=True))
+    return tf.matmul(hidden, kernel)
+
+
+def choose_matmul_path(kernel: np.ndarray, batch: int, matmul: str = MEASURE, repeats: int = 50) -> LayerPath:
+    """Dense or sparse for one layer: forced, or by timing both on this machine (best of `repeats`)."""
+    layer = LayerPath.dense(kernel)
+    if matmul != MEASURE:
+        return dataclasses.replace(layer, path=matmul)
+    if layer.density > SPARSE_CANDIDATE_DENSITY:
+        return layer
+    inputs = tf.random.stateless_normal([batch, kernel.shape[0]], seed=[0, 0])
+    rows, columns = np.nonzero(kernel)
+    sparse = SparseKernel(tf.constant(np.stack([rows, columns], axis=1).astype(np.int64)), tf.constant(kernel[rows, columns]), kernel.shape)
+    dense_us = _best_time(tf.function(lambda: tf.matmul(inputs, tf.constant(kernel))), repeats)
+    sparse_us = _best_time(tf.function(lambda: _matmul(inputs, sparse)), repeats)
+    path = SPARSE if sparse_us <= SPARSE_MARGIN * dense_us else DENSE
+    return dataclasses.replace(layer, path=path, dense_us=round(dense_us, 1), sparse_us=round(sparse_us, 1))
+
+
+def _best_time(function: Callable[[], tf.Tensor], repeats: int) -> float:
+    function().numpy()  # trace and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function().numpy()
+        times.append(time.perf_counter() - start)
+    return 1e6 * min(times)
+
+
+def _drop_dead_units(kernels: list[np.ndarray], biases: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Removes hidden units that are always 0 (no input, no bias) or feed nothing, back to front."""
+    kernels, biases = list(kernels), list(biases)
+    for index in reversed(range(len(kernels) - 1)):
+        fed = np.any(kernels[index] != 0, axis=0) | (biases[index] != 0)
+        feeds = np.any(kernels[index + 1] != 0, axis=1)
+        live = np.flatnonzero(fed & feeds)
+        kernels[index], biases[index] = kernels[index][:, live], biases[index][live]
+        kernels[index + 1] = kernels[index + 1][live, :]
+    return kernels, biases
 
 
 def _copy_embeddings(source: layers.FieldEmbeddings) -> layers.FieldEmbeddings:
@@ -87,20 +203,17 @@ def _copy_embeddings(source: layers.FieldEmbeddings) -> layers.FieldEmbeddings:
     return copy
 
 
-def _folded_tower(model: network.RankingNetwork, task: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Kernels and biases of the task's MLP with its mask folded in, and each layer's live units."""
-    kernels, biases, kept = [], [], []
+def _folded_tower(model: network.RankingNetwork, task: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Kernels and biases of the task's MLP with its mask folded in."""
+    kernels, biases = [], []
     for layer in model.towers[task]:
         if isinstance(layer, masks.TaskMaskedPruneLowMagnitude):
             kernel, bias = layer.folded(task)
-            units = masks.units_kept(layer.task_mask(task))
         else:
             kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
-            units = np.arange(kernel.shape[1])
         kernels.append(kernel)
         biases.append(bias)
-        kept.append(units)
-    return kernels, biases, kept
+    return kernels, biases
 
 
 class ServingModule(tf.Module):
@@ -151,9 +264,27 @@ def _task_output(model: network.RankingNetwork, task: str, inputs: Mapping[str, 
 
 
 def export_task_model(
-    model: network.RankingNetwork, task: str, transform_output: tft.TFTransformOutput, path: str, compact: bool = True
+    model: network.RankingNetwork,
+    task: str,
+    transform_output: tft.TFTransformOutput,
+    path: str,
+    compact: bool = True,
+    matmul: str = MEASURE,
 ) -> TaskNetwork:
-    """One task's SavedModel for TF Serving, with the mask folded in (and compacted)."""
-    task_network = TaskNetwork(model, task, compact=compact)
+    """One task's SavedModel for TF Serving, with the mask folded in (and compacted).
+
+    `assets.extra/` (which TF Serving leaves alone) gets `METADATA_FILE`: the task, the
+    layer widths, the share of MLP weights kept and each layer's matmul path.
+    """
+    task_network = TaskNetwork(model, task, compact=compact, matmul=matmul)
     ServingModule({network.OUTPUT_NAMES[task]: task_network}, transform_output).save(path)
+    tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA))
+    with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE), "w") as f:
+        json.dump(task_network.metadata(), f, indent=2)
     return task_network
+
+
+def read_metadata(path: str) -> dict:
+    """The metadata `export_task_model` wrote beside a SavedModel."""
+    with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE)) as f:
+        return json.load(f)

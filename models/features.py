@@ -220,3 +220,22 @@ def _check_covers_every_feature(tables: Iterable[TableSpec]) -> None:
     missing = set(FEATURE_NAMES) - set(seen)
     if missing:
         raise ValueError(f"no table for feature(s) {sorted(missing)}")
+
+
+# FEA_DURATION is the index of the video's length bucket: bucket b holds lengths in
+# [edge b-1, edge b) seconds, bucket 0 those under the first edge, the last bucket the rest.
+DURATION_FEATURE = "FEA_DURATION"
+DURATION_BUCKET_EDGES_SECONDS = (15, 30, 60, 120, 180, 300, 600, 1200, 1800, 3600)
+
+
+def bucket_seconds(bucket: int) -> float:
+    """A length that stands for a duration bucket: its geometric midpoint (open ends: half
+    the first edge, 1.5 times the last)."""
+    edges = DURATION_BUCKET_EDGES_SECONDS
+    if not 0 <= bucket <= len(edges):
+        raise ValueError(f"{DURATION_FEATURE} bucket {bucket} is not in [0, {len(edges)}]")
+    if bucket == 0:
+        return edges[0] / 2
+    if bucket == len(edges):
+        return edges[-1] * 1.5
+    return float((edges[bucket - 1] * edges[bucket]) ** 0.5)

@@ -73,3 +73,63 @@ def random_transformed(rows: int, seed: int = 0) -> dict:
     examples[features.CLICK_LABEL] = click
     examples[features.WATCH_RATIO_LABEL] = np.where(click == 1, ratio, 0).astype(np.float32)
     return examples
+
+
+@pytest.fixture(scope="session")
+def served_models(tiny_logs, tmp_path_factory):
+    """A small trained sparse-sharing network exported as TF Serving models, version 1.
+
+    Transform's analysis runs on the tiny logs' first two days; the network trains one
+    pass, then the CTR mask drops half of the units and the CVR mask half of the
+    connections, so that the exports have something to fold and compact. Returns a
+    `ServedModels`; the serving layout is `base_path/{ctr,cvr}/1/`.
+    """
+    import glob
+
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from lt4rec.models import export, features, masks, network, offline_transform, training
+
+    root = tmp_path_factory.mktemp("served")
+    days = sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))
+    feature_config = features.scaled_config(0.001)
+    transform_dir = str(root / "transform")
+    offline_transform.analyze(days[:-1], feature_config, transform_dir)
+    transform_output = tft.TFTransformOutput(transform_dir)
+    columns = offline_transform.transform(days[:-1], transform_dir)
+
+    tf.keras.utils.set_random_seed(3)
+    model = network.RankingNetwork(feature_config, network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16)))
+    model.build_for({name: values[:2] for name, values in columns.items()})
+    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=128))
+    trainer.train({task: training.task_batches(columns, task, 128, 3) for task in ("ctr", "cvr")}, "fixture", 3)
+    for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION)):
+        kept = masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity)
+        masks.set_masks(model, task, kept)
+
+    base_path = str(root / "models")
+    for task in ("ctr", "cvr"):
+        export.export_task_model(model, task, transform_output, os.path.join(base_path, task, "1"))
+    raw = [example.SerializeToString() for example in read_examples(days[-1])]
+    return ServedModels(base_path, model, transform_output, raw)
+
+
+class ServedModels:
+    """What `served_models` made: the serving base path, the network, its Transform, raw requests."""
+
+    def __init__(self, base_path: str, model, transform_output, raw_examples: list[bytes]):
+        self.base_path = base_path
+        self.model = model
+        self.transform_output = transform_output
+        self.raw_examples = raw_examples  # serialized tf.Examples of the last day, in the log format
+
+    def expected(self, task: str, raw_examples: list[bytes]):
+        """The trained network's scores of `raw_examples` under `task`'s mask (numpy [batch])."""
+        import tensorflow as tf
+
+        from lt4rec.models import export, features
+
+        parsed = tf.io.parse_example(raw_examples, export.raw_input_spec(self.transform_output))
+        ids = self.transform_output.transform_features_layer()(parsed)
+        return self.model({name: ids[name] for name in features.FEATURE_NAMES}, task=task)[task].numpy()

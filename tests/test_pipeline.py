@@ -1,5 +1,6 @@
 """The pipeline end to end on tiny data, and what its command line says about bad input."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -33,6 +34,7 @@ def finished_run(tiny_logs, tmp_path_factory):
         pipeline_root=str(root / "pipeline"),
         serving_dir=str(root / "serving"),
         table_scale=TABLE_SCALE,
+        min_ctr_auc=0.3,  # 1,000 training rows teach little: the bound is what is tested here
         **TINY_MODEL,
     )
     local_runner.run(settings)
@@ -255,8 +257,11 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
     other = "cvr" if task == "ctr" else "ctr"
     assert not [name for name in variables if other in name]
     assert len(task_network.kernels) == len(model.config.hidden_units) + 1  # MLP + the task's head only
-    live = [len(masks.units_kept(mask)) for mask in pruned.values()]
-    assert task_network.layer_widths == (live if compact else list(model.config.hidden_units))
+    if compact:  # no unit the mask switched off (units that feed nothing go too: see test_export)
+        live = [len(masks.units_kept(mask)) for mask in pruned.values()]
+        assert all(width <= kept for width, kept in zip(task_network.layer_widths, live))
+    else:
+        assert task_network.layer_widths == list(model.config.hidden_units)
 
     # The raw-tensor signature gives the same scores as the serialized-example one.
     parsed = tf.io.parse_example(raw, export.raw_input_spec(transform_output))
@@ -285,3 +290,15 @@ def test_pusher_writes_one_compacted_model_per_task_in_serving_layout(finished_r
         ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
         expected = reference({name: ids[name] for name in features.FEATURE_NAMES}, task=task)[task].numpy()
         np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_a_model_under_the_bounds_is_not_blessed_and_not_pushed(finished_run):
+    """Runs last: a rerun with a CTR AUC bound no model meets reuses the cached components."""
+    strict = dataclasses.replace(finished_run, min_ctr_auc=0.99)
+    local_runner.run(strict)
+    steps = {step.component: step.state for step in local_runner.last_run_steps(strict)}
+    assert steps["MaskSearch"] == steps["SparseSharingTrainer"] == "CACHED"
+    assert os.path.exists(os.path.join(_latest(strict, "Evaluator", "blessing"), "NOT_BLESSED"))
+    assert steps["TaskPusher"] == "COMPLETE"
+    for task in ("ctr", "cvr"):
+        assert os.listdir(os.path.join(strict.serving_dir, task)) == ["1"]  # nothing new pushed

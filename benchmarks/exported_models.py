@@ -1,0 +1,191 @@
+"""Exported CTR and CVR models: latency per request of 200 candidates, and size, against dense.
+
+Runs Algorithm 1 (`comparison.train_sparse_sharing`) on generated logs for S-Weight
+(connection masks) and S-Neuron (unit masks), choosing only rounds at least
+--min-sparsity sparse, then exports each task three ways, from the same weights:
+- dense: the unpruned network (full masks), i.e. a single-task model of the same shape;
+- folded: the task's mask multiplied into the kernels, same shapes (zeros alone);
+- compacted: what the pipeline pushes: dead units removed, per-layer dense or sparse
+  matmul chosen by measurement (recorded in `assets.extra/lt4rec_model.json`).
+Latency is timed side by side in one run, interleaved over --rounds, two ways: the MLP
+alone (what the masks change) on a [200, inputs] batch, and the whole `serving_default`
+signature on 200 serialized raw tf.Examples (parse, Transform, embeddings, cross, MLP).
+Size: each task's SavedModel on disk and its variables' bytes, and the resident memory a
+fresh process gains by loading the CTR and CVR models and scoring once, for the sparse
+pair against the two dense models.
+
+    .venv/bin/python benchmarks/exported_models.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from comparison import TABLE_SCALE, train_sparse_sharing
+from lt4rec.models import export, masks, sparse_sharing, training
+from transformed_logs import data_folder, load
+
+KINDS = ("dense", "folded", "compacted")
+CANDIDATES = 200
+
+
+def raw_requests(rows: int, seed: int, size: int = CANDIDATES) -> list[list[bytes]]:
+    """Serialized raw examples of the test day, `size` per request."""
+    logs = os.path.join(data_folder(rows, seed=seed, table_scale=TABLE_SCALE), "logs")
+    last_day = sorted(day for day in os.listdir(logs) if day.isdigit())[-1]
+    files = sorted(tf.io.gfile.glob(os.path.join(logs, last_day, "part-*.gz")))
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
+    return [records[start : start + size] for start in range(0, len(records) - size + 1, size)]
+
+
+def trained_model(rows: int, granularity: str, min_sparsity: float, seed: int):
+    splits = load(rows, seed=seed, table_scale=TABLE_SCALE)
+    search = sparse_sharing.SearchConfig(min_sparsity=min_sparsity)
+    model, phases = train_sparse_sharing(granularity, splits, training.TrainConfig(seed=seed), search)
+    return model, phases
+
+
+def task_networks(model, task: str) -> dict[str, export.TaskNetwork]:
+    """The three exports of one task, built from the model as trained."""
+    chosen = masks.get_masks(model, task)
+    masks.set_masks(model, task, model.initial_masks(task))
+    dense = export.TaskNetwork(model, task, compact=False, matmul=export.DENSE)
+    masks.set_masks(model, task, chosen)
+    return {
+        "dense": dense,
+        "folded": export.TaskNetwork(model, task, compact=False, matmul=export.DENSE),
+        "compacted": export.TaskNetwork(model, task, compact=True),
+    }
+
+
+def mlp_function(task_network: export.TaskNetwork):
+    inputs = tf.random.stateless_normal([CANDIDATES, task_network.layer_paths[0].shape[0]], seed=[1, 2])
+
+    @tf.function
+    def mlp() -> tf.Tensor:
+        hidden = inputs
+        for kernel, bias in zip(task_network.kernels[:-1], task_network.biases[:-1]):
+            hidden = tf.nn.relu(export._matmul(hidden, kernel) + bias)
+        return tf.matmul(hidden, task_network.kernels[-1]) + task_network.biases[-1]
+
+    return mlp
+
+
+def time_side_by_side(functions: dict[str, callable], rounds: int, calls: int) -> dict[str, float]:
+    """Median milliseconds per call of each function, timed in interleaved rounds."""
+    for function in functions.values():
+        function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                function()
+            times[name].append(1000 * (time.perf_counter() - start) / calls)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def variable_bytes(task_network: export.TaskNetwork) -> int:
+    return sum(int(np.prod(v.shape)) * v.dtype.size for v in task_network.variables)
+
+
+_RSS_SCRIPT = """
+import os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+def rss():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) * 1024
+requests = [open(sys.argv[1], "rb").read().split(b"\\0SPLIT\\0")]
+before = rss()
+models = [tf.saved_model.load(path) for path in sys.argv[2:]]
+for model in models:
+    model.signatures["serving_default"](examples=tf.constant(requests[0]))
+print(rss() - before)
+"""
+
+
+def resident_bytes(paths: list[str], request_file: str) -> int:
+    """Resident memory a fresh process gains by loading `paths` and scoring one request each."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, request_file, *paths], capture_output=True, text=True, env=env, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000, help="Generated impressions (2 of 4 days train).")
+    parser.add_argument("--min-sparsity", type=float, default=0.8, help="Only rounds at least this sparse are chosen.")
+    parser.add_argument("--granularities", nargs="+", default=[masks.CONNECTION, masks.NEURON])
+    parser.add_argument("--rounds", type=int, default=7, help="Interleaved timing rounds.")
+    parser.add_argument("--calls", type=int, default=30, help="Calls per variant per round.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    requests = raw_requests(args.rows, args.seed)
+    request = tf.constant(requests[0])
+    transform_output = tft.TFTransformOutput(os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform"))
+    out = tempfile.mkdtemp(prefix="lt4rec-exported-")
+    request_file = os.path.join(out, "request.bin")
+    with open(request_file, "wb") as f:
+        f.write(b"\0SPLIT\0".join(requests[0]))
+    print(f"{args.rows} generated impressions; {CANDIDATES} candidates per request; exports under {out}")
+
+    for granularity in args.granularities:
+        start = time.perf_counter()
+        model, _ = trained_model(args.rows, granularity, args.min_sparsity, args.seed)
+        name = "S-Weight" if granularity == masks.CONNECTION else "S-Neuron"
+        print(f"\n== {name} (masks by {granularity}), trained in {time.perf_counter() - start:.0f} s ==")
+        paths: dict[str, dict[str, str]] = {}
+        for task in masks.TASKS:
+            networks = task_networks(model, task)
+            paths[task] = {}
+            for kind, task_network in networks.items():
+                path = os.path.join(out, granularity, task, kind)
+                export.ServingModule({task: task_network}, transform_output).save(path)
+                paths[task][kind] = path
+            loaded = {kind: tf.saved_model.load(path) for kind, path in paths[task].items()}
+            signatures = {kind: model_.signatures["serving_default"] for kind, model_ in loaded.items()}
+            mlp_ms = time_side_by_side({kind: mlp_function(net) for kind, net in networks.items()}, args.rounds, args.calls)
+            request_ms = time_side_by_side(
+                {kind: (lambda s=signature: s(examples=request)) for kind, signature in signatures.items()}, args.rounds, args.calls
+            )
+            compacted = networks["compacted"]
+            print(f"{task}: MLP weights kept {compacted.kept_weights:,} of {compacted.dense_weights:,} "
+                  f"({100 * compacted.kept_weights / compacted.dense_weights:.1f}%); compacted widths {compacted.layer_widths} "
+                  f"(dense {networks['dense'].layer_widths}); paths "
+                  + ", ".join(f"{p.path} (density {p.density:.2f}" + (f", dense {p.dense_us:.0f} us vs sparse {p.sparse_us:.0f} us)" if p.dense_us else ")")
+                              for p in compacted.layer_paths))
+            print(f"  {'':10} {'MLP ms':>8} {'x dense':>8} {'request ms':>11} {'x dense':>8} {'disk MB':>8} {'vars MB':>8}")
+            for kind in KINDS:
+                print(f"  {kind:10} {mlp_ms[kind]:8.3f} {mlp_ms['dense'] / mlp_ms[kind]:8.2f} {request_ms[kind]:11.2f} "
+                      f"{request_ms['dense'] / request_ms[kind]:8.2f} {folder_bytes(paths[task][kind]) / 1e6:8.2f} "
+                      f"{variable_bytes(networks[kind]) / 1e6:8.2f}")
+        pair = {kind: [paths[task][kind] for task in masks.TASKS] for kind in ("dense", "compacted")}
+        disk = {kind: sum(folder_bytes(p) for p in pair[kind]) for kind in pair}
+        resident = {kind: resident_bytes(pair[kind], request_file) for kind in pair}
+        print(f"CTR + CVR together: on disk {disk['compacted'] / 1e6:.2f} MB vs two dense single-task-shaped models "
+              f"{disk['dense'] / 1e6:.2f} MB ({disk['compacted'] / disk['dense']:.3f}); resident memory after loading and one "
+              f"request {resident['compacted'] / 1e6:.1f} MB vs {resident['dense'] / 1e6:.1f} MB ({resident['compacted'] / resident['dense']:.3f})")
+        print("  (the embedding tables, which every model carries whole, dominate both)")
+        json.dump({"granularity": granularity, "paths": paths}, open(os.path.join(out, f"{granularity}.json"), "w"))
+
+
+if __name__ == "__main__":
+    main()
