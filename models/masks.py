@@ -163,7 +163,8 @@ def prune_by_magnitude(
     GLOBAL, each kernel for PER_LAYER), taken from the weights `masks` still keeps, so the
     remaining fraction after r rounds is (1-q)^r within one weight (or one unit) whatever
     the rounding of the earlier rounds. NEURON granularity scores a unit by the mean |w|
-    of its kept incoming weights and keeps or drops its whole kernel column.
+    of its kept incoming weights (over GLOBAL scope, divided by the mean of its layer's
+    kept units) and keeps or drops its whole kernel column.
     """
     if scope not in SCOPES or granularity not in GRANULARITIES:
         raise ValueError(f"scope must be one of {SCOPES} and granularity one of {GRANULARITIES}")
@@ -179,7 +180,12 @@ def prune_by_magnitude(
             scores[name] = np.where(masks[name] > 0, magnitude, -1.0)
         else:
             kept_in = masks[name].sum(axis=0)
-            scores[name] = np.where(kept_in > 0, magnitude.sum(axis=0) / np.maximum(kept_in, 1), -1.0)
+            unit_scores = magnitude.sum(axis=0) / np.maximum(kept_in, 1)
+            if scope == GLOBAL and np.any(kept_in > 0):
+                # Relative to the layer's kept units: wider fan-in means smaller initial |w|,
+                # and raw means would empty the first layer before touching the others.
+                unit_scores = unit_scores / max(float(unit_scores[kept_in > 0].mean()), 1e-12)
+            scores[name] = np.where(kept_in > 0, unit_scores, -1.0)
 
     def expand(name: str, kept_items: np.ndarray) -> np.ndarray:
         if granularity == CONNECTION:

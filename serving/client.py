@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
@@ -137,8 +138,11 @@ class RankingClient:
 
 
 def read_requests(pattern: str) -> Iterator[tuple[str, list[tf.train.Example]]]:
-    """(request id, its impressions) from GZIP TFRecord logs, in order of first appearance."""
-    files = sorted(glob.glob(pattern))
+    """(request id, its impressions) from GZIP TFRecord logs, in order of first appearance.
+
+    Files whose names start with `_` or `.` are not logs (truth files, markers), as in the pipeline.
+    """
+    files = sorted(path for path in glob.glob(pattern) if not os.path.basename(path).startswith(("_", ".")))
     if not files:
         raise FileNotFoundError(f"no log files match {pattern}")
     requests: dict[str, list[tf.train.Example]] = {}

@@ -70,6 +70,17 @@ def test_neuron_masks_remove_whole_units():
     assert abs(kept_units - units * 0.7**2) <= 1.0
 
 
+def test_global_neuron_pruning_ranks_units_within_their_layer_scale():
+    rng = np.random.default_rng(1)
+    # A wide first layer has smaller weights (as after Glorot init): raw means would empty it.
+    kernels = {"wide": rng.normal(0, 0.05, (800, 64)), "narrow": rng.normal(0, 0.2, (64, 32))}
+    full = {name: np.ones_like(kernel) for name, kernel in kernels.items()}
+    neuron = masks.prune_by_magnitude(kernels, full, 3, 0.4, granularity=masks.NEURON)
+    kept = {name: len(masks.units_kept(mask)) for name, mask in neuron.items()}
+    assert abs(sum(kept.values()) - 96 * 0.6**3) <= 1.0
+    assert kept["wide"] >= 5 and kept["narrow"] >= 5  # neither layer is emptied
+
+
 def test_wrapper_applies_each_tasks_mask_in_the_forward_pass_and_leaves_the_kernel():
     layer = _wrapper()
     assert isinstance(layer, pruning_wrapper.PruneLowMagnitude)  # TF-MOT's machinery underneath
