@@ -47,3 +47,57 @@ def test_requests_from_logs_group_impressions_by_seqnum(tiny_logs):
         client.find_request(client.read_requests(pattern), "nope")
     with pytest.raises(FileNotFoundError, match="no log files match"):
         list(client.read_requests(os.path.join(tiny_logs, "19990101", "*.gz")))
+
+
+@pytest.fixture(scope="module")
+def served(served_models):
+    from lt4rec.serving import server
+
+    model_server, port = server.start_server(served_models.base_path, port=0, poll_seconds=60)
+    yield served_models, f"localhost:{port}"
+    model_server.stop(grace=1.0)
+
+
+def test_ranking_through_the_server_scores_as_the_trained_network(served):
+    served_models, target = served
+    examples = [tf.train.Example.FromString(record) for record in served_models.raw_examples[:40]]
+    with client.RankingClient(target) as ranking:
+        ranked = ranking.rank(examples, client.RankWeights(ctr=1.0, cvr=2.0, length=0.5))
+        ctr_scores, version = ranking.predict("ctr", served_models.raw_examples[:40])
+        signatures = ranking.metadata("cvr").signature_def
+    assert version == 1 and {"serving_default", "serving_raw"} <= set(signatures)
+    np.testing.assert_allclose(ctr_scores, served_models.expected("ctr", served_models.raw_examples[:40]), atol=1e-5)
+    pctr = served_models.expected("ctr", served_models.raw_examples[:40])
+    pcvr = served_models.expected("cvr", served_models.raw_examples[:40])
+    lengths = np.array([client.video_length_seconds(e) for e in examples])
+    expected = pctr * pcvr**2 * np.sqrt(lengths)
+    assert [c.rankscore for c in ranked] == pytest.approx(sorted(expected, reverse=True), rel=1e-4)
+    assert [c.video for c in ranked] == [
+        examples[i].features.feature["FEA_VID"].bytes_list.value[0].decode() for i in np.argsort(-expected, kind="stable")
+    ]
+
+
+def test_lt4rec_score_prints_the_ranking_and_names_grpc_errors(served, tiny_logs):
+    import json
+    import subprocess
+
+    from tests.conftest import LT4REC
+
+    _, target = served
+    logs = os.path.join(tiny_logs, "20201013", "part-*.gz")
+    done = subprocess.run([LT4REC, "score", "--target", target, "--logs", logs, "--as-json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    request_id, examples = client.find_request(client.read_requests(logs), None)
+    assert len(rows) == len(examples) and all(row["request_id"] == request_id for row in rows)
+    assert [row["rank"] for row in rows] == list(range(1, len(rows) + 1))
+    assert all(a["rankscore"] >= b["rankscore"] for a, b in zip(rows, rows[1:]))
+    for row in rows:
+        assert row["rankscore"] == pytest.approx(row["pctr"] * row["pcvr"] * row["video_length"], rel=1e-5)
+
+    missing = subprocess.run([LT4REC, "score", "--target", target, "--logs", logs, "--request-id", "nope"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "lt4rec: error: no request 'nope' in the logs" in missing.stderr
+    unserved = subprocess.run(
+        [LT4REC, "score", "--target", "localhost:1", "--logs", logs, "--timeout", "2"], capture_output=True, text=True
+    )
+    assert unserved.returncode == 1 and "lt4rec: error: localhost:1: UNAVAILABLE" in unserved.stderr, unserved.stderr[-500:]
