@@ -96,7 +96,9 @@ def run_seed(seed: int, args) -> tuple[dict[str, metrics.TaskMetrics], dict[str,
     print(f"seed {seed}: {splits['train'].rows}/{splits['validation'].rows}/{splits['test'].rows} train/validation/test impressions "
           f"ready in {time.perf_counter() - start:.0f} s")
     train_config = training.TrainConfig(seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs)
-    search_config = sparse_sharing.SearchConfig(rounds=args.rounds, remaining=args.remaining, epochs_per_round=args.epochs_per_round)
+    search_config = sparse_sharing.SearchConfig(
+        rounds=args.rounds, remaining=args.remaining, epochs_per_round=args.epochs_per_round, min_sparsity=args.min_sparsity
+    )
     test = splits["test"]
     results, kept, phases = {}, {}, {}
     results[BEST] = _metrics(test, test.truth["p_click"], test.truth["expected_watch_ratio"])
@@ -133,6 +135,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="Final epochs (baselines: warmup + these).")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--remaining", type=float, default=0.2)
+    parser.add_argument("--min-sparsity", type=float, default=0.0, help="Only rounds at least this sparse may be chosen.")
     parser.add_argument("--epochs-per-round", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--learning-rate", type=float, default=1e-3)

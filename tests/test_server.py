@@ -1,0 +1,343 @@
+"""`lt4rec serve`: TF Serving's PredictionService over the exported models, through the real stubs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from lt4rec import errors
+from lt4rec.serving import server as serving_server
+from tests.conftest import LT4REC
+
+TASKS = ("ctr", "cvr")
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def stub(served_models):
+    """A stub of a server in this process on the fixture's models (read only)."""
+    server, port = serving_server.start_server(served_models.base_path, max_batch_size=500)
+    channel = grpc.insecure_channel(f"localhost:{port}")
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+    server.stop(grace=1.0)
+
+
+def predict_request(model: str, examples: list[bytes], version: int | None = None, signature: str = "") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
+    return request
+
+
+def metadata(stub, model: str) -> tuple[get_model_metadata_pb2.GetModelMetadataResponse, get_model_metadata_pb2.SignatureDefMap]:
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = model
+    response = stub.GetModelMetadata(request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    return response, signatures
+
+
+def test_predict_serving_default_scores_as_the_trained_network(stub, served_models):
+    raw = served_models.raw_examples[:BATCH]
+    for task in TASKS:
+        response = stub.Predict(predict_request(task, raw), timeout=10)
+        assert (response.model_spec.name, response.model_spec.version.value) == (task, 1)
+        assert response.model_spec.signature_name == "serving_default"  # "" resolves to the default, as in TF Serving
+        assert list(response.outputs) == [task]
+        assert len(response.outputs[task].float_val) == BATCH  # typed field, as TF Serving writes it
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5)
+
+
+def test_predict_serving_raw_takes_named_string_tensors(stub, served_models):
+    raw = served_models.raw_examples[:BATCH]
+    examples = [tf.train.Example.FromString(record) for record in raw]
+    _, signatures = metadata(stub, "ctr")
+    for task in TASKS:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = task
+        request.model_spec.signature_name = "serving_raw"
+        for name, info in signatures.signature_def["serving_raw"].inputs.items():
+            width = info.tensor_shape.dim[1].size
+            rows = []
+            for example in examples:
+                values = list(example.features.feature[name].bytes_list.value)
+                assert len(values) <= width
+                rows.append(values + [b""] * (width - len(values)))  # "" pads, as serving_raw expects
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
+        response = stub.Predict(request, timeout=10)
+        assert response.model_spec.signature_name == "serving_raw"
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5)
+
+
+def test_metadata_describes_both_signatures(stub):
+    for task in TASKS:
+        response, signatures = metadata(stub, task)
+        assert (response.model_spec.name, response.model_spec.version.value) == (task, 1)
+        assert set(signatures.signature_def) == {"serving_default", "serving_raw"}
+        default = signatures.signature_def["serving_default"]
+        assert default.method_name == "tensorflow/serving/predict"
+        assert list(default.inputs) == ["examples"] and list(default.outputs) == [task]
+        assert default.inputs["examples"].dtype == tf.string.as_datatype_enum
+        assert [dim.size for dim in default.inputs["examples"].tensor_shape.dim] == [-1]
+        assert default.outputs[task].dtype == tf.float32.as_datatype_enum
+        assert [dim.size for dim in default.outputs[task].tensor_shape.dim] == [-1]
+        assert default.inputs["examples"].name == "serving_default_examples:0"  # the SavedModel's own tensor name
+        raw = signatures.signature_def["serving_raw"]
+        assert raw.inputs and all(name.startswith("FEA_") for name in raw.inputs) and list(raw.outputs) == [task]
+        assert all(
+            info.dtype == tf.string.as_datatype_enum and len(info.tensor_shape.dim) == 2 and info.tensor_shape.dim[0].size == -1
+            for info in raw.inputs.values()
+        )
+
+
+def test_regress_and_classify_agree_with_predict(stub, served_models):
+    raw = served_models.raw_examples[:BATCH]
+    examples = [tf.train.Example.FromString(record) for record in raw]
+    for task in TASKS:
+        predicted = tf.make_ndarray(stub.Predict(predict_request(task, raw), timeout=10).outputs[task])
+
+        regression = regression_pb2.RegressionRequest()
+        regression.model_spec.name = task
+        regression.input.example_list.examples.extend(examples)
+        response = stub.Regress(regression, timeout=10)
+        assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (task, 1, "serving_default")
+        np.testing.assert_allclose([r.value for r in response.result.regressions], predicted, atol=1e-6)
+
+        classification = classification_pb2.ClassificationRequest()
+        classification.model_spec.name = task
+        classification.input.example_list.examples.extend(examples)
+        result = stub.Classify(classification, timeout=10).result
+        assert [[c.label for c in classes.classes] for classes in result.classifications] == [["0", "1"]] * BATCH
+        np.testing.assert_allclose([classes.classes[1].score for classes in result.classifications], predicted, atol=1e-6)
+        np.testing.assert_allclose([classes.classes[0].score for classes in result.classifications], 1 - predicted, atol=1e-6)
+
+
+def test_regress_merges_the_context_into_every_example(stub, served_models):
+    raw = served_models.raw_examples[:BATCH]
+    examples = [tf.train.Example.FromString(record) for record in raw]
+    shared = examples[0].features.feature["FEA_AGE"]
+    with_age = []  # what the merge must give: every example with the context's FEA_AGE
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "ctr"
+    context = request.input.example_list_with_context.context
+    context.features.feature["FEA_AGE"].CopyFrom(shared)
+    context.features.feature["FEA_VID"].bytes_list.value.append(b"from-the-context")  # the example's own value wins
+    for example in examples:
+        without = tf.train.Example()
+        without.CopyFrom(example)
+        del without.features.feature["FEA_AGE"]
+        request.input.example_list_with_context.examples.append(without)
+        merged = tf.train.Example()
+        merged.CopyFrom(example)
+        merged.features.feature["FEA_AGE"].CopyFrom(shared)
+        with_age.append(merged.SerializeToString())
+    response = stub.Regress(request, timeout=10)
+    np.testing.assert_allclose([r.value for r in response.result.regressions], served_models.expected("ctr", with_age), atol=1e-5)
+
+
+def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models):
+    raw = served_models.raw_examples[:4]
+    good = predict_request("ctr", raw)
+
+    def with_input(tensor: tf.Tensor | None = None, **extra) -> predict_pb2.PredictRequest:
+        request = predict_request("ctr", raw)
+        if tensor is not None:
+            request.inputs["examples"].CopyFrom(tf.make_tensor_proto(tensor))
+        for name, value in extra.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return request
+
+    missing = predict_request("ctr", raw)
+    del missing.inputs["examples"]
+    corrupt = list(raw[:2]) + [b"not a tf.Example"]
+    cases = [
+        (predict_request("nope", raw), grpc.StatusCode.NOT_FOUND, r"Servable not found for request: Latest\(nope\).*loaded models: ctr, cvr"),
+        (predict_request("ctr", raw, version=9), grpc.StatusCode.NOT_FOUND, r"Specific\(ctr, 9\).*version 9 .*loaded versions: \[1\]"),
+        (predict_request("ctr", raw, signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
+         r'Serving signature key "nope" not found.*serving_default, serving_raw'),
+        (missing, grpc.StatusCode.INVALID_ARGUMENT, r"Missing but required: \{examples\}"),
+        (with_input(extra=tf.constant([b"x"])), grpc.StatusCode.INVALID_ARGUMENT, r"Sent extra: \{extra\}"),
+        (with_input(tf.constant([0.5, 0.7])), grpc.StatusCode.INVALID_ARGUMENT, r"'examples' .* must be DT_STRING, got DT_FLOAT"),
+        (with_input(tf.constant([[b"a"], [b"b"]])), grpc.StatusCode.INVALID_ARGUMENT, r"must have shape \[-1\], got \[2, 1\]"),
+        (with_input(tf.constant([], dtype=tf.string)), grpc.StatusCode.INVALID_ARGUMENT, r"0 rows"),
+        (with_input(tf.constant([raw[0]] * 501)), grpc.StatusCode.RESOURCE_EXHAUSTED, r"501 rows, over .* max batch size of 500"),
+        (with_input(tf.constant(corrupt)), grpc.StatusCode.INVALID_ARGUMENT, r"Could not parse example input, value: 'not a tf.Example'"),
+        (with_input(tf.constant([b"\xff\xfe\x00garbage"])), grpc.StatusCode.INVALID_ARGUMENT, r"corrupt"),
+    ]
+    label = predict_request("ctr", raw)
+    label.model_spec.version_label = "stable"
+    cases.append((label, grpc.StatusCode.INVALID_ARGUMENT, r"Unrecognized servable version label: stable"))
+    filtered = predict_request("ctr", raw)
+    filtered.output_filter.append("cvr")
+    cases.append((filtered, grpc.StatusCode.INVALID_ARGUMENT, r"output tensor alias not found in signature: cvr.*\{ctr\}"))
+    expected = served_models.expected("ctr", raw)
+    for request, code, message in cases:
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=10)
+        assert raised.value.code() == code, raised.value.details()
+        assert re.search(message, raised.value.details()), raised.value.details()
+        np.testing.assert_allclose(tf.make_ndarray(stub.Predict(good, timeout=10).outputs["ctr"]), expected, atol=1e-5)
+
+    empty = regression_pb2.RegressionRequest()
+    empty.model_spec.name = "cvr"
+    raw_signature = regression_pb2.RegressionRequest()
+    raw_signature.model_spec.name = "cvr"
+    raw_signature.model_spec.signature_name = "serving_raw"
+    raw_signature.input.example_list.examples.add()
+    for request, code, message in [
+        (empty, grpc.StatusCode.INVALID_ARGUMENT, r"Input is empty"),
+        (raw_signature, grpc.StatusCode.INVALID_ARGUMENT, r"Regress needs a signature with one DT_STRING.*serving_raw"),
+    ]:
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Regress(request, timeout=10)
+        assert raised.value.code() == code and re.search(message, raised.value.details()), raised.value.details()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "ctr"}, metadata_field=["nope"]))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope is not supported" in raised.value.details()
+
+
+def test_unexpected_errors_are_internal_and_logged(stub, served_models, monkeypatch, caplog):
+    def broken(*_args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(serving_server, "as_proto_field", broken)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(predict_request("ctr", served_models.raw_examples[:2]), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.details() == "Predict: internal error: RuntimeError: a bug"
+    assert any(record.exc_info and "Predict failed unexpectedly" in record.getMessage() for record in caplog.records)
+    monkeypatch.undo()
+    assert stub.Predict(predict_request("ctr", served_models.raw_examples[:2]), timeout=10).outputs["ctr"].float_val
+
+
+def test_new_versions_load_without_failing_requests(served_models, tmp_path):
+    base = str(tmp_path / "models")
+    shutil.copytree(os.path.join(served_models.base_path, "ctr"), os.path.join(base, "ctr"))
+    raw = served_models.raw_examples[:BATCH]
+    expected = served_models.expected("ctr", raw)
+    server, port = serving_server.start_server(base, poll_seconds=0.2)
+    answered: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def send_continuously() -> None:
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    response = stub.Predict(predict_request("ctr", raw), timeout=10)
+                    np.testing.assert_allclose(tf.make_ndarray(response.outputs["ctr"]), expected, atol=1e-5)
+                    answered.append(response.model_spec.version.value)
+                except Exception as error:  # noqa: BLE001 - every failure is recorded and fails the test
+                    failures.append(repr(error))
+                time.sleep(0.01)  # continuous, but leaves the loads some of the 2 cores
+
+    def wait_until(condition, what: str, deadline_s: float = 60.0) -> None:
+        start = time.monotonic()
+        while not condition():
+            assert time.monotonic() - start < deadline_s, f"{what} did not happen within {deadline_s} s"
+            time.sleep(0.1)
+
+    def wait_for_version(stub, version: int) -> None:
+        wait_until(lambda: metadata(stub, "ctr")[0].model_spec.version.value == version, f"serving ctr version {version}")
+
+    sender = threading.Thread(target=send_continuously)
+    try:
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            sender.start()
+            one, two = os.path.join(base, "ctr", "1"), os.path.join(base, "ctr", "2")
+            # Version 2 arrives in pieces: first without saved_model.pb (not loadable yet) ...
+            shutil.copytree(one, two, ignore=shutil.ignore_patterns("saved_model.pb", "assets"))
+            time.sleep(1.0)
+            assert metadata(stub, "ctr")[0].model_spec.version.value == 1
+            # ... then with saved_model.pb but without its vocabularies (the load fails) ...
+            shutil.copy(os.path.join(one, "saved_model.pb"), two)
+            wait_until(
+                lambda: any("could not load ctr version 2" in problem for problem in server.registry.problems()),
+                "the failed load of version 2",
+            )
+            assert metadata(stub, "ctr")[0].model_spec.version.value == 1
+            # ... and complete (the vocabularies appear at once, by a rename): it loads, and replaces version 1.
+            shutil.copytree(os.path.join(one, "assets"), str(tmp_path / "assets.tmp"))
+            os.rename(str(tmp_path / "assets.tmp"), os.path.join(two, "assets"))
+            wait_for_version(stub, 2)
+            assert not server.registry.problems()
+            assert stub.Predict(predict_request("ctr", raw, version=2), timeout=10).model_spec.version.value == 2
+            with pytest.raises(grpc.RpcError) as raised:  # the policy keeps 1 version: version 1 is unloaded
+                stub.Predict(predict_request("ctr", raw, version=1), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+            # A version removed from disk is unloaded once the remaining one is loaded again.
+            shutil.rmtree(os.path.join(base, "ctr", "2"))
+            wait_for_version(stub, 1)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        sender.join()
+        server.stop(grace=1.0)
+    assert not failures, failures[:3]
+    assert 1 in answered and 2 in answered and answered[-1] == 1
+    assert server.registry.loaded() == {"ctr": [1]}
+
+
+def test_start_fails_clearly_without_loadable_models(tmp_path):
+    with pytest.raises(errors.DataError, match="does not exist"):
+        serving_server.start_server(str(tmp_path / "missing"))
+    os.makedirs(tmp_path / "base" / "ctr" / "1")
+    with pytest.raises(errors.DataError, match=r"no loadable model under .*ctr version 1: no saved_model.pb"):
+        serving_server.start_server(str(tmp_path / "base"))
+
+
+def test_lt4rec_serve_answers_and_stops_on_sigterm(served_models):
+    process = subprocess.Popen(
+        [LT4REC, "serve", "--model-base-path", served_models.base_path, "--port", "0", "--poll-seconds", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        port = None
+        for line in process.stderr:  # the log says which port port 0 became
+            lines.append(line)
+            found = re.search(r"serving PredictionService on port (\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "".join(lines)
+        raw = served_models.raw_examples[:8]
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            response = stub.Predict(predict_request("cvr", raw), timeout=10)
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["cvr"]), served_models.expected("cvr", raw), atol=1e-5)
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=20)
+        assert process.returncode == 0, log
+        assert time.monotonic() - start < 10
+        assert "SIGTERM received" in log and "stopped serving" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
