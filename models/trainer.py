@@ -2,7 +2,8 @@
 
 For the sparse-sharing network it restores sNET_init and the masks that MaskSearch found
 (the masks artifact's folder comes in `custom_config[MASKS_URI]`) and trains on mixed task
-batches; the baselines (single task, hard sharing, shared bottom) train from scratch on
+batches; given a `base_model` (daily runs: the latest blessed model), it starts from that
+model's trained weights instead of sNET_init; the baselines (single task, hard sharing, shared bottom) train from scratch on
 the same batches. It writes:
 - the serving model (`fn_args.serving_model_dir`): raw serialized examples in, `ctr` and
   `cvr` out, which the Evaluator scores;
@@ -28,6 +29,7 @@ FEATURES = "features"
 NETWORK = "network"
 TRAIN = "train"
 MASKS_URI = "masks_uri"
+WARM_START = "warm_start_from"  # the base model's artifact folder, in settings.json
 TRAINING_FOLDER = "training"
 CHECKPOINT = "checkpoint/checkpoint"
 SETTINGS_FILE = "settings.json"
@@ -57,10 +59,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         if not config.get(MASKS_URI):
             raise ValueError("the sparse-sharing network needs the masks of a MaskSearch (no masks input)")
         task_masks = sparse_sharing.load_search(config[MASKS_URI], model)
+        start = "sNET_init"
+        if fn_args.base_model:  # a daily run: warm-start from the last blessed (pushed) model
+            base_folder = training_folder(fn_args.base_model)
+            tf.train.Checkpoint(network=model).read(os.path.join(base_folder, CHECKPOINT)).assert_existing_objects_matched()
+            start = f"the weights of {os.path.dirname(base_folder)}"
         algorithm = sparse_sharing.SparseSharing(model, data, train_config, sparse_sharing.SearchConfig())
         algorithm.snet_init = training.snapshot(model)
         logger.info(
-            "Training the shared network from sNET_init with the masks of %s (%s)",
+            "Training the shared network from %s with the masks of %s (%s)",
+            start,
             config[MASKS_URI],
             ", ".join(f"{task} {100 * masks.remaining_fraction(m):.1f}% of MLP weights" for task, m in task_masks.items()),
         )
@@ -79,7 +87,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if model.masked:
         masks.save_masks(os.path.join(folder, sparse_sharing.MASKS_FILE), {t: masks.get_masks(model, t) for t in network_config.tasks})
     with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE), "w") as f:
-        json.dump({FEATURES: feature_config.to_dict(), NETWORK: network_config.to_dict(), TRAIN: train_config.to_dict()}, f, indent=2)
+        json.dump(
+            {
+                FEATURES: feature_config.to_dict(),
+                NETWORK: network_config.to_dict(),
+                TRAIN: train_config.to_dict(),
+                WARM_START: os.path.dirname(training_folder(fn_args.base_model)) if fn_args.base_model else None,
+                MASKS_URI: config.get(MASKS_URI),
+            },
+            f,
+            indent=2,
+        )
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump(result.to_dict(), f, indent=2)
     export.export_serving_model(model, transform_output, fn_args.serving_model_dir)

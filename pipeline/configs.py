@@ -63,6 +63,9 @@ class PipelineSettings:
     max_ctr_auc_drop: float = 0.01
     max_cvr_mse_rise: float = 0.005
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
+    # The curated schema CuratedSchemaGen imports: this repository's file by default; on
+    # Kubeflow a path inside the image or on GCS (the Kubeflow runner sets the image's).
+    schema_file: str = SCHEMA_PATH
     metadata_path: str | None = None  # SQLite file; default <pipeline_root>/metadata.sqlite
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class PipelineSettings:
                 span=env.get("LT4REC_SPAN") or None,
                 table_scale=float(env.get("LT4REC_TABLE_SCALE", "1.0")),
                 beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split()) if env.get("LT4REC_BEAM_ARGS") else DEFAULT_BEAM_PIPELINE_ARGS,
+                schema_file=env.get("LT4REC_SCHEMA_FILE") or SCHEMA_PATH,
+                masks=env.get("LT4REC_MASKS") or SEARCH_MASKS,
             )
         except KeyError as missing:
             raise errors.UserFacingError(f"environment variable {missing.args[0]} is not set") from None

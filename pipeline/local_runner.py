@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -47,6 +48,8 @@ class Step:
 
 def last_run_steps(settings: configs.PipelineSettings) -> list[Step]:
     """The components of the latest run of the pipeline, in the order they ran."""
+    if not os.path.exists(settings.metadata_sqlite):  # e.g. `tfx pipeline create` only compiled it
+        return []
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = settings.metadata_sqlite
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY

@@ -56,7 +56,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
     inferred_schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"]).with_id(
         "InferredSchemaGen"
     )
-    curated_schema_gen = tfx.components.ImportSchemaGen(schema_file=configs.SCHEMA_PATH).with_id("CuratedSchemaGen")
+    curated_schema_gen = tfx.components.ImportSchemaGen(schema_file=settings.schema_file).with_id("CuratedSchemaGen")
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=curated_schema_gen.outputs["schema"]
     )
@@ -83,18 +83,20 @@ def create_components(settings: configs.PipelineSettings) -> list:
             masks=tfx.dsl.Channel(type=Masks),
         ).with_id("LatestMasks")
         masks = masks_source.outputs["masks"]
-    trainer = SparseSharingTrainer(
-        examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        masks=masks,
-        run_fn=configs.RUN_FN,
-        custom_config=settings.model_settings,
-    )
     latest_blessed_model = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModel")
+    trainer = SparseSharingTrainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        masks=masks,
+        # Daily runs (reused masks) warm-start from the last blessed, so pushed, model.
+        base_model=latest_blessed_model.outputs["model"] if settings.masks == configs.REUSE_MASKS else None,
+        run_fn=configs.RUN_FN,
+        custom_config=settings.model_settings,
+    )
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -116,8 +118,8 @@ def create_components(settings: configs.PipelineSettings) -> list:
         anomaly_check,
         transform,
         masks_source,
-        trainer,
         latest_blessed_model,
+        trainer,
         evaluator,
         pusher,
     ]

@@ -49,10 +49,10 @@ def test_components_are_wired_once_in_order(tiny_logs):
     settings = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y")
     ids = [component.id for component in pipeline_lib.create_components(settings)]
     front = ["LogExampleGen", "StatisticsGen", "InferredSchemaGen", "CuratedSchemaGen", "ExampleValidator", "AnomalyCheck", "Transform"]
-    assert ids == front + ["MaskSearch", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator", "TaskPusher"]
+    assert ids == front + ["MaskSearch", "LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
     reuse = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", masks=configs.REUSE_MASKS)
     ids = [component.id for component in pipeline_lib.create_components(reuse)]
-    assert ids == front + ["LatestMasks", "SparseSharingTrainer", "LatestBlessedModel", "Evaluator", "TaskPusher"]
+    assert ids == front + ["LatestMasks", "LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
 
 
 def test_mask_search_writes_every_round_masks_plots_and_summary(finished_run):
