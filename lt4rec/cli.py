@@ -161,6 +161,37 @@ def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str)
     click.echo(preprocess_lib.format_counters(counters))
 
 
+@cli.command(name="batch-score", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--examples", "examples_pattern", required=True, help="GZIP TFRecord logs to score (a glob; _* and .* files skipped).")
+@click.option("--serving-dir", required=True, help="Folder of the pushed models: SERVING_DIR/{ctr,cvr}/<version>/.")
+@click.option("--out", "out_dir", required=True, help="Where to write the scores (a new or empty folder).")
+@click.option("--ctr-version", default=None, type=click.IntRange(min=0), help="CTR model version (default: the latest).")
+@click.option("--cvr-version", default=None, type=click.IntRange(min=0), help="CVR model version (default: the latest).")
+@click.option("--ctr-exponent", "a", default=1.0, show_default=True, type=float, help="a in pCTR^a * pCVR^b * length^c.")
+@click.option("--cvr-exponent", "b", default=1.0, show_default=True, type=float, help="b in pCTR^a * pCVR^b * length^c.")
+@click.option("--length-exponent", "c", default=1.0, show_default=True, type=float, help="c in pCTR^a * pCVR^b * length^c.")
+@click.pass_context
+def batch_score(
+    ctx: click.Context, examples_pattern: str, serving_dir: str, out_dir: str,
+    ctr_version: int | None, cvr_version: int | None, a: float, b: float, c: float,
+) -> None:
+    """Score logged impressions with the pushed CTR and CVR models (an Apache Beam job).
+
+    Writes OUT/scores-*.jsonl (per impression: request_id, video_id, pctr, pcvr,
+    video_length, rankscore = pCTR^a * pCVR^b * video_length^c, label, cvrlabel, file,
+    record), every row that cannot be scored with its reason to OUT/_rejected-*.jsonl, and
+    the counters to OUT/_counters.json. Further arguments are Beam pipeline options, passed
+    on unchanged (e.g. --direct_num_workers=2 --direct_running_mode=multi_processing).
+    """
+    from lt4rec.serving import batch_scoring, client
+
+    counters = batch_scoring.run(
+        examples_pattern, serving_dir, out_dir, weights=client.RankWeights(a, b, c),
+        ctr_version=ctr_version, cvr_version=cvr_version, beam_args=list(ctx.args),
+    )
+    click.echo(batch_scoring.format_counters(counters))
+
+
 _MODEL_OPTIONS = [
     click.option("--masks", "mask_mode", type=click.Choice(["search", "reuse"]), default="search", show_default=True,
                  help="search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
@@ -253,7 +284,7 @@ def _model_settings(options: dict) -> dict:
 
 @cli.group()
 def pipeline() -> None:
-    """Run the TFX pipeline (locally with LocalDagRunner)."""
+    """Run the TFX pipeline locally (LocalDagRunner), or compile it for Kubeflow."""
 
 
 @pipeline.command(name="run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -327,6 +358,70 @@ def pipeline_run(
     )
     local_runner.run(settings)
     click.echo(f"Pipeline {pipeline_name} finished; artifacts under {pipeline_root}")
+
+
+@pipeline.command(name="compile", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="The pipeline spec (JSON) to write.")
+@click.option("--image", default="lt4rec:latest", show_default=True,
+              help="Container image every component runs in (built from the Dockerfile and pushed).")
+@click.option("--data-root", required=True, help="Folder of day partitions as the cluster sees it (e.g. gs://b/logs); not read now.")
+@click.option("--pipeline-root", required=True, help="Where the pipeline's artifacts go (e.g. gs://b/pipeline); not read now.")
+@click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go (e.g. gs://b/serving); not read now.")
+@click.option("--schema-file", default=None, help="The curated schema as the cluster sees it (default: the image's copy).")
+@click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline.")
+@click.option("--eval-days", default=1, show_default=True, type=click.IntRange(min=1), help="Last days held out for evaluation.")
+@click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode).")
+@click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode).")
+@click.option("--span", default=None, help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request.")
+@click.option("--table-scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="Multiply the size of every hashed id table.")
+@click.option("--max-rejected-fraction", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of log rows that may fail the label checks before the run stops.")
+@model_options
+@click.pass_context
+def pipeline_compile(
+    ctx: click.Context,
+    out_file: str,
+    image: str,
+    data_root: str,
+    pipeline_root: str,
+    serving_dir: str,
+    schema_file: str | None,
+    pipeline_name: str,
+    eval_days: int,
+    first_day: str | None,
+    last_day: str | None,
+    span: str | None,
+    table_scale: float,
+    max_rejected_fraction: float,
+    **model: object,
+) -> None:
+    """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
+
+    Writes the Kubeflow V2 pipeline spec (JSON) of the same pipeline `pipeline run` runs,
+    every component in --image, and prints its path. Nothing under the data root, pipeline
+    root or serving dir is read. Further arguments are Beam pipeline options for the
+    Beam-based components, written into the spec unchanged: e.g. --runner=DataflowRunner
+    --project=P --region=R --temp_location=gs://b/tmp --setup_file=/pipeline/setup.py.
+    """
+    from lt4rec.pipeline import configs, kubeflow_runner
+
+    settings = configs.PipelineSettings(
+        pipeline_name=pipeline_name,
+        data_root=data_root,
+        pipeline_root=pipeline_root,
+        serving_dir=serving_dir,
+        eval_days=eval_days,
+        first_day=first_day,
+        last_day=last_day,
+        span=span,
+        table_scale=table_scale,
+        max_rejected_fraction=max_rejected_fraction,
+        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
+        schema_file=schema_file or configs.SCHEMA_PATH,
+        **_model_settings(model),
+    )
+    click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image))
 
 
 @cli.command()

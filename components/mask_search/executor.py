@@ -79,4 +79,4 @@ class Executor(base_executor.BaseExecutor):
             output.set_float_custom_property(f"{task}_remaining", search.best.remaining)
             output.set_int_custom_property(f"{task}_best_round", search.best_round)
             output.set_float_custom_property(f"{task}_{search.best.metric}", search.best.value)
-        output.span = max(artifact.span for artifact in input_dict[EXAMPLES])
+        output.set_int_custom_property("span", max(artifact.span for artifact in input_dict[EXAMPLES]))

@@ -1,0 +1,203 @@
+"""The Kubeflow V2 spec of the pipeline, compiled without a cluster for gs:// roots."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from lt4rec.pipeline import configs, kubeflow_runner
+from lt4rec.pipeline import pipeline as pipeline_lib
+from tests.conftest import LT4REC
+
+IMAGE = "europe-docker.pkg.dev/p/lt4rec/lt4rec:1.0"
+BEAM_ARGS = ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+ROOTS = dict(data_root="gs://b/logs", pipeline_root="gs://b/pipeline", serving_dir="gs://b/serving")
+# Components whose executors run Beam; TFX hands every container the Beam args anyway.
+BEAM_COMPONENTS = ("LogExampleGen", "StatisticsGen", "InferredSchemaGen", "ExampleValidator", "Transform", "Evaluator")
+# Each task's upstream tasks in history mode (masks searched in the run).
+DEPENDENCIES = {
+    "LogExampleGen": set(),
+    "StatisticsGen": {"LogExampleGen"},
+    "InferredSchemaGen": {"StatisticsGen"},
+    "CuratedSchemaGen": set(),
+    "ExampleValidator": {"StatisticsGen", "CuratedSchemaGen"},
+    "AnomalyCheck": {"ExampleValidator"},
+    "Transform": {"LogExampleGen", "CuratedSchemaGen", "AnomalyCheck"},
+    "MaskSearch": {"Transform"},
+    "SparseSharingTrainer": {"MaskSearch", "Transform"},
+    "LatestBlessedModel-model-blessing-resolver": set(),
+    "LatestBlessedModel-model-resolver": set(),  # takes the blessing resolver's output as an input
+    "Evaluator": {"LogExampleGen", "SparseSharingTrainer", "LatestBlessedModel-model-resolver"},
+    "TaskPusher": {"SparseSharingTrainer", "Evaluator", "Transform"},
+}
+
+
+def _load(path: str) -> tuple[dict, pipeline_spec_pb2.PipelineSpec]:
+    """A .json file holds a PipelineJob (Vertex AI's format), a .yaml one the bare spec (KFP's)."""
+    with open(path) as handle:
+        if path.endswith(".yaml"):
+            (document,) = yaml.safe_load_all(handle)  # what kfp.Client reads
+            job = {"pipelineSpec": document}
+        else:
+            job = json.load(handle)
+    spec = json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    return job, spec
+
+
+def _task_ids(component_ids: list[str]) -> list[str]:
+    """Pipeline component ids as KFP tasks: a Resolver of two channels is two resolver tasks."""
+    tasks = []
+    for name in component_ids:
+        if name == "LatestBlessedModel":
+            tasks += ["LatestBlessedModel-model-blessing-resolver", "LatestBlessedModel-model-resolver"]
+        else:
+            tasks.append(name)
+    return tasks
+
+
+def _parameter(spec: pipeline_spec_pb2.PipelineSpec, task: str, name: str):
+    value = spec.root.dag.tasks[task].inputs.parameters[name].runtime_value.constant_value
+    return getattr(value, value.WhichOneof("value"))
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[str, dict, pipeline_spec_pb2.PipelineSpec]:
+    settings = configs.PipelineSettings(**ROOTS, beam_pipeline_args=BEAM_ARGS)
+    out = str(tmp_path_factory.mktemp("kubeflow") / "lt4rec.json")
+    original = configs.discover_days
+    configs.discover_days = _fail  # the data root is the cluster's: compiling must not list it
+    try:
+        path = kubeflow_runner.compile_pipeline(settings, out, IMAGE)
+    finally:
+        configs.discover_days = original
+    assert path == out
+    return (out, *_load(out))
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("compiling listed the data root")
+
+
+def test_tasks_are_the_pipelines_components_wired_in_order(compiled):
+    _, job, spec = compiled
+    components = [c.id for c in pipeline_lib.create_components(configs.PipelineSettings(**ROOTS))]
+    order = _task_ids(components)
+    tasks = spec.root.dag.tasks
+    assert sorted(tasks) == sorted(order) == sorted(DEPENDENCIES)
+    for name, expected in DEPENDENCIES.items():
+        assert set(tasks[name].dependent_tasks) == expected, name
+        assert all(order.index(upstream) < order.index(name) for upstream in expected), name
+    blessing = tasks["LatestBlessedModel-model-resolver"].inputs.artifacts["input"].task_output_artifact
+    assert blessing.producer_task == "LatestBlessedModel-model-blessing-resolver"
+    assert spec.pipeline_info.name == job["displayName"] == "lt4rec"
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == ROOTS["pipeline_root"]
+
+
+def test_every_executor_runs_in_the_image_with_the_beam_args(compiled):
+    _, _, spec = compiled
+    containers = {}
+    for label, executor in spec.deployment_spec.fields["executors"].struct_value.fields.items():
+        executor = json_format.MessageToDict(executor)
+        if "resolver" in executor:
+            assert label.startswith("LatestBlessedModel-")
+            continue
+        containers[label.removesuffix("_executor")] = executor["container"]
+    assert set(containers) == set(DEPENDENCIES) - {t for t in DEPENDENCIES if t.startswith("LatestBlessedModel-")}
+    for name, container in containers.items():
+        assert container["image"] == IMAGE, name
+        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+    for name in BEAM_COMPONENTS:
+        args = containers[name]["args"]
+        start = args.index(BEAM_ARGS[0])
+        assert tuple(args[start : start + len(BEAM_ARGS)]) == BEAM_ARGS, name  # unchanged, in order
+    driver = containers["LogExampleGen"]["lifecycle"]["preCacheCheck"]["args"]  # resolves the spans
+    assert tuple(driver[driver.index(BEAM_ARGS[0]) :][: len(BEAM_ARGS)]) == BEAM_ARGS
+    executor_class = {name: c["args"][c["args"].index("--executor_class_path") + 1] for name, c in containers.items()}
+    assert executor_class["LogExampleGen"] == "lt4rec.components.log_example_gen.executor.Executor"
+    assert executor_class["MaskSearch"] == "lt4rec.components.mask_search.executor.Executor"
+    assert executor_class["SparseSharingTrainer"] == "lt4rec.components.sparse_sharing_trainer.executor.Executor"
+    assert executor_class["AnomalyCheck"] == "lt4rec.components.anomaly_check.AnomalyCheck_Executor"
+    assert executor_class["TaskPusher"] == "lt4rec.components.task_pusher.TaskPusher_Executor"
+
+
+def test_code_is_named_by_dotted_path_and_paths_are_the_clusters(compiled):
+    path, _, spec = compiled
+    assert _parameter(spec, "SparseSharingTrainer", "run_fn") == configs.RUN_FN == "lt4rec.models.trainer.run_fn"
+    assert _parameter(spec, "Transform", "preprocessing_fn") == configs.PREPROCESSING_FN
+    names = {name for task in spec.root.dag.tasks.values() for name in task.inputs.parameters}
+    assert "module_file" not in names and "module_path" not in names
+    assert _parameter(spec, "LogExampleGen", "input_base") == ROOTS["data_root"]
+    assert _parameter(spec, "TaskPusher", "serving_dir") == ROOTS["serving_dir"]
+    assert _parameter(spec, "CuratedSchemaGen", "schema_file") == kubeflow_runner.IMAGE_SCHEMA_FILE
+    with open(path) as handle:
+        text = handle.read()
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
+    for local in (repository, os.path.dirname(path), os.getcwd(), os.path.expanduser("~"), sys.prefix):
+        assert local not in text
+    absolute = set(re.findall(r'(?<![\w.:/-])(/[\w.-]+(?:/[\w.{}*-]+)+)', text))
+    assert absolute == {kubeflow_runner.IMAGE_SCHEMA_FILE}
+
+
+def test_reused_masks_come_from_a_resolver(tmp_path):
+    """Daily runs, compiled to YAML for Kubeflow Pipelines' own client."""
+    settings = configs.PipelineSettings(**ROOTS, masks=configs.REUSE_MASKS, schema_file="gs://b/schema.pbtxt")
+    _, spec = _load(kubeflow_runner.compile_pipeline(settings, str(tmp_path / "daily.yaml"), IMAGE))
+    tasks = spec.root.dag.tasks
+    assert "MaskSearch" not in tasks
+    assert "LatestMasks" in tasks["SparseSharingTrainer"].dependent_tasks
+    assert _parameter(spec, "CuratedSchemaGen", "schema_file") == "gs://b/schema.pbtxt"
+    args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Transform_executor"]["container"]["args"]
+    assert args[-1] == "{{$}}"  # no Beam args: the DirectRunner by default
+
+
+def test_lt4rec_pipeline_compile(tmp_path):
+    out = tmp_path / "spec" / "lt4rec.json"
+    result = subprocess.run(
+        [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, "--pipeline-name", "daily",
+         "--data-root", "gs://b/logs", "--pipeline-root", "gs://b/pipeline", "--serving-dir", "gs://b/serving",
+         "--span", "latest", "--masks", "reuse", "--table-scale", "2", *BEAM_ARGS],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    job, spec = _load(str(out))
+    assert spec.pipeline_info.name == "daily"
+    args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Transform_executor"]["container"]["args"]
+    assert tuple(args[-len(BEAM_ARGS) :]) == BEAM_ARGS
+    scaled = configs.PipelineSettings(**ROOTS, table_scale=2.0).feature_config.to_dict()
+    assert json.loads(_parameter(spec, "SparseSharingTrainer", "custom_config"))["features"] == scaled
+    assert "range_config" in spec.root.dag.tasks["LogExampleGen"].inputs.parameters  # daily mode: the latest span
+
+
+def test_tfx_cli_compiles_the_runner_file(tmp_path):
+    """`tfx pipeline compile --engine vertex` runs the runner file with LT4REC_* settings."""
+    out = tmp_path / "tfx.json"
+    bin_dir = os.path.dirname(sys.executable)
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),  # the tfx CLI runs `pip freeze`
+        "LT4REC_DATA_ROOT": ROOTS["data_root"],
+        "LT4REC_PIPELINE_ROOT": ROOTS["pipeline_root"],
+        "LT4REC_SERVING_DIR": ROOTS["serving_dir"],
+        "LT4REC_BEAM_ARGS": " ".join(BEAM_ARGS),
+        "LT4REC_IMAGE": IMAGE,
+        "LT4REC_SPEC_FILE": str(out),
+    }
+    runner_file = os.path.abspath(kubeflow_runner.__file__)
+    result = subprocess.run(
+        [os.path.join(bin_dir, "tfx"), "pipeline", "compile", "--engine", "vertex", "--pipeline_path", runner_file],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0 and "compiled successfully" in result.stdout, result.stdout + result.stderr
+    _, spec = _load(str(out))
+    assert sorted(spec.root.dag.tasks) == sorted(DEPENDENCIES)
+    args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Evaluator_executor"]["container"]
+    assert args["image"] == IMAGE and tuple(args["args"][-len(BEAM_ARGS) :]) == BEAM_ARGS
