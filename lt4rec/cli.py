@@ -161,15 +161,21 @@ def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str)
     click.echo(preprocess_lib.format_counters(counters))
 
 
+def rankscore_options(command):
+    """The exponents a, b, c of rankscore = pCTR^a * pCVR^b * video_length^c (`serving.client.RankWeights`)."""
+    for name, letter, task in reversed((("--ctr-exponent", "a", "pCTR"), ("--cvr-exponent", "b", "pCVR"), ("--length-exponent", "c", "length"))):
+        command = click.option(name, letter, default=1.0, show_default=True, type=float,
+                               help=f"{letter} in pCTR^a * pCVR^b * length^c (the exponent of {task}).")(command)
+    return command
+
+
 @cli.command(name="batch-score", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--examples", "examples_pattern", required=True, help="GZIP TFRecord logs to score (a glob; _* and .* files skipped).")
 @click.option("--serving-dir", required=True, help="Folder of the pushed models: SERVING_DIR/{ctr,cvr}/<version>/.")
 @click.option("--out", "out_dir", required=True, help="Where to write the scores (a new or empty folder).")
 @click.option("--ctr-version", default=None, type=click.IntRange(min=0), help="CTR model version (default: the latest).")
 @click.option("--cvr-version", default=None, type=click.IntRange(min=0), help="CVR model version (default: the latest).")
-@click.option("--ctr-exponent", "a", default=1.0, show_default=True, type=float, help="a in pCTR^a * pCVR^b * length^c.")
-@click.option("--cvr-exponent", "b", default=1.0, show_default=True, type=float, help="b in pCTR^a * pCVR^b * length^c.")
-@click.option("--length-exponent", "c", default=1.0, show_default=True, type=float, help="c in pCTR^a * pCVR^b * length^c.")
+@rankscore_options
 @click.pass_context
 def batch_score(
     ctx: click.Context, examples_pattern: str, serving_dir: str, out_dir: str,
@@ -287,49 +293,50 @@ def pipeline() -> None:
     """Run the TFX pipeline locally (LocalDagRunner), or compile it for Kubeflow."""
 
 
+_RUN_OPTIONS = [
+    click.option("--data-root", required=True, help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files> (gs:// on a cluster)."),
+    click.option("--pipeline-root", required=True, help="Where TFX keeps artifacts (and, locally, its SQLite metadata store)."),
+    click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go."),
+    click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline in ML Metadata."),
+    click.option("--eval-days", default=1, show_default=True, type=click.IntRange(min=1), help="Last days held out for evaluation."),
+    click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode)."),
+    click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode)."),
+    click.option("--span", default=None,
+                 help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval."),
+    click.option("--table-scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+                 help="Multiply the size of every hashed id table (0.01 for tiny data, >1 for production)."),
+    click.option("--max-rejected-fraction", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+                 help="Share of log rows that may fail the label checks before the run stops."),
+]
+
+
+def run_options(command):
+    """The options of a pipeline run (data, roots, days, tables), then `model_options`."""
+    command = model_options(command)
+    for option in reversed(_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _pipeline_settings(ctx: click.Context, options: dict, **extra: object):
+    """PipelineSettings from the options of `run_options`; further arguments are Beam options."""
+    from lt4rec.pipeline import configs
+
+    names = ("pipeline_name", "data_root", "pipeline_root", "serving_dir", "eval_days", "first_day", "last_day", "span",
+             "table_scale", "max_rejected_fraction")
+    model = {name: value for name, value in options.items() if name not in names}
+    return configs.PipelineSettings(
+        **{name: options[name] for name in names},
+        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
+        **extra,
+        **_model_settings(model),
+    )
+
+
 @pipeline.command(name="run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--data-root", required=True, help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files>.")
-@click.option("--pipeline-root", required=True, help="Where TFX keeps artifacts and its SQLite metadata store.")
-@click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go.")
-@click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline in ML Metadata.")
-@click.option("--eval-days", default=1, show_default=True, type=click.IntRange(min=1), help="Last days held out for evaluation.")
-@click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode).")
-@click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode).")
-@click.option(
-    "--span",
-    default=None,
-    help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval.",
-)
-@click.option(
-    "--table-scale",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0, min_open=True),
-    help="Multiply the size of every hashed id table (0.01 for tiny data, >1 for production).",
-)
-@click.option(
-    "--max-rejected-fraction",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0),
-    help="Share of log rows that may fail the label checks before the run stops.",
-)
-@model_options
+@run_options
 @click.pass_context
-def pipeline_run(
-    ctx: click.Context,
-    data_root: str,
-    pipeline_root: str,
-    serving_dir: str,
-    pipeline_name: str,
-    eval_days: int,
-    first_day: str | None,
-    last_day: str | None,
-    span: str | None,
-    table_scale: float,
-    max_rejected_fraction: float,
-    **model: object,
-) -> None:
+def pipeline_run(ctx: click.Context, **options: object) -> None:
     """Run the pipeline on day partitions of logs, locally.
 
     History mode (the default) reads every day partition (or those from --first-day to
@@ -340,87 +347,33 @@ def pipeline_run(
     arguments are Beam pipeline options for the Beam-based components (default: the
     DirectRunner, in memory).
     """
-    from lt4rec.pipeline import configs, local_runner
+    from lt4rec.pipeline import local_runner
 
-    settings = configs.PipelineSettings(
-        pipeline_name=pipeline_name,
-        data_root=data_root,
-        pipeline_root=pipeline_root,
-        serving_dir=serving_dir,
-        eval_days=eval_days,
-        first_day=first_day,
-        last_day=last_day,
-        span=span,
-        table_scale=table_scale,
-        max_rejected_fraction=max_rejected_fraction,
-        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
-        **_model_settings(model),
-    )
+    settings = _pipeline_settings(ctx, options)
     local_runner.run(settings)
-    click.echo(f"Pipeline {pipeline_name} finished; artifacts under {pipeline_root}")
+    click.echo(f"Pipeline {settings.pipeline_name} finished; artifacts under {settings.pipeline_root}")
 
 
 @pipeline.command(name="compile", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="The pipeline spec (JSON) to write.")
 @click.option("--image", default="lt4rec:latest", show_default=True,
               help="Container image every component runs in (built from the Dockerfile and pushed).")
-@click.option("--data-root", required=True, help="Folder of day partitions as the cluster sees it (e.g. gs://b/logs); not read now.")
-@click.option("--pipeline-root", required=True, help="Where the pipeline's artifacts go (e.g. gs://b/pipeline); not read now.")
-@click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go (e.g. gs://b/serving); not read now.")
 @click.option("--schema-file", default=None, help="The curated schema as the cluster sees it (default: the image's copy).")
-@click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline.")
-@click.option("--eval-days", default=1, show_default=True, type=click.IntRange(min=1), help="Last days held out for evaluation.")
-@click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode).")
-@click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode).")
-@click.option("--span", default=None, help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request.")
-@click.option("--table-scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
-              help="Multiply the size of every hashed id table.")
-@click.option("--max-rejected-fraction", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
-              help="Share of log rows that may fail the label checks before the run stops.")
-@model_options
+@run_options
 @click.pass_context
-def pipeline_compile(
-    ctx: click.Context,
-    out_file: str,
-    image: str,
-    data_root: str,
-    pipeline_root: str,
-    serving_dir: str,
-    schema_file: str | None,
-    pipeline_name: str,
-    eval_days: int,
-    first_day: str | None,
-    last_day: str | None,
-    span: str | None,
-    table_scale: float,
-    max_rejected_fraction: float,
-    **model: object,
-) -> None:
+def pipeline_compile(ctx: click.Context, out_file: str, image: str, schema_file: str | None, **options: object) -> None:
     """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
 
     Writes the Kubeflow V2 pipeline spec (JSON) of the same pipeline `pipeline run` runs,
     every component in --image, and prints its path. Nothing under the data root, pipeline
-    root or serving dir is read. Further arguments are Beam pipeline options for the
-    Beam-based components, written into the spec unchanged: e.g. --runner=DataflowRunner
-    --project=P --region=R --temp_location=gs://b/tmp --setup_file=/pipeline/setup.py.
+    root or serving dir is read (they are the cluster's paths, e.g. gs://b/logs). Further
+    arguments are Beam pipeline options for the Beam-based components, written into the
+    spec unchanged: e.g. --runner=DataflowRunner --project=P --region=R
+    --temp_location=gs://b/tmp --setup_file=/pipeline/setup.py.
     """
     from lt4rec.pipeline import configs, kubeflow_runner
 
-    settings = configs.PipelineSettings(
-        pipeline_name=pipeline_name,
-        data_root=data_root,
-        pipeline_root=pipeline_root,
-        serving_dir=serving_dir,
-        eval_days=eval_days,
-        first_day=first_day,
-        last_day=last_day,
-        span=span,
-        table_scale=table_scale,
-        max_rejected_fraction=max_rejected_fraction,
-        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
-        schema_file=schema_file or configs.SCHEMA_PATH,
-        **_model_settings(model),
-    )
+    settings = _pipeline_settings(ctx, options, schema_file=schema_file or configs.SCHEMA_PATH)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image))
 
 
@@ -428,9 +381,7 @@ def pipeline_compile(
 @click.option("--target", required=True, help="HOST:PORT of a TF Serving (or `lt4rec serve`) gRPC endpoint.")
 @click.option("--logs", "logs_pattern", required=True, help="GZIP TFRecord logs (a glob) holding the request's candidates.")
 @click.option("--request-id", default=None, help="The request (`seqnum`) whose candidates to rank (default: the first).")
-@click.option("--ctr-exponent", "a", default=1.0, show_default=True, type=float, help="a in pCTR^a * pCVR^b * length^c.")
-@click.option("--cvr-exponent", "b", default=1.0, show_default=True, type=float, help="b in pCTR^a * pCVR^b * length^c.")
-@click.option("--length-exponent", "c", default=1.0, show_default=True, type=float, help="c in pCTR^a * pCVR^b * length^c.")
+@rankscore_options
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True), help="Seconds per RPC.")
 @click.option("--as-json", is_flag=True, help="Print the ranking as JSON lines instead of a table.")
 def score(target: str, logs_pattern: str, request_id: str | None, a: float, b: float, c: float, timeout: float, as_json: bool) -> None:
