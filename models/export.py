@@ -83,14 +83,7 @@ class TaskNetwork(tf.Module):
         self.kernels = []
         for index, (kernel, path) in enumerate(zip(kernels, [*self.layer_paths, LayerPath.dense(kernels[-1])])):
             if path.path == SPARSE:
-                rows, columns = np.nonzero(kernel)
-                self.kernels.append(
-                    SparseKernel(
-                        tf.Variable(np.stack([rows, columns], axis=1).astype(np.int64), trainable=False, name=f"kernel_{index}_indices"),
-                        tf.Variable(kernel[rows, columns], trainable=False, name=f"kernel_{index}_values"),
-                        kernel.shape,
-                    )
-                )
+                self.kernels.append(SparseKernel.from_dense(kernel, name=f"kernel_{index}"))
             else:
                 self.kernels.append(tf.Variable(kernel, trainable=False, name=f"kernel_{index}"))
         self.biases = [tf.Variable(b, trainable=False, name=f"bias_{i}") for i, b in enumerate(biases)]
@@ -145,6 +138,19 @@ class SparseKernel(tf.Module):
         super().__init__()
         self.indices, self.values, self.shape = indices, values, tuple(int(d) for d in shape)
 
+    @classmethod
+    def from_dense(cls, kernel: np.ndarray, name: str | None = None) -> "SparseKernel":
+        """The nonzeros of `kernel`: variables named `<name>_indices`/`_values`, or constants without a name."""
+        rows, columns = np.nonzero(kernel)
+        indices, values = np.stack([rows, columns], axis=1).astype(np.int64), kernel[rows, columns]
+        if name is None:
+            return cls(tf.constant(indices), tf.constant(values), kernel.shape)
+        return cls(
+            tf.Variable(indices, trainable=False, name=f"{name}_indices"),
+            tf.Variable(values, trainable=False, name=f"{name}_values"),
+            kernel.shape,
+        )
+
     def tensor(self) -> tf.SparseTensor:
         return tf.SparseTensor(self.indices, self.values, self.shape)
 
@@ -164,8 +170,7 @@ def choose_matmul_path(kernel: np.ndarray, batch: int, matmul: str = MEASURE, re
     if layer.density > SPARSE_CANDIDATE_DENSITY:
         return layer
     inputs = tf.random.stateless_normal([batch, kernel.shape[0]], seed=[0, 0])
-    rows, columns = np.nonzero(kernel)
-    sparse = SparseKernel(tf.constant(np.stack([rows, columns], axis=1).astype(np.int64)), tf.constant(kernel[rows, columns]), kernel.shape)
+    sparse = SparseKernel.from_dense(kernel)
     dense_us = _best_time(tf.function(lambda: tf.matmul(inputs, tf.constant(kernel))), repeats)
     sparse_us = _best_time(tf.function(lambda: _matmul(inputs, sparse)), repeats)
     path = SPARSE if sparse_us <= SPARSE_MARGIN * dense_us else DENSE
