@@ -108,10 +108,19 @@ class Datasets:
     validation: tf.data.Dataset
 
     @classmethod
-    def from_columns(cls, train: training.Columns, validation: training.Columns, batch_size: int, seed: int, tasks: Iterable[str]):
-        """From transformed examples in memory."""
+    def from_columns(
+        cls,
+        train: training.Columns,
+        validation: training.Columns,
+        batch_size: int,
+        seed: int,
+        tasks: Iterable[str],
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        """From transformed examples in memory; the train batches distributed by `strategy`."""
+        strategy = strategy or tf.distribute.get_strategy()
         return cls(
-            train={task: training.task_batches(train, task, batch_size, seed) for task in tasks},
+            train={task: training.distributed_task_batches(train, task, batch_size, seed, strategy) for task in tasks},
             validation=training.ordered_batches(validation, 4 * batch_size),
         )
 
@@ -119,13 +128,20 @@ class Datasets:
 class SparseSharing:
     """Algorithm 1 on one network, step by step."""
 
-    def __init__(self, model: network.RankingNetwork, data: Datasets, train_config: training.TrainConfig, search_config: SearchConfig):
+    def __init__(
+        self,
+        model: network.RankingNetwork,
+        data: Datasets,
+        train_config: training.TrainConfig,
+        search_config: SearchConfig,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
         if not model.masked:
             raise ValueError("sparse sharing needs the sparse_sharing network variant")
         self.model = model
         self.data = data
         self.search_config = search_config
-        self.trainer = training.MultiTaskTrainer(model, train_config)
+        self.trainer = training.MultiTaskTrainer(model, train_config, strategy)
         self.seed = train_config.seed
         self.random_init = training.snapshot(model)
         self.snet_init: list[np.ndarray] | None = None

@@ -69,20 +69,53 @@ def task_columns(columns: Columns, task: str) -> dict[str, tf.Tensor]:
     return columns
 
 
-def task_batches(columns: Columns, task: str, batch_size: int, seed: int) -> tf.data.Dataset:
+def task_batches(
+    columns: Columns, task: str, batch_size: int, seed: int, input_context: tf.distribute.InputContext | None = None
+) -> tf.data.Dataset:
     """Shuffled batches of one task, reshuffled each pass (reproducibly from the seed).
 
     Shuffles row indices and gathers whole batches, which is many times faster than
-    shuffling examples one by one.
+    shuffling examples one by one. Given the `input_context` of a multi-worker strategy,
+    the batches are this worker's replicas' slices of each global batch of `batch_size`.
     """
     columns = task_columns(columns, task)
     rows = int(columns[CLICK].shape[0])
+    order = tf.data.Dataset.range(rows).shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+    if input_context is None or input_context.num_replicas_in_sync == 1:
+        indices = order.batch(batch_size)
+    else:
+        indices = replica_slices(order, batch_size, input_context)
+    return indices.map(lambda indices: {name: tf.gather(values, indices) for name, values in columns.items()}).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+def replica_slices(order: tf.data.Dataset, batch_size: int, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """This worker's replicas' slices of every global batch of `order`, one slice per element.
+
+    Every worker shuffles alike (same seed) and cuts the same global batches, so a pass
+    gives each worker the same number of steps and each example to exactly one replica.
+    The last, partial global batch is dropped: it would leave replicas uneven or empty.
+    """
+    replicas = input_context.num_replicas_in_sync
+    per_replica = input_context.get_per_replica_batch_size(batch_size)  # raises unless it divides
+    local = replicas // input_context.num_input_pipelines
+    first = input_context.input_pipeline_id * local
     return (
-        tf.data.Dataset.range(rows)
-        .shuffle(rows, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .map(lambda indices: {name: tf.gather(values, indices) for name, values in columns.items()})
-        .prefetch(tf.data.AUTOTUNE)
+        order.batch(batch_size, drop_remainder=True)
+        .map(lambda indices: tf.reshape(indices, [replicas, per_replica])[first : first + local])
+        .unbatch()
+    )
+
+
+def distributed_task_batches(
+    columns: Columns, task: str, batch_size: int, seed: int, strategy: tf.distribute.Strategy
+) -> "tf.data.Dataset | tf.distribute.DistributedDataset":
+    """`task_batches` to train on under `strategy`: per step, each replica gets its slice."""
+    if strategy.num_replicas_in_sync == 1:
+        return task_batches(columns, task, batch_size, seed)
+    return strategy.distribute_datasets_from_function(
+        lambda input_context: task_batches(columns, task, batch_size, seed, input_context)
     )
 
 
@@ -131,17 +164,31 @@ class PhaseStats:
     def examples_per_second(self) -> float:
         return sum(self.examples.values()) / self.seconds if self.seconds else float("nan")
 
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "examples_per_second": self.examples_per_second}
+
 
 class MultiTaskTrainer:
-    """Trains a `RankingNetwork` on task batches, one Adam per task."""
+    """Trains a `RankingNetwork` on task batches, one Adam per task.
 
-    def __init__(self, model: network.RankingNetwork, config: TrainConfig):
+    Under a multi-worker `strategy` (the model built in its scope, batches from
+    `distributed_task_batches`) each step runs on every replica and the optimizers apply
+    the all-reduced gradients; a batch's loss is its replica's share of the global mean.
+    """
+
+    def __init__(self, model: network.RankingNetwork, config: TrainConfig, strategy: tf.distribute.Strategy | None = None):
         self.model = model
         self.config = config
-        self.optimizers = {task: tf.keras.optimizers.Adam(config.learning_rate) for task in model.config.tasks}
-        for optimizer in self.optimizers.values():
-            optimizer.build(model.trainable_variables)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.optimizers = {task: tf.keras.optimizers.Adam(config.learning_rate) for task in model.config.tasks}
+            for optimizer in self.optimizers.values():
+                optimizer.build(model.trainable_variables)
         self._steps: dict[str, Callable] = {}
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy.num_replicas_in_sync > 1
 
     def reset_optimizers(self) -> None:
         """Fresh optimizer state (moments and step counts), as after construction."""
@@ -151,13 +198,14 @@ class MultiTaskTrainer:
 
     def _step_fn(self, task: str):
         weight = self.config.loss_weight.get(task, 1.0) if len(self.model.config.tasks) > 1 else 1.0
+        replicas = self.strategy.num_replicas_in_sync  # the gradients are summed over replicas
 
         def step(batch):
             inputs, labels = split(batch)
             with tf.GradientTape() as tape:
                 predictions = self.model(inputs, task=task, training=True)[task]
                 loss = task_loss(task, labels, predictions, self.config)
-                weighted = weight * loss
+                weighted = weight * loss / replicas
             variables = self.model.trainable_variables
             gradients = tape.gradient(weighted, variables)
             self.optimizers[task].apply_gradients(
@@ -168,6 +216,11 @@ class MultiTaskTrainer:
         return step
 
     def train_step(self, task: str, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """One step on one task's batch; the loss (per replica, under a multi-worker strategy)."""
+        if task not in self._steps and self.distributed:
+            # Every replica's slice has the same, fixed size: one trace per task.
+            step = self._step_fn(task)
+            self._steps[task] = tf.function(lambda replica_batch: self.strategy.run(step, args=(replica_batch,)))
         if task not in self._steps:
             # Traced once per task, for any batch size (the last batch of a pass is smaller).
             signature = {
@@ -194,8 +247,12 @@ class MultiTaskTrainer:
             if batch is None:
                 del iterators[task]
                 continue
-            losses[task].append(float(self.train_step(task, batch)))
-            examples[task] += int(tf.shape(batch[CLICK])[0])
+            local_losses = self.strategy.experimental_local_results(self.train_step(task, batch))
+            local_batches = self.strategy.experimental_local_results(batch[CLICK])
+            losses[task].append(float(np.mean([float(loss) for loss in local_losses])))
+            # All replicas' slices are equally long: the global batch is the local ones scaled up.
+            replicas_per_local = self.strategy.num_replicas_in_sync // len(local_batches)
+            examples[task] += replicas_per_local * sum(int(tf.shape(labels)[0]) for labels in local_batches)
         stats = PhaseStats(
             phase=phase,
             examples=examples,

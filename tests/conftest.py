@@ -12,6 +12,18 @@ import pytest
 import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
 LT4REC = os.path.join(os.path.dirname(sys.executable), "lt4rec")
+TABLE_SCALE = 0.01  # the pipeline tests' id tables, scaled to the tiny logs
+
+
+def tiny_model() -> dict:
+    """The pipeline tests' network, training and search settings: small and quick."""
+    from lt4rec.models import network, sparse_sharing, training
+
+    return dict(
+        network=network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16)),
+        train=training.TrainConfig(batch_size=128),
+        search=sparse_sharing.SearchConfig(rounds=2, remaining=0.25),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +34,24 @@ def tiny_logs(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("tiny_logs"))
     generator.generate(out, rows=1500, days=3, seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_logs, tmp_path_factory):
+    """The whole pipeline, once, on the tiny logs; returns its `PipelineSettings`."""
+    from lt4rec.pipeline import configs, local_runner
+
+    root = tmp_path_factory.mktemp("run")
+    settings = configs.PipelineSettings(
+        data_root=tiny_logs,
+        pipeline_root=str(root / "pipeline"),
+        serving_dir=str(root / "serving"),
+        table_scale=TABLE_SCALE,
+        min_ctr_auc=0.3,  # 1,000 training rows teach little: the bound is what is tested here
+        **tiny_model(),
+    )
+    local_runner.run(settings)
+    return settings
 
 
 def read_examples(path: str) -> list:

@@ -10,7 +10,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from lt4rec.models import trainer
 from lt4rec.pipeline import configs, local_runner
-from tests.test_pipeline import TABLE_SCALE, TINY_MODEL
+from tests.conftest import TABLE_SCALE, tiny_model
 
 
 def _settings(tiny_logs: str, root: str, day: str, masks: str) -> configs.PipelineSettings:
@@ -25,7 +25,7 @@ def _settings(tiny_logs: str, root: str, day: str, masks: str) -> configs.Pipeli
         max_cvr_mse=1.0,
         max_ctr_auc_drop=1.0,
         max_cvr_mse_rise=1.0,
-        **TINY_MODEL,
+        **tiny_model(),
     )
 
 

@@ -13,33 +13,10 @@ import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 
 from lt4rec import errors
-from lt4rec.models import export, features, masks, network, sparse_sharing, trainer, training
+from lt4rec.models import export, features, masks, network, sparse_sharing, trainer
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
-from tests.conftest import LT4REC, read_examples
-
-TABLE_SCALE = 0.01
-TINY_MODEL = dict(
-    network=network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16)),
-    train=training.TrainConfig(batch_size=128),
-    search=sparse_sharing.SearchConfig(rounds=2, remaining=0.25),
-)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_logs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    settings = configs.PipelineSettings(
-        data_root=tiny_logs,
-        pipeline_root=str(root / "pipeline"),
-        serving_dir=str(root / "serving"),
-        table_scale=TABLE_SCALE,
-        min_ctr_auc=0.3,  # 1,000 training rows teach little: the bound is what is tested here
-        **TINY_MODEL,
-    )
-    local_runner.run(settings)
-    return settings
-
+from tests.conftest import LT4REC, TABLE_SCALE, read_examples
 
 def _latest(settings, component: str, output: str) -> str:
     return sorted(glob.glob(os.path.join(settings.pipeline_root, component, output, "*")), key=os.path.getmtime)[-1]

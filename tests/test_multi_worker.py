@@ -1,0 +1,65 @@
+"""The Trainer as two workers on loopback, each one the TFX executor under TF_CONFIG (as on Kubeflow)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lt4rec.models import distribution, features, masks, network, sparse_sharing, trainer
+from lt4rec.pipeline import trainer_cluster
+
+
+@pytest.fixture(scope="module")
+def two_workers(finished_run, tmp_path_factory):
+    """The tiny run's Trainer execution, rerun as worker 0 (chief) and worker 1."""
+    root = tmp_path_factory.mktemp("two_workers")
+    execution = trainer_cluster.TrainerExecution.recorded(finished_run.metadata_sqlite)
+    workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"))
+    return execution, str(root / "out" / "model"), workers
+
+
+def test_both_workers_hold_the_same_weights_and_masks(two_workers):
+    _, model_uri, workers = two_workers
+    replicas = os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER)
+    digests = {name: json.load(open(os.path.join(replicas, name))) for name in sorted(os.listdir(replicas))}
+    assert list(digests) == ["worker-0.json", "worker-1.json"]
+    assert digests["worker-0.json"] == digests["worker-1.json"]
+    assert any("ctr_mask" in name for name in digests["worker-0.json"])  # the masks are in the digest
+    for worker in workers:
+        log = open(worker.log).read()
+        assert f"Training as {worker.name} of 2 workers (MultiWorkerMirroredStrategy, 2 replicas in sync)" in log
+
+
+def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_searched_masks(two_workers):
+    execution, model_uri, _ = two_workers
+    model, settings = trainer.load_trained(model_uri)
+    assert settings[trainer.WORKERS] == 2
+    digests = json.load(open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER, "worker-1.json")))
+    assert list(distribution.fingerprint(model).values()) == list(digests.values())
+
+    (masks_artifact,) = execution.inputs["masks"]
+    searched = masks.load_masks(os.path.join(masks_artifact.uri, sparse_sharing.MASKS_FILE))
+    for task in masks.TASKS:
+        assert all(np.array_equal(masks.get_masks(model, task)[name], searched[task][name]) for name in searched[task])
+
+    snet_init = network.RankingNetwork(model.feature_config, model.config)
+    snet_init.build_for({spec.name: np.zeros([1, spec.max_values], np.int64) for spec in features.FEATURES})
+    sparse_sharing.load_search(masks_artifact.uri, snet_init)
+    initial_kernels = masks.get_kernels(snet_init)
+    for name, kernel in masks.get_kernels(model).items():
+        init = initial_kernels[name]
+        kept = np.maximum(searched["ctr"][name], searched["cvr"][name]) == 1
+        assert np.abs(kernel[kept] - init[kept]).max() > 1e-4  # trained from sNET_init
+        assert not kernel[~kept].any()  # what no task keeps stays pruned
+
+
+def test_every_replica_took_the_same_whole_slices_of_each_pass(two_workers, finished_run):
+    _, model_uri, _ = two_workers
+    (shared,) = json.load(open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.PHASES_FILE)))
+    batch = finished_run.train.batch_size
+    assert shared["phase"] == "shared training epoch 1"
+    assert all(count > 0 and count % batch == 0 for count in shared["examples"].values())
+    assert os.path.exists(os.path.join(model_uri, "Format-Serving", "saved_model.pb"))
