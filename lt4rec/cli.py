@@ -359,9 +359,25 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
 @click.option("--image", default="lt4rec:latest", show_default=True,
               help="Container image every component runs in (built from the Dockerfile and pushed).")
 @click.option("--schema-file", default=None, help="The curated schema as the cluster sees it (default: the image's copy).")
+@click.option("--training-workers", type=click.IntRange(min=1), default=None,
+              help="Train as a Vertex AI job of this many replicas (MultiWorkerMirroredStrategy); "
+                   "default: in the pipeline's own container.")
+@click.option("--training-machine-type", default=None, help="Machine type of every training replica (default n1-highmem-16).")
+@click.option("--gcp-project", default=None, help="The GCP project of the Vertex AI training job.")
+@click.option("--gcp-region", default=None, help="The region of the Vertex AI training job.")
 @run_options
 @click.pass_context
-def pipeline_compile(ctx: click.Context, out_file: str, image: str, schema_file: str | None, **options: object) -> None:
+def pipeline_compile(
+    ctx: click.Context,
+    out_file: str,
+    image: str,
+    schema_file: str | None,
+    training_workers: int | None,
+    training_machine_type: str | None,
+    gcp_project: str | None,
+    gcp_region: str | None,
+    **options: object,
+) -> None:
     """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
 
     Writes the Kubeflow V2 pipeline spec (JSON) of the same pipeline `pipeline run` runs,
@@ -369,11 +385,17 @@ def pipeline_compile(ctx: click.Context, out_file: str, image: str, schema_file:
     root or serving dir is read (they are the cluster's paths, e.g. gs://b/logs). Further
     arguments are Beam pipeline options for the Beam-based components, written into the
     spec unchanged: e.g. --runner=DataflowRunner --project=P --region=R
-    --temp_location=gs://b/tmp --setup_file=/pipeline/setup.py.
+    --temp_location=gs://b/tmp --setup_file=/pipeline/setup.py. With --training-workers N
+    the Trainer runs as a Vertex AI training job of N replicas (a chief and N-1 workers,
+    in --image), which train together under MultiWorkerMirroredStrategy.
     """
     from lt4rec.pipeline import configs, kubeflow_runner
 
-    settings = _pipeline_settings(ctx, options, schema_file=schema_file or configs.SCHEMA_PATH)
+    vertex_training = None
+    if training_workers:
+        machine = {"machine_type": training_machine_type} if training_machine_type else {}
+        vertex_training = configs.VertexTraining(training_workers, gcp_project or "", gcp_region or "", **machine)
+    settings = _pipeline_settings(ctx, options, schema_file=schema_file or configs.SCHEMA_PATH, vertex_training=vertex_training)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image))
 
 

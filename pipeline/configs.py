@@ -33,6 +33,44 @@ _DAY = re.compile(r"^\d{8}$")
 
 
 @dataclasses.dataclass(frozen=True)
+class VertexTraining:
+    """The Trainer as a Vertex AI CustomJob of `workers` replicas, not in the pipeline's pod.
+
+    One chief and `workers - 1` workers, all in the pipeline image; Vertex gives each
+    replica a `TF_CONFIG`, under which `run_fn` trains with MultiWorkerMirroredStrategy.
+    """
+
+    workers: int
+    project: str
+    region: str
+    machine_type: str = "n1-highmem-16"
+    image: str | None = None  # the pipeline image; the Kubeflow runner sets it
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise errors.UserFacingError(f"training workers must be at least 1, not {self.workers}")
+        if not self.project or not self.region:
+            raise errors.UserFacingError("training on Vertex AI needs a GCP project and region")
+
+    def custom_config(self) -> dict:
+        """The Trainer's custom_config entries that TFX's Vertex training executor reads."""
+        from tfx.extensions.google_cloud_ai_platform import constants
+        from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_executor
+
+        if not self.image:
+            raise errors.UserFacingError("training on Vertex AI needs the pipeline image")
+        pool = {"machine_spec": {"machine_type": self.machine_type}, "container_spec": {"image_uri": self.image}}
+        pools = [{**pool, "replica_count": 1}]  # the chief
+        if self.workers > 1:
+            pools.append({**pool, "replica_count": self.workers - 1})
+        return {
+            constants.ENABLE_VERTEX_KEY: True,
+            constants.VERTEX_REGION_KEY: self.region,
+            vertex_executor.TRAINING_ARGS_KEY: {"project": self.project, "worker_pool_specs": pools},
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineSettings:
     """Everything a run of the pipeline depends on."""
 
@@ -67,6 +105,8 @@ class PipelineSettings:
     # Kubeflow a path inside the image or on GCS (the Kubeflow runner sets the image's).
     schema_file: str = SCHEMA_PATH
     metadata_path: str | None = None  # SQLite file; default <pipeline_root>/metadata.sqlite
+    # None: the Trainer runs in the pipeline's own container (or process), on one worker.
+    vertex_training: VertexTraining | None = None
 
     def __post_init__(self) -> None:
         for name in ("first_day", "last_day"):
@@ -95,6 +135,11 @@ class PipelineSettings:
         }
 
     @property
+    def trainer_settings(self) -> dict:
+        """The Trainer's custom_config: the model settings, and where it trains if elsewhere."""
+        return {**self.model_settings, **(self.vertex_training.custom_config() if self.vertex_training else {})}
+
+    @property
     def metadata_sqlite(self) -> str:
         return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
 
@@ -114,6 +159,14 @@ class PipelineSettings:
                 beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split()) if env.get("LT4REC_BEAM_ARGS") else DEFAULT_BEAM_PIPELINE_ARGS,
                 schema_file=env.get("LT4REC_SCHEMA_FILE") or SCHEMA_PATH,
                 masks=env.get("LT4REC_MASKS") or SEARCH_MASKS,
+                vertex_training=VertexTraining(
+                    workers=int(env["LT4REC_TRAINING_WORKERS"]),
+                    project=env.get("LT4REC_GCP_PROJECT", ""),
+                    region=env.get("LT4REC_GCP_REGION", ""),
+                    machine_type=env.get("LT4REC_TRAINING_MACHINE_TYPE") or VertexTraining.machine_type,
+                )
+                if env.get("LT4REC_TRAINING_WORKERS")
+                else None,
             )
         except KeyError as missing:
             raise errors.UserFacingError(f"environment variable {missing.args[0]} is not set") from None

@@ -32,10 +32,15 @@ IMAGE_ROOT = "/pipeline"  # where the Dockerfile puts the repository (and instal
 IMAGE_SCHEMA_FILE = f"{IMAGE_ROOT}/pipeline/schema/schema.pbtxt"
 
 
-def build(settings: configs.PipelineSettings) -> tfx.dsl.Pipeline:
-    """The pipeline as it runs on Kubeflow: no SQLite metadata, the schema inside the image."""
+def build(settings: configs.PipelineSettings, image: str = DEFAULT_IMAGE) -> tfx.dsl.Pipeline:
+    """The pipeline as it runs on Kubeflow: no SQLite metadata, the schema inside the image.
+
+    A Vertex AI training job (`settings.vertex_training`) runs in the same image.
+    """
     if settings.schema_file == configs.SCHEMA_PATH:  # this checkout's file: use the image's copy
         settings = dataclasses.replace(settings, schema_file=IMAGE_SCHEMA_FILE)
+    if settings.vertex_training and not settings.vertex_training.image:
+        settings = dataclasses.replace(settings, vertex_training=dataclasses.replace(settings.vertex_training, image=image))
     return pipeline_lib.create_pipeline(settings, metadata_connection_config=None)
 
 
@@ -51,7 +56,7 @@ def runner(out_file: str, image: str) -> tfx.orchestration.experimental.Kubeflow
 def compile_pipeline(settings: configs.PipelineSettings, out_file: str, image: str = DEFAULT_IMAGE) -> str:
     """Writes the pipeline's Kubeflow V2 spec (JSON) to `out_file`; returns its path."""
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    runner(out_file, image).run(build(settings), write_out=True)
+    runner(out_file, image).run(build(settings, image), write_out=True)
     logging.info("Pipeline %s compiled for image %s: %s", settings.pipeline_name, image, out_file)
     return os.path.abspath(out_file)
 

@@ -88,15 +88,18 @@ def create_components(settings: configs.PipelineSettings) -> list:
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModel")
-    trainer = SparseSharingTrainer(
+    trainer_class = SparseSharingTrainer
+    if settings.vertex_training:  # imported only then: it brings in the Vertex AI client
+        from lt4rec.components.sparse_sharing_trainer.vertex import VertexSparseSharingTrainer as trainer_class
+    trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         masks=masks,
         # Daily runs (reused masks) warm-start from the last blessed, so pushed, model.
         base_model=latest_blessed_model.outputs["model"] if settings.masks == configs.REUSE_MASKS else None,
         run_fn=configs.RUN_FN,
-        custom_config=settings.model_settings,
-    )
+        custom_config=settings.trainer_settings,
+    ).with_id("SparseSharingTrainer")  # one id wherever it trains: ML Metadata lineage, caching
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],

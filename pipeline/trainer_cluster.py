@@ -96,11 +96,18 @@ def tf_configs(workers: int) -> list[dict]:
     return [{"cluster": cluster, "task": {"type": "worker", "index": index}} for index in range(workers)]
 
 
-def run_workers(execution: TrainerExecution, model_uri: str, workers: int, log_dir: str, timeout: float = 900) -> list[Worker]:
+def run_workers(
+    execution: TrainerExecution,
+    model_uri: str,
+    workers: int,
+    log_dir: str,
+    timeout: float = 900,
+    env: Mapping[str, str] | None = None,
+) -> list[Worker]:
     """Run the Trainer executor as `workers` processes (plain, without TF_CONFIG, for 1).
 
     Writes the `model` and `model_run` outputs under `model_uri`; raises naming the worker
-    and its log if any worker fails.
+    and its log if any worker fails. `env` adds to every worker's environment.
     """
     model = standard_artifacts.Model()
     model.uri = os.path.join(model_uri, "model")
@@ -118,13 +125,13 @@ def run_workers(execution: TrainerExecution, model_uri: str, workers: int, log_d
     processes = []
     start = time.perf_counter()
     for index, tf_config in enumerate(configs):
-        env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+        worker_env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"} | dict(env or {})
         if tf_config:
-            env["TF_CONFIG"] = json.dumps(tf_config)
+            worker_env["TF_CONFIG"] = json.dumps(tf_config)
         name = f"worker-{index}" if tf_config else "local"
         log = os.path.join(log_dir, f"{name}.log")
         with open(log, "w") as out:
-            processes.append((name, log, subprocess.Popen(arguments, env=env, stdout=out, stderr=subprocess.STDOUT)))
+            processes.append((name, log, subprocess.Popen(arguments, env=worker_env, stdout=out, stderr=subprocess.STDOUT)))
     logging.info("Started %d Trainer worker(s), logs in %s", len(processes), log_dir)
     finished: dict[str, Worker] = {}
     while len(finished) < len(processes):

@@ -13,6 +13,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from lt4rec.models import training
 from lt4rec.pipeline import configs, kubeflow_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.conftest import LT4REC
@@ -201,3 +202,33 @@ def test_tfx_cli_compiles_the_runner_file(tmp_path):
     assert sorted(spec.root.dag.tasks) == sorted(DEPENDENCIES)
     args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Evaluator_executor"]["container"]
     assert args["image"] == IMAGE and tuple(args["args"][-len(BEAM_ARGS) :]) == BEAM_ARGS
+
+
+def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
+    """--training-workers: the Trainer launches a Vertex AI CustomJob; Vertex sets TF_CONFIG."""
+    out = tmp_path / "vertex.json"
+    result = subprocess.run(
+        [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, *sum((["--" + k.replace("_", "-"), v] for k, v in ROOTS.items()), []),
+         "--training-workers", "3", "--gcp-project", "p", "--gcp-region", "europe-west4", *BEAM_ARGS],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, spec = _load(str(out))
+    container = json_format.MessageToDict(spec.deployment_spec)["executors"]["SparseSharingTrainer_executor"]["container"]
+    launcher = container["args"][container["args"].index("--executor_class_path") + 1]
+    assert launcher == "lt4rec.components.sparse_sharing_trainer.vertex.VertexExecutor"
+    config = json.loads(_parameter(spec, "SparseSharingTrainer", "custom_config"))
+    assert config["ai_platform_enable_vertex"] is True and config["ai_platform_vertex_region"] == "europe-west4"
+    job = config["ai_platform_training_args"]
+    assert job["project"] == "p"
+    assert [pool["replica_count"] for pool in job["worker_pool_specs"]] == [1, 2]  # a chief and two workers
+    assert {pool["container_spec"]["image_uri"] for pool in job["worker_pool_specs"]} == {IMAGE}
+    assert training.TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train  # run_fn still gets it
+
+    missing = subprocess.run(
+        [LT4REC, "pipeline", "compile", "--out", str(out), *sum((["--" + k.replace("_", "-"), v] for k, v in ROOTS.items()), []),
+         "--training-workers", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "needs a GCP project and region" in missing.stderr
+    assert "Traceback" not in missing.stderr
