@@ -196,7 +196,12 @@ class MultiTaskTrainer:
             for variable in optimizer.variables():
                 variable.assign(tf.zeros_like(variable))
 
-    def _step_fn(self, task: str):
+    def replica_step(self, task: str) -> Callable[[Mapping[str, tf.Tensor]], tf.Tensor]:
+        """One step of `task` on one replica's batch: masked forward, task loss, its optimizer.
+
+        `train_step` runs it (under `strategy.run` when distributed); a
+        ParameterServerStrategy's `ClusterCoordinator` would schedule it on its workers.
+        """
         weight = self.config.loss_weight.get(task, 1.0) if len(self.model.config.tasks) > 1 else 1.0
         replicas = self.strategy.num_replicas_in_sync  # the gradients are summed over replicas
 
@@ -219,14 +224,14 @@ class MultiTaskTrainer:
         """One step on one task's batch; the loss (per replica, under a multi-worker strategy)."""
         if task not in self._steps and self.distributed:
             # Every replica's slice has the same, fixed size: one trace per task.
-            step = self._step_fn(task)
+            step = self.replica_step(task)
             self._steps[task] = tf.function(lambda replica_batch: self.strategy.run(step, args=(replica_batch,)))
         if task not in self._steps:
             # Traced once per task, for any batch size (the last batch of a pass is smaller).
             signature = {
                 key: tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype) for key, tensor in batch.items()
             }
-            self._steps[task] = tf.function(self._step_fn(task), input_signature=[signature])
+            self._steps[task] = tf.function(self.replica_step(task), input_signature=[signature])
         return self._steps[task](batch)
 
     def train(self, batches: Mapping[str, Iterable], phase: str, seed: int) -> PhaseStats:
