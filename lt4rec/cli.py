@@ -225,6 +225,8 @@ _MODEL_OPTIONS = [
     click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1), help="Epochs of the final shared training."),
     click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1)),
     click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
+    click.option("--optimizer", type=click.Choice(["adam", "lazy_adam"]), default="adam", show_default=True,
+                 help="lazy_adam updates only the embedding rows each batch uses (for large id tables)."),
     click.option("--ctr-loss-weight", default=0.7, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_ctr."),
     click.option("--cvr-loss-weight", default=0.3, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_cvr."),
     click.option("--conflict-weight", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
@@ -264,6 +266,7 @@ def _model_settings(options: dict) -> dict:
         train=training.TrainConfig(
             batch_size=options["batch_size"],
             learning_rate=options["learning_rate"],
+            optimizer=options["optimizer"],
             epochs=options["epochs"],
             loss_weights=(("ctr", options["ctr_loss_weight"]), ("cvr", options["cvr_loss_weight"])),
             conflict_weight=options["conflict_weight"],

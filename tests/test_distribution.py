@@ -84,7 +84,7 @@ def test_replica_slices_need_a_batch_the_replicas_divide():
         training.task_batches(columns, "ctr", 5, seed=0, input_context=tf.distribute.InputContext(1, 0, 2))
 
 
-def mirrored_against_one_device() -> None:
+def mirrored_against_one_device(optimizer: str) -> None:
     """Run in a fresh process: train the masked network on 2 CPU replicas and on 1, print the gap."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -92,7 +92,7 @@ def mirrored_against_one_device() -> None:
     from tests.conftest import random_transformed
 
     columns = random_transformed(600, seed=4)
-    config = training.TrainConfig(batch_size=64, learning_rate=0.01)
+    config = training.TrainConfig(batch_size=64, learning_rate=0.01, optimizer=optimizer)
 
     def trained(strategy: tf.distribute.Strategy, initial: list | None, task_masks: dict | None):
         tf.keras.utils.set_random_seed(0)
@@ -149,10 +149,11 @@ def mirrored_against_one_device() -> None:
     )
 
 
-def test_two_replicas_train_as_one_device_on_the_same_global_batches():
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_two_replicas_train_as_one_device_on_the_same_global_batches(optimizer):
     """Replica slices, all-reduce, loss scaling and masked optimizers, checked end to end."""
     result = subprocess.run(
-        [sys.executable, "-c", "from tests.test_distribution import mirrored_against_one_device as f; f()"],
+        [sys.executable, "-c", f"from tests.test_distribution import mirrored_against_one_device as f; f({optimizer!r})"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -111,3 +111,70 @@ def test_hold_out_splits_rows_disjointly_and_reproducibly():
     np.testing.assert_array_equal(held["FEA_UID"].numpy(), examples["FEA_UID"][held_rows])
     assert held_rows.tolist() == training.hold_out(examples, 0.1, seed=3)[1]["row"].numpy().tolist()
     assert held_rows.tolist() != training.hold_out(examples, 0.1, seed=4)[1]["row"].numpy().tolist()
+
+
+def _adam_rows(weights, gradients, steps_rows, lr=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Lazy Adam by hand: each step updates only its rows, with the step count of the optimizer."""
+    weights, m, v = weights.copy(), np.zeros_like(weights), np.zeros_like(weights)
+    for step, (gradient, rows) in enumerate(zip(gradients, steps_rows), start=1):
+        alpha = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+        m[rows] = beta_1 * m[rows] + (1 - beta_1) * gradient[rows]
+        v[rows] = beta_2 * v[rows] + (1 - beta_2) * gradient[rows] ** 2
+        weights[rows] -= alpha * m[rows] / (np.sqrt(v[rows]) + epsilon)
+    return weights, m, v
+
+
+def test_lazy_adam_updates_only_the_rows_of_the_batch_as_adam_would():
+    table = tf.Variable(np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
+    optimizer = training.LazyAdam(0.1)
+    steps = [np.array([1, 4, 4, 7]), np.array([4, 9])]  # row 4 twice in the first batch: its gradients add
+    gradients, steps_rows = [], []
+    for ids in steps:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(tf.gather(table, ids)) * np.arange(1, len(ids) + 1, dtype=np.float32)[:, None])
+        gradient = tape.gradient(loss, table)
+        assert isinstance(gradient, tf.IndexedSlices)
+        gradients.append(tf.convert_to_tensor(gradient).numpy())
+        steps_rows.append(np.unique(ids))
+        optimizer.apply_gradients([(gradient, table)])
+    initial = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    expected, expected_m, expected_v = _adam_rows(initial, gradients, steps_rows)
+    np.testing.assert_allclose(table.numpy(), expected, rtol=1e-5, atol=1e-6)
+    untouched = [0, 2, 3, 5, 6, 8]
+    assert np.array_equal(table.numpy()[untouched], initial[untouched])
+    m, v = optimizer._momentums[0].numpy(), optimizer._velocities[0].numpy()
+    np.testing.assert_allclose(m, expected_m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(v, expected_v, rtol=1e-4, atol=1e-9)  # float32 (1 - beta_2)
+
+
+def test_lazy_adam_is_adam_for_dense_gradients():
+    weights = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    trained = []
+    for optimizer in (tf.keras.optimizers.Adam(0.1), training.LazyAdam(0.1)):
+        variable = tf.Variable(weights)
+        for _ in range(3):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(variable - 1.0))
+            optimizer.apply_gradients([(tape.gradient(loss, variable), variable)])
+        trained.append(variable.numpy())
+    assert np.array_equal(*trained)
+
+
+def test_trainer_with_lazy_adam_leaves_unused_embedding_rows_alone():
+    tf.keras.utils.set_random_seed(0)
+    examples = random_transformed(256, 0)
+    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model.build_for({name: values[:2] for name, values in examples.items()})
+    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, optimizer="lazy_adam"))
+    user_table = model.embeddings.tables["user"].embeddings
+    first, second = list(training.task_batches(examples, "ctr", 8, 0))[:2]
+    trainer.train_step("ctr", first)  # the rows of the first batch now have momentum
+    before = user_table.numpy()
+    trainer.train_step("ctr", second)
+    used = np.unique(second["FEA_UID"].numpy())
+    unused = np.setdiff1d(np.arange(before.shape[0]), used)
+    assert np.setdiff1d(np.unique(first["FEA_UID"].numpy()), used).size  # some rows only in the first batch
+    moved = np.abs(user_table.numpy() - before).max(axis=1)
+    assert (moved[used[used != features.MISSING_ID]] > 0).all() and not moved[unused].any()
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        training.TrainConfig(optimizer="sgd")
