@@ -19,7 +19,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +32,9 @@ import tensorflow as tf
 from comparison import TABLE_SCALE
 from exported_models import raw_requests, trained_model
 from lt4rec.models import export, masks
+from lt4rec.pipeline.trainer_cluster import free_ports
 from lt4rec.serving import client
 from transformed_logs import data_folder
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_serving(target: str, deadline_s: float = 120.0) -> None:
@@ -116,7 +110,7 @@ def main() -> None:
               f"{100 * exported.kept_weights / exported.dense_weights:.1f}% of MLP weights, paths {[p.path for p in exported.layer_paths]}")
     requests = [[tf.train.Example.FromString(record) for record in request] for request in raw_requests(args.rows, args.seed)]
 
-    port = free_port()
+    (port,) = free_ports(1)
     target = f"localhost:{port}"
     lt4rec = os.path.join(os.path.dirname(sys.executable), "lt4rec")
     server_log = open(os.path.join(base, "serve.log"), "w")

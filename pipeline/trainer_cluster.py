@@ -80,6 +80,7 @@ class Worker:
 
 
 def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that are free on localhost now (all bound at once, then released)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
@@ -140,13 +141,15 @@ def run_workers(
                 continue
             finished[name] = Worker(name, log, time.perf_counter() - start)
             if process.returncode != 0:  # the others would wait for it in their collectives
-                for _, _, other in processes:
-                    other.kill()
+                _kill(processes)
                 raise RuntimeError(f"Trainer {name} exited with {process.returncode}; see {log}")
         if time.perf_counter() - start > timeout:
-            for _, _, other in processes:
-                other.kill()
+            _kill(processes)
             raise TimeoutError(f"Trainer workers did not finish in {timeout:.0f} s; logs in {log_dir}")
         time.sleep(0.2)
-    results = [finished[name] for name, _, _ in processes]
-    return results
+    return [finished[name] for name, _, _ in processes]
+
+
+def _kill(processes: list[tuple[str, str, subprocess.Popen]]) -> None:
+    for _, _, process in processes:
+        process.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from typing import Callable
 
@@ -12,7 +13,19 @@ import pytest
 import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
 LT4REC = os.path.join(os.path.dirname(sys.executable), "lt4rec")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_SCALE = 0.01  # the pipeline tests' id tables, scaled to the tiny logs
+
+
+def run_in_fresh_process(module: str, function: str, *args: object, timeout: float = 300) -> str:
+    """Call `module.function(*args)` in a new Python process; its stdout, or fail with its stderr.
+
+    For tests that must configure TensorFlow's runtime (devices, servers) before it starts.
+    """
+    call = f"from {module} import {function} as f; f({', '.join(map(repr, args))})"
+    done = subprocess.run([sys.executable, "-c", call], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def tiny_model() -> dict:

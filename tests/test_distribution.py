@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +12,7 @@ import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs 
 import tensorflow as tf
 
 from lt4rec.models import distribution, training
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import run_in_fresh_process
 
 
 def _replica(monkeypatch, cluster: dict, task_type: str, index: int) -> distribution.Replica:
@@ -152,15 +149,8 @@ def mirrored_against_one_device(optimizer: str) -> None:
 @pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
 def test_two_replicas_train_as_one_device_on_the_same_global_batches(optimizer):
     """Replica slices, all-reduce, loss scaling and masked optimizers, checked end to end."""
-    result = subprocess.run(
-        [sys.executable, "-c", f"from tests.test_distribution import mirrored_against_one_device as f; f({optimizer!r})"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = run_in_fresh_process("tests.test_distribution", "mirrored_against_one_device", optimizer)
+    report = json.loads(stdout.strip().splitlines()[-1])
     one_examples, mirrored_examples = report["examples"]
     assert one_examples == mirrored_examples and one_examples[0]["ctr"] == 9 * 64
     assert report["masks_equal"]

@@ -21,6 +21,7 @@ from tests.conftest import LT4REC
 IMAGE = "europe-docker.pkg.dev/p/lt4rec/lt4rec:1.0"
 BEAM_ARGS = ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
 ROOTS = dict(data_root="gs://b/logs", pipeline_root="gs://b/pipeline", serving_dir="gs://b/serving")
+ROOT_ARGS = [arg for name, root in ROOTS.items() for arg in ("--" + name.replace("_", "-"), root)]  # on the command line
 # Components whose executors run Beam; TFX hands every container the Beam args anyway.
 BEAM_COMPONENTS = ("LogExampleGen", "StatisticsGen", "InferredSchemaGen", "ExampleValidator", "Transform", "Evaluator")
 # Each task's upstream tasks in history mode (masks searched in the run).
@@ -209,7 +210,7 @@ def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     """--training-workers: the Trainer launches a Vertex AI CustomJob; Vertex sets TF_CONFIG."""
     out = tmp_path / "vertex.json"
     result = subprocess.run(
-        [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, *sum((["--" + k.replace("_", "-"), v] for k, v in ROOTS.items()), []),
+        [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, *ROOT_ARGS,
          "--training-workers", "3", "--gcp-project", "p", "--gcp-region", "europe-west4", *BEAM_ARGS],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -227,7 +228,7 @@ def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     assert training.TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train  # run_fn still gets it
 
     missing = subprocess.run(
-        [LT4REC, "pipeline", "compile", "--out", str(out), *sum((["--" + k.replace("_", "-"), v] for k, v in ROOTS.items()), []),
+        [LT4REC, "pipeline", "compile", "--out", str(out), *ROOT_ARGS,
          "--training-workers", "2"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,8 +19,8 @@ import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs 
 import tensorflow as tf
 
 from lt4rec.models import features, masks, network, training
+from tests.conftest import run_in_fresh_process
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HASHED_TABLES = ("user", "video", "content_provider", "tag")
 FEATURE_CONFIG_SCALE = 0.01
 NETWORK = network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16))
@@ -80,14 +78,7 @@ def train_on_parameter_servers(out: str) -> None:
 @pytest.fixture(scope="module")
 def ps_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("parameter_servers"))
-    done = subprocess.run(
-        [sys.executable, "-c", f"from tests.test_parameter_server import train_on_parameter_servers as f; f({out!r})"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_in_fresh_process("tests.test_parameter_server", "train_on_parameter_servers", out)
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     return out, report, dict(np.load(os.path.join(out, "arrays.npz")))
