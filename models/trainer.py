@@ -10,8 +10,9 @@ It writes:
 - the serving model (`fn_args.serving_model_dir`): raw serialized examples in, `ctr` and
   `cvr` out, which the Evaluator scores;
 - `<model>/training/`: the trained weights as a checkpoint, the masks, the settings, the
-  training passes' figures and the eval metrics, from which the per-task exports are made; after a multi-worker run,
-  `replicas/<task>-<index>.json` holds each replica's digest of its weights and masks.
+  training passes' figures and the eval metrics, from which the per-task exports are
+  made; after a multi-worker run, `replicas/<task>-<index>.json` holds each replica's
+  digest of its weights and masks.
 """
 
 from __future__ import annotations
@@ -84,23 +85,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         tf.train.Checkpoint(network=model).write(os.path.join(folder, CHECKPOINT))
         if model.masked:
             masks.save_masks(os.path.join(folder, sparse_sharing.MASKS_FILE), {t: masks.get_masks(model, t) for t in network_config.tasks})
-        with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE), "w") as f:
-            json.dump(
-                {
-                    FEATURES: feature_config.to_dict(),
-                    NETWORK: network_config.to_dict(),
-                    TRAIN: train_config.to_dict(),
-                    WARM_START: os.path.dirname(training_folder(fn_args.base_model)) if fn_args.base_model else None,
-                    MASKS_URI: config.get(MASKS_URI),
-                    WORKERS: replica.workers,
-                },
-                f,
-                indent=2,
-            )
-        with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
-        with tf.io.gfile.GFile(os.path.join(folder, PHASES_FILE), "w") as f:
-            json.dump([phase.to_dict() for phase in phases], f, indent=2)
+        _write_json(
+            os.path.join(folder, SETTINGS_FILE),
+            {
+                FEATURES: feature_config.to_dict(),
+                NETWORK: network_config.to_dict(),
+                TRAIN: train_config.to_dict(),
+                WARM_START: os.path.dirname(training_folder(fn_args.base_model)) if fn_args.base_model else None,
+                MASKS_URI: config.get(MASKS_URI),
+                WORKERS: replica.workers,
+            },
+        )
+        _write_json(os.path.join(folder, METRICS_FILE), result.to_dict())
+        _write_json(os.path.join(folder, PHASES_FILE), [phase.to_dict() for phase in phases])
         export.export_serving_model(model, transform_output, serving_model_dir)
     if replica.distributed:
         write_replica_fingerprint(fn_args.serving_model_dir, replica, model)
@@ -139,8 +136,12 @@ def write_replica_fingerprint(serving_model_dir: str, replica: distribution.Repl
     """Each replica's digest of its weights and masks, beside the chief's checkpoint."""
     folder = os.path.join(training_folder(serving_model_dir), REPLICAS_FOLDER)
     tf.io.gfile.makedirs(folder)
-    with tf.io.gfile.GFile(os.path.join(folder, f"{replica.name}.json"), "w") as f:
-        json.dump(distribution.fingerprint(model), f, indent=2)
+    _write_json(os.path.join(folder, f"{replica.name}.json"), distribution.fingerprint(model))
+
+
+def _write_json(path: str, value: object) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(value, f, indent=2)
 
 
 def load_trained(model_uri: str) -> tuple[network.RankingNetwork, dict]:

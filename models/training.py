@@ -260,16 +260,15 @@ class MultiTaskTrainer:
 
     def train_step(self, task: str, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """One step on one task's batch; the loss (per replica, under a multi-worker strategy)."""
-        if task not in self._steps and self.distributed:
-            # Every replica's slice has the same, fixed size: one trace per task.
-            step = self.replica_step(task)
-            self._steps[task] = tf.function(lambda replica_batch: self.strategy.run(step, args=(replica_batch,)))
         if task not in self._steps:
-            # Traced once per task, for any batch size (the last batch of a pass is smaller).
-            signature = {
-                key: tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype) for key, tensor in batch.items()
-            }
-            self._steps[task] = tf.function(self.replica_step(task), input_signature=[signature])
+            step = self.replica_step(task)
+            if self.distributed:
+                # Every replica's slice has the same, fixed size: one trace per task.
+                self._steps[task] = tf.function(lambda replica_batch: self.strategy.run(step, args=(replica_batch,)))
+            else:
+                # Traced once per task, for any batch size (the last batch of a pass is smaller).
+                signature = {key: tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype) for key, tensor in batch.items()}
+                self._steps[task] = tf.function(step, input_signature=[signature])
         return self._steps[task](batch)
 
     def train(self, batches: Mapping[str, Iterable], phase: str, seed: int) -> PhaseStats:
