@@ -7,22 +7,30 @@ under `--cache` by their settings, so the benchmarks can share one preparation.
 
 Days: all but the last two train, the second-to-last is validation (the mask search's
 round choice), the last is test. Each split comes with the generator's ground truth (true
-click probability and E[watch ratio | click]), for the best achievable metrics.
+click probability and E[watch ratio | click]), for the best achievable metrics, and with the
+log's production pCTR, the incumbent a model has to beat.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
+from typing import Mapping
 
 import numpy as np
 
 from lt4rec.logs import generator
 from lt4rec.models import features, offline_transform
 
+logger = logging.getLogger("lt4rec.benchmarks")
+
+FORMAT_VERSION = 2  # of the cached folders: 2 added the catalogue and the production pCTR
 SPLITS = ("train", "validation", "test")
 TRUTH_COLUMNS = ("p_click", "expected_watch_ratio")
 
@@ -31,11 +39,11 @@ TRUTH_COLUMNS = ("p_click", "expected_watch_ratio")
 class Split:
     examples: dict[str, np.ndarray]  # transformed: FEA_* ids, label, cvrlabel
     truth: dict[str, np.ndarray]  # p_click, expected_watch_ratio
+    production_pctr: np.ndarray | None = None  # the log's `pctr`: the incumbent model's score
 
     @property
     def rows(self) -> int:
         return len(self.examples[features.CLICK_LABEL])
-
 
 
 def _truth(files: list[str]) -> dict[str, np.ndarray]:
@@ -49,38 +57,102 @@ def _truth(files: list[str]) -> dict[str, np.ndarray]:
     return {column: frame[column].to_numpy() for column in TRUTH_COLUMNS}
 
 
-def data_folder(rows: int, days: int = 4, seed: int = 0, table_scale: float = 0.1, task_relatedness: float = 0.5, cache: str | None = None) -> str:
+def _production_pctr(files: list[str]) -> np.ndarray:
+    """The log's `pctr` column (a decimal string) of GZIP log files, in row order."""
+    import tensorflow as tf
+
+    spec = {features.PRODUCTION_PCTR: tf.io.FixedLenFeature([], tf.string)}
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
+    values = [tf.strings.to_number(tf.io.parse_example(batch, spec)[features.PRODUCTION_PCTR], tf.float64).numpy() for batch in records]
+    return np.concatenate(values)
+
+
+def data_folder(
+    rows: int,
+    days: int = 4,
+    seed: int = 0,
+    table_scale: float = 0.1,
+    task_relatedness: float = 0.5,
+    cache: str | None = None,
+    catalogue: str = "sample",
+    world_settings: Mapping | None = None,
+) -> str:
     """Where `load` keeps one setting's logs, Transform graph (`transform/`) and splits."""
     cache = cache or os.path.join(tempfile.gettempdir(), "lt4rec-benchmark-data")
-    return os.path.join(cache, f"rows{rows}-days{days}-seed{seed}-scale{table_scale}-rel{task_relatedness}")
+    name = f"rows{rows}-days{days}-seed{seed}-scale{table_scale}-rel{task_relatedness}-{catalogue}"
+    if world_settings:
+        name += "-" + hashlib.sha256(json.dumps(dict(world_settings), sort_keys=True).encode()).hexdigest()[:10]
+    return os.path.join(cache, f"v{FORMAT_VERSION}", name)
 
 
-def load(rows: int, days: int = 4, seed: int = 0, table_scale: float = 0.1, task_relatedness: float = 0.5, cache: str | None = None) -> dict[str, Split]:
-    """Train, validation and test splits of `rows` generated impressions over `days` days."""
+def load(
+    rows: int,
+    days: int = 4,
+    seed: int = 0,
+    table_scale: float = 0.1,
+    task_relatedness: float = 0.5,
+    cache: str | None = None,
+    catalogue: str = "sample",
+    world_settings: Mapping | None = None,
+) -> dict[str, Split]:
+    """Train, validation and test splits of `rows` generated impressions over `days` days.
+
+    `catalogue` is the generator's catalogue shape ("sample" or "paper", see
+    `logs/world.py`'s CATALOGUES), `world_settings` overrides further `WorldConfig` fields;
+    both are part of the cache key. The seconds each preparation step took are logged and
+    kept in the folder's `settings.json`.
+    """
     if days < 3:
         raise ValueError("need at least 3 days: train, validation, test")
-    folder = data_folder(rows, days, seed, table_scale, task_relatedness, cache)
+    folder = data_folder(rows, days, seed, table_scale, task_relatedness, cache, catalogue, world_settings)
     done = os.path.join(folder, "splits.npz")
     if not os.path.exists(done):
+        seconds = {}
+        start = time.perf_counter()
         logs = os.path.join(folder, "logs")
-        generator.generate(logs, rows=rows, days=days, seed=seed, task_relatedness=task_relatedness)
+        generator.generate(
+            logs, rows=rows, days=days, seed=seed, task_relatedness=task_relatedness, catalogue=catalogue, world_settings=world_settings
+        )
+        seconds["generate"] = time.perf_counter() - start
         day_files = [sorted(glob.glob(os.path.join(logs, day, "part-*.gz"))) for day in sorted(os.listdir(logs)) if day.isdigit()]
         by_split = {"train": sum(day_files[:-2], []), "validation": day_files[-2], "test": day_files[-1]}
         transform_dir = os.path.join(folder, "transform")
+        start = time.perf_counter()
         offline_transform.analyze(by_split["train"], features.scaled_config(table_scale), transform_dir)
+        seconds["analyze"] = time.perf_counter() - start
         arrays = {}
+        seconds["transform"] = seconds["truth and pctr"] = 0.0
         for split, files in by_split.items():
+            start = time.perf_counter()
             for name, values in offline_transform.transform(files, transform_dir).items():
                 arrays[f"{split}/examples/{name}"] = values
+            seconds["transform"] += time.perf_counter() - start
+            start = time.perf_counter()
             for name, values in _truth(files).items():
                 arrays[f"{split}/truth/{name}"] = values
-        np.savez(done, **arrays)
+            arrays[f"{split}/production_pctr"] = _production_pctr(files)
+            seconds["truth and pctr"] += time.perf_counter() - start
+        start = time.perf_counter()
+        np.savez(done + ".tmp.npz", **arrays)
+        os.replace(done + ".tmp.npz", done)
+        seconds["save"] = time.perf_counter() - start
+        logger.info("Prepared %s in %s", folder, ", ".join(f"{step} {value:.0f} s" for step, value in seconds.items()))
+        settings = {
+            "rows": rows, "days": days, "seed": seed, "table_scale": table_scale, "task_relatedness": task_relatedness,
+            "catalogue": catalogue, "world_settings": dict(world_settings or {}), "seconds": seconds,
+        }
         with open(os.path.join(folder, "settings.json"), "w") as f:
-            json.dump({"rows": rows, "days": days, "seed": seed, "table_scale": table_scale, "task_relatedness": task_relatedness}, f)
+            json.dump(settings, f, indent=2)
     stored = np.load(done)
     splits = {}
     for split in SPLITS:
         examples = {key.split("/", 2)[2]: stored[key] for key in stored.files if key.startswith(f"{split}/examples/")}
         truth = {key.split("/", 2)[2]: stored[key] for key in stored.files if key.startswith(f"{split}/truth/")}
-        splits[split] = Split(examples, truth)
+        splits[split] = Split(examples, truth, stored[f"{split}/production_pctr"])
     return splits
+
+
+def preparation_seconds(folder: str) -> dict[str, float]:
+    """The seconds each step of a `load` preparation took (what `settings.json` recorded)."""
+    with open(os.path.join(folder, "settings.json")) as f:
+        return json.load(f)["seconds"]

@@ -16,11 +16,28 @@ watched less fully). A video's latent vector is built from its observable attrib
 user's from group, age and preferred categories plus an idiosyncratic part, so a model
 that sees the log's features can learn most, not all, of the signal.
 
+The catalogues' shape is a setting (`WorldConfig.impressions_per_user`, ...; named shapes in
+`CATALOGUES`). The default, "sample", is the real sample's: ~6.5 impressions per user and 8
+videos per impression, so nearly every impression shows a new video and id embeddings can
+learn little. "paper" is the paper's Table 1: ~30 impressions per user and ~27 per video,
+so ids come back and the idiosyncratic parts can be learned too.
+
 The click probability p and the expected watch ratio m of every impression are kept as
 ground truth. Given a click, the watch ratio is exactly 1.0 with probability m**gamma and
 otherwise Beta-distributed with the mean that makes E[ratio] = m. Biases and gamma are
 calibrated on a fixed sample so that the statistics of LOG_SCHEMA.md's real sample hold:
 CTR 38.8%, mean watch ratio among clicks 0.818, 51% of clicks fully watched.
+
+Every impression also carries the production model's pCTR (the log's `pctr`), an incumbent
+that a learned model should beat: the score of a coarser model of the same world. Its logit
+is the truth's CTR context effects (position, recall algorithm, cover quality, same category
+as the source video) plus the CTR interaction of the coarse vectors only (the user's group,
+age and preferred categories with the video's two category levels: no keywords, tags,
+providers or idiosyncratic parts) scaled down by `production_interaction` (0.1), plus
+Gaussian noise of `production_noise` (1.0) logit units, with a bias calibrated so that its
+mean is the CTR. Its AUC is about 0.54-0.56, informative but below what a learned model
+reaches (0.59 for `make demo`'s model on its eval day, where it scores 0.56; 0.70 for a
+single-task net on 1M impressions of the paper catalogue).
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ N_AGES = 8
 N_RECALL_ALGORITHMS = 12
 N_COVER_QUALITIES = 5
 MAX_REQUEST_SIZE = 10
+MAX_VIDEOS = 5_000_000
 
 NO_SOURCE_RATE = 0.03  # requests not made from a video page: no source video at all (4% of rows)
 # Share of examples whose value is the `-1` placeholder. With the rows that have no source
@@ -71,7 +89,12 @@ USER_CATEGORY_LENGTH = (6, 0.27)
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    """What shapes a synthetic world; `rows` sizes the catalogues like the real sample."""
+    """What shapes a synthetic world; `rows` and the catalogue's shape size the catalogues.
+
+    The defaults are the "sample" catalogue (LOG_SCHEMA.md's real sample: 6.5 impressions
+    per user, 8 videos per impression, 0.8 providers per video); `world_config("paper", ...)`
+    gives the paper's Table 1 shape (see `CATALOGUES`).
+    """
 
     rows: int
     days: int = 2
@@ -80,6 +103,22 @@ class WorldConfig:
     start_day: dt.date = dt.date(2020, 10, 11)
     latent_dim: int = 8
     signal: float = 1.2  # scale of the interaction terms in logit units
+    # The catalogue's shape: users = rows / impressions_per_user, videos = rows /
+    # impressions_per_video (at most MAX_VIDEOS), providers = providers_per_video * videos.
+    catalogue: str = "sample"  # the preset these settings came from (recorded, not read)
+    impressions_per_user: float = 6.5
+    impressions_per_video: float = 0.125
+    providers_per_video: float = 0.8
+    # Scales of the idiosyncratic latent parts (what no attribute tells): a user's own, a
+    # video's own; and of a content provider's vector.
+    user_own_scale: float = 0.6
+    video_own_scale: float = 0.4
+    provider_scale: float = 0.5
+    # The production model's pCTR (`Impressions.production_pctr`, see `_production_logit`):
+    # how much of the coarse interaction it has (0 none, 1 all) and its noise, in logit units.
+    # The defaults put its AUC a few points under what `make demo`'s model reaches.
+    production_interaction: float = 0.1
+    production_noise: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -88,6 +127,37 @@ class WorldConfig:
             raise ValueError(f"days must be at least 1, got {self.days}")
         if not 0.0 <= self.task_relatedness <= 1.0:
             raise ValueError(f"task_relatedness must be in [0, 1], got {self.task_relatedness}")
+        if self.catalogue not in CATALOGUES:
+            raise ValueError(f"catalogue must be one of {sorted(CATALOGUES)}, got {self.catalogue!r}")
+        for name in ("impressions_per_user", "impressions_per_video", "providers_per_video"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def settings(self) -> dict:
+        """The settings as JSON-able values (for `_generator.json`)."""
+        return {**dataclasses.asdict(self), "start_day": self.start_day.isoformat()}
+
+
+# Named catalogue shapes: the WorldConfig settings each sets (the rest keep their defaults).
+# "sample": LOG_SCHEMA.md's real sample of 4,322 impressions (500 users, 4,191 videos,
+# 3,213 providers): ids are nearly all new, ~6.5 impressions per user. "paper": the paper's
+# Table 1 (297M impressions of 10M users and 11M videos over 9 days): 29.7 impressions per
+# user, 27 per video; providers are not given there, 10 videos per provider is assumed.
+CATALOGUES: dict[str, dict] = {
+    "sample": {},
+    "paper": {
+        "impressions_per_user": 297.0 / 10.0,
+        "impressions_per_video": 297.0 / 11.0,
+        "providers_per_video": 0.1,
+    },
+}
+
+
+def world_config(catalogue: str = "sample", **settings) -> WorldConfig:
+    """A WorldConfig of a named catalogue shape; `settings` override the preset's."""
+    if catalogue not in CATALOGUES:
+        raise ValueError(f"catalogue must be one of {sorted(CATALOGUES)}, got {catalogue!r}")
+    return WorldConfig(**{**CATALOGUES[catalogue], **settings, "catalogue": catalogue})
 
 
 @dataclasses.dataclass
@@ -149,11 +219,12 @@ class World:
         dim = config.latent_dim
         rows = config.rows
 
-        # Catalogue sizes scale like the real sample: 4,322 impressions came from 500 users
-        # and 4,191 distinct videos of 3,213 providers.
-        self.n_users = max(20, int(round(rows / 6.5)))
-        self.n_videos = int(min(max(200, 8 * rows), 5_000_000))
-        self.n_providers = max(50, int(0.8 * self.n_videos))
+        # Catalogue sizes scale with the rows in the catalogue's shape (by default like the
+        # real sample: 4,322 impressions came from 500 users and 4,191 distinct videos of
+        # 3,213 providers).
+        self.n_users = max(20, int(round(rows / config.impressions_per_user)))
+        self.n_videos = int(min(max(200, rows / config.impressions_per_video), MAX_VIDEOS))
+        self.n_providers = max(50, int(config.providers_per_video * self.n_videos))
         n_category2 = N_CATEGORY1 * CATEGORY2_PER_CATEGORY1
 
         # Attribute vocabularies and their latent vectors.
@@ -161,7 +232,7 @@ class World:
         category2_vec = _latent(rng, n_category2, dim, 0.7)
         keyword_vec = _latent(rng, N_KEYWORDS, dim, 0.8)
         tag_vec = _latent(rng, N_TAGS, dim, 0.6)
-        provider_vec = _latent(rng, self.n_providers, dim, 0.5)
+        provider_vec = _latent(rng, self.n_providers, dim, config.provider_scale)
         group_vec = _latent(rng, N_USER_GROUPS, dim, 0.6)
         age_vec = _latent(rng, N_AGES, dim, 0.6)
         self.topic_keywords = rng.integers(0, N_KEYWORDS, size=(n_category2, KEYWORDS_PER_TOPIC))
@@ -200,12 +271,13 @@ class World:
         self.user_categories = (favourite + np.arange(USER_CATEGORY_LENGTH[0])[None, :] * 7) % N_CATEGORY1
         self.user_category_count = _lengths(rng, self.n_users, USER_CATEGORY_LENGTH)
         category_present = np.arange(USER_CATEGORY_LENGTH[0])[None, :] < self.user_category_count[:, None]
-        self.user_vec = (
+        # What the user's group, age and preferred categories tell (the production model's view).
+        self.user_coarse_vec = (
             group_vec[self.user_group]
             + age_vec[self.user_age]
             + 1.5 * _masked_mean(category1_vec[self.user_categories], category_present)
-            + _latent(rng, self.n_users, dim, 0.6)
         )
+        self.user_vec = self.user_coarse_vec + _latent(rng, self.n_users, dim, config.user_own_scale)
 
         # Context effects, in logit units: (CTR, CVR).
         self.algorithm_effect = rng.normal(0.0, 0.3, size=(N_RECALL_ALGORITHMS, 2))
@@ -226,6 +298,10 @@ class World:
         self.full_watch_gamma = _solve_increasing(
             lambda g: -np.average(m**g, weights=p), -TARGET_FULL_WATCH_SHARE, low=1.0, high=50.0
         )
+        # The production model's bias: its mean pCTR is the CTR (with its own noise draws).
+        production_rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(4,)))
+        production_logit = self._production_logit(calibration, production_rng.normal(0.0, 1.0, size=len(p)))
+        self.production_bias = _solve_increasing(lambda b: _sigmoid(b + production_logit).mean(), TARGET_CTR)
 
     def _draw(self, rng: np.random.Generator, rows: int, request_start: int) -> dict[str, np.ndarray]:
         """Requests of impressions with their context; no labels yet."""
@@ -278,7 +354,7 @@ class World:
         dim = self.config.latent_dim
         keyword_present = np.arange(KEYWORD_LENGTH[0])[None, :] < self.video_keyword_count[video, None]
         tag_present = np.arange(TAG_LENGTH[0])[None, :] < self.video_tag_count[video, None]
-        own = _hashed_normal(self._video_noise_seed, video, (3, dim)) * (0.4 / np.sqrt(dim))
+        own = _hashed_normal(self._video_noise_seed, video, (3, dim)) * (self.config.video_own_scale / np.sqrt(dim))
         return (
             self._category1_vec[self.video_category1[video]]
             + self._category2_vec[self.video_category2[video]]
@@ -325,6 +401,23 @@ class World:
             + 0.2 * draw["same_category"]
         )
 
+    def _production_logit(self, draw: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
+        """The production model's logit less its bias: a coarser model of this world.
+
+        Its CTR interaction is the truth's, but of the coarse vectors only: users' group, age
+        and preferred categories, videos' two category levels (no keywords, tags, providers
+        or idiosyncratic parts), scaled by `production_interaction`; its context effects
+        are the truth's; plus Gaussian noise of `production_noise` logit units.
+        """
+        video = draw["video"]
+        user_vec = self.user_coarse_vec[draw["user"]]
+        video_vec = self._category1_vec[self.video_category1[video]] + self._category2_vec[self.video_category2[video]]
+        parts = np.einsum("npd,npd->np", user_vec[:, :2], video_vec[:, :2])
+        rho = self.config.task_relatedness
+        z = (np.sqrt(rho) * parts[:, 0] + np.sqrt(1 - rho) * parts[:, 1]) / self._z_scale[0]
+        interaction = np.stack([self.config.production_interaction * z, np.zeros_like(z)], axis=1)
+        return self._ctr_logit(interaction, draw) + self.config.production_noise * noise
+
     def sample(self, rows: int, chunk: int = 0, request_start: int = 0) -> Impressions:
         """Draw `rows` impressions; chunk k of a seed is always the same."""
         rng = np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(1, chunk)))
@@ -340,7 +433,7 @@ class World:
         partial = rng.beta(partial_mean * concentration, (1.0 - partial_mean) * concentration)
         ratio = np.where(full, 1.0, np.clip(partial, 1e-3, 1.0))
         watch_ratio = np.where(click == 1, ratio, 0.0)
-        production_pctr = _sigmoid(np.log(p_click / (1 - p_click)) + rng.normal(0.0, 0.8, size=rows))
+        production_pctr = _sigmoid(self.production_bias + self._production_logit(draw, rng.normal(0.0, 1.0, size=rows)))
         missing = {name: rng.random(rows) < rate for name, rate in MISSING_RATES.items()}
         source = np.maximum(draw["source_video"], 0)
         source_keyword_count = np.maximum(1, self.video_keyword_count[source] - (rng.random(rows) < 0.35))

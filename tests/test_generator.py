@@ -161,3 +161,44 @@ def test_cli_generate_and_bad_start_day(tmp_path):
     assert sorted(d for d in os.listdir(out) if d.isdigit()) == ["20201011", "20201012"]
     bad = subprocess.run([LT4REC, "generate", "--out", out, "--start-day", "2020-10-11"], capture_output=True, text=True)
     assert bad.returncode == 2 and "YYYYMMDD" in bad.stderr
+
+
+@pytest.mark.parametrize("catalogue", ["sample", "paper"])
+def test_fast_examples_are_the_records_codecs(catalogue):
+    # The TFRecord writer encodes examples itself; they must be exactly what
+    # records.to_example makes of records.log_records (missing values and rows without a
+    # source video included), and the truth lines exactly _truth_line's.
+    from lt4rec.logs import world as world_lib
+
+    world = world_lib.World(world_lib.world_config(catalogue, rows=3000, days=2, seed=6))
+    impressions = world.sample(3000)
+    assert (impressions.source_video < 0).any() and all(flags.any() for flags in impressions.missing.values())
+    encoded, truth_lines = generator.ExampleEncoder(world).encode(impressions)
+    for i, record in enumerate(records.log_records(world, impressions)):
+        assert tf_example(encoded[i]) == records.to_example(record), i
+        assert truth_lines[i] == generator._truth_line(record, impressions.p_click[i], impressions.expected_watch_ratio[i])
+
+
+def tf_example(serialized: bytes):
+    from tensorflow.core.example import example_pb2
+
+    return example_pb2.Example.FromString(serialized)
+
+
+def test_manifest_records_the_catalogue(tmp_path):
+    manifest = generator.generate(str(tmp_path), rows=600, days=1, seed=3, catalogue="paper")
+    with open(os.path.join(str(tmp_path), generator.MANIFEST)) as handle:
+        assert json.load(handle) == manifest
+    assert manifest["catalogue"] == "paper"
+    settings = manifest["world_settings"]
+    assert settings["catalogue"] == "paper" and settings["impressions_per_user"] == pytest.approx(29.7)
+    assert manifest["world"]["users"] == round(600 / 29.7) or manifest["world"]["users"] == 20  # at least 20 users
+    assert generator.generate(str(tmp_path / "s"), rows=600, days=1, seed=3)["world_settings"]["impressions_per_user"] == 6.5
+
+
+def test_cli_catalogue_choices_are_the_worlds():
+    from lt4rec import cli
+    from lt4rec.logs import world as world_lib
+
+    option = next(param for param in cli.generate.params if param.name == "catalogue")
+    assert set(option.type.choices) == set(world_lib.CATALOGUES) and option.default == "sample"
