@@ -62,7 +62,7 @@ def nbytes(variables):
     return sum(int(np.prod(v.shape)) * v.dtype.size for v in variables)
 
 embedding_ids = {id(v) for v in model.embeddings.variables}
-slots = [v for optimizer in trainer.optimizers.values() for v in optimizer.variables() if len(v.shape)]
+slots = [v for v in trainer.optimizer.variables() if len(v.shape)]
 print(json.dumps({
     "rows": sizes,
     "embedding_bytes": nbytes(model.embeddings.variables),

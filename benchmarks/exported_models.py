@@ -59,10 +59,10 @@ def trained_model(rows: int, granularity: str, min_sparsity: float, seed: int):
 
 def task_networks(model, task: str) -> dict[str, export.TaskNetwork]:
     """The three exports of one task, built from the model as trained."""
-    chosen = masks.get_masks(model, task)
-    masks.set_masks(model, task, model.initial_masks(task))
+    chosen = masks.get_task_masks(model)
+    masks.set_task_masks(model, {**chosen, task: model.initial_masks(task)})
     dense = export.TaskNetwork(model, task, compact=False, matmul=export.DENSE)
-    masks.set_masks(model, task, chosen)
+    masks.set_task_masks(model, chosen)
     return {
         "dense": dense,
         "folded": export.TaskNetwork(model, task, compact=False, matmul=export.DENSE),

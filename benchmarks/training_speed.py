@@ -29,9 +29,11 @@ def _trainer(variant: str, feature_config, sample, remaining: float, seed: int) 
     if model.masked:
         rng = np.random.default_rng(seed)
         kernels = masks.get_kernels(model)
+        task_masks = {}
         for task in model.config.tasks:  # magnitude masks of perturbed kernels: overlapping, not equal
             noisy = {name: np.abs(kernel) + rng.normal(0, kernel.std(), kernel.shape) for name, kernel in kernels.items()}
-            masks.set_masks(model, task, masks.prune_by_magnitude(noisy, masks.full_masks(model), 1, 1 - remaining))
+            task_masks[task] = masks.prune_by_magnitude(noisy, masks.full_masks(model), 1, 1 - remaining)
+        masks.set_task_masks(model, task_masks)
     return training.MultiTaskTrainer(model, training.TrainConfig(seed=seed))
 
 

@@ -92,6 +92,14 @@ def cli(verbose: bool) -> None:
     help="Format of --raw event files: newline-delimited JSON or CSV.",
 )
 @click.option("--no-faults", is_flag=True, help="With --raw: write clean events, without injected faults.")
+@click.option(
+    "--catalogue",
+    default="sample",
+    show_default=True,
+    type=click.Choice(["sample", "paper"]),  # logs/world.py CATALOGUES (tested to agree)
+    help="Shape of the catalogues: 'sample' like LOG_SCHEMA.md's real sample (~6.5 impressions per user, "
+    "8 videos per impression); 'paper' like the paper's Table 1 (~30 impressions per user, ~27 per video).",
+)
 def generate(
     out_dir: str,
     rows: int,
@@ -103,6 +111,7 @@ def generate(
     raw: bool,
     raw_format: str,
     no_faults: bool,
+    catalogue: str,
 ) -> None:
     """Write synthetic Tencent-style logs with known ground truth.
 
@@ -130,6 +139,7 @@ def generate(
         raw=raw,
         raw_format=raw_format,
         faults=generator.FaultRates.none() if no_faults else None,
+        catalogue=catalogue,
     )
     click.echo(f"Wrote {rows} impressions over {days} days to {out_dir}: {manifest['counts']}")
 
@@ -198,7 +208,16 @@ def batch_score(
     click.echo(batch_scoring.format_counters(counters))
 
 
+# configs.MODELS' names (tested to agree), here so that --help needs no TensorFlow.
+MODEL_CHOICES = ("s_weight", "s_neuron", "single_task", "hard_sharing", "shared_bottom", "layer_sharing", "mmoe", "ple", "esmm")
+_SPARSE_MODELS = {"connection": "s_weight", "neuron": "s_neuron"}  # --granularity's model
+
 _MODEL_OPTIONS = [
+    click.option("--model", type=click.Choice(MODEL_CHOICES), default=None, show_default="s_weight",
+                 help="s_weight / s_neuron: sparse sharing with connection / neuron masks (MaskSearch, then the "
+                      "Trainer under its masks); the others train from scratch without MaskSearch: single_task (two "
+                      "separate networks), hard_sharing, shared_bottom, layer_sharing (the paper's Layer_Share), "
+                      "mmoe, ple, esmm. Every model pushes a CTR and a CVR model."),
     click.option("--masks", "mask_mode", type=click.Choice(["search", "reuse"]), default="search", show_default=True,
                  help="search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
                       "in ML Metadata and retrain only the shared weights (daily runs)."),
@@ -212,17 +231,21 @@ _MODEL_OPTIONS = [
                  help="Share of MLP weights left after the last round (sets q)."),
     click.option("--prune-scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
                  help="One magnitude threshold over the whole MLP, or the same share per layer."),
-    click.option("--granularity", type=click.Choice(["connection", "neuron"]), default="connection", show_default=True,
-                 help="Prune single weights (S-Weight) or whole units (S-Neuron)."),
+    click.option("--granularity", type=click.Choice(["connection", "neuron"]), default=None,
+                 help="Prune single weights (S-Weight) or whole units (S-Neuron): the same as --model s_weight or "
+                      "--model s_neuron, which is the way to choose it (kept for older scripts)."),
     click.option("--rewind-to", type=click.Choice(["warmup", "random"]), default="warmup", show_default=True,
                  help="Rewind each round to sNET_init (after warmup) or to the random initialisation."),
     click.option("--min-sparsity", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
                  help="Only rounds with at least this share of MLP weights pruned may be chosen."),
     click.option("--validation-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-                 help="Share of the train split held out to choose each task's pruning round."),
-    click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=1)),
-    click.option("--epochs-per-round", default=1, show_default=True, type=click.IntRange(min=1)),
-    click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1), help="Epochs of the final shared training."),
+                 help="Share of the train split held out to stop every training phase early and to choose the search's rounds."),
+    click.option("--patience", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="Stop a training phase after this many passes without a better validation loss (the best pass is kept)."),
+    click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=1), help="At most this many warmup passes."),
+    click.option("--epochs-per-round", default=1, show_default=True, type=click.IntRange(min=1), help="At most this many passes per search round."),
+    click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="At most this many passes of the final training (any model)."),
     click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1)),
     click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
     click.option("--optimizer", type=click.Choice(["adam", "lazy_adam"]), default="adam", show_default=True,
@@ -240,6 +263,12 @@ _MODEL_OPTIONS = [
                  help="Bless only if CTR AUC is at most this much below the latest blessed model's."),
     click.option("--max-cvr-mse-rise", default=0.005, show_default=True, type=click.FloatRange(min=0.0),
                  help="Bless only if CVR MSE is at most this much above the latest blessed model's."),
+    click.option("--beat-no-skill/--no-beat-no-skill", default=True, show_default=True,
+                 help="Bless only if CVR MSE is below the no-skill MSE (the train split's mean watch ratio of clicks "
+                      "predicted for every eval click)."),
+    click.option("--beat-incumbent/--no-beat-incumbent", default=True, show_default=True,
+                 help="Bless only if CTR AUC is above the AUC of the logs' production pCTR (`pctr`) on the eval split "
+                      "(skipped, with a note, when the eval split has no pctr)."),
 ]
 
 
@@ -250,15 +279,30 @@ def model_options(command):
     return command
 
 
+def _model_name(options: dict) -> str:
+    """--model, or the sparse-sharing model --granularity names (s_weight when neither is given)."""
+    model, granularity = options["model"], options["granularity"]
+    if model is None:
+        return _SPARSE_MODELS[granularity or "connection"]
+    if granularity is not None and _SPARSE_MODELS[granularity] != model:
+        raise click.BadParameter(
+            f"--granularity {granularity} contradicts --model {model} (--model s_weight or s_neuron sets the granularity)",
+            param_hint="--granularity",
+        )
+    return model
+
+
 def _model_settings(options: dict) -> dict:
     """PipelineSettings' model fields from the options of `model_options`."""
     from lt4rec.models import network, sparse_sharing, training
+    from lt4rec.pipeline import configs
 
     try:
         hidden_units = tuple(int(width) for width in options["hidden_units"].split(","))
     except ValueError:
         raise click.BadParameter(f"{options['hidden_units']!r} is not a comma-separated list of widths", param_hint="--hidden-units")
-    return dict(
+    model = _model_name(options)
+    settings = dict(
         masks=options["mask_mode"],
         network=network.NetworkConfig(
             embedding_dim=options["embedding_dim"], hidden_units=hidden_units, multi_view_dim=options["multi_view_dim"]
@@ -272,23 +316,31 @@ def _model_settings(options: dict) -> dict:
             conflict_weight=options["conflict_weight"],
             conflict_threshold=options["conflict_threshold"],
             seed=options["seed"],
+            validation_fraction=options["validation_fraction"],
+            patience=options["patience"],
         ),
         search=sparse_sharing.SearchConfig(
             rounds=options["rounds"],
             remaining=options["remaining"],
             scope=options["prune_scope"],
-            granularity=options["granularity"],
+            granularity=options["granularity"] or "connection",  # set by the model below
             rewind_to=options["rewind_to"],
             min_sparsity=options["min_sparsity"],
             warmup_epochs=options["warmup_epochs"],
             epochs_per_round=options["epochs_per_round"],
-            validation_fraction=options["validation_fraction"],
         ),
         min_ctr_auc=options["min_ctr_auc"],
         max_cvr_mse=options["max_cvr_mse"],
         max_ctr_auc_drop=options["max_ctr_auc_drop"],
         max_cvr_mse_rise=options["max_cvr_mse_rise"],
+        beat_no_skill=options["beat_no_skill"],
+        beat_incumbent=options["beat_incumbent"],
     )
+    try:
+        settings.update(configs.select_model(model, settings["network"], settings["search"]))
+    except ValueError as error:  # e.g. multi-view with experts
+        raise click.BadParameter(str(error), param_hint="--model") from None
+    return settings
 
 
 @cli.group()
@@ -346,7 +398,9 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
     --last-day), holds out the last --eval-days for evaluation and trains on the rest.
     Daily mode (--span) reads one day. Then MaskSearch finds one mask per task on the MLP
     (warmup, then --rounds of magnitude pruning per task), the Trainer trains the shared
-    network under them, and the Evaluator scores each task and blesses the model. Further
+    network under them, and the Evaluator scores each task and blesses the model. With a
+    --model other than s_weight or s_neuron there is no MaskSearch: the Trainer trains that
+    model from scratch. Either way TaskPusher pushes a CTR and a CVR model. Further
     arguments are Beam pipeline options for the Beam-based components (default: the
     DirectRunner, in memory).
     """

@@ -3,10 +3,12 @@
 Two kinds of model come from one trained network:
 - the multi-task model the Trainer writes for the Evaluator (`export_serving_model`): both
   heads, each through its own mask;
-- one model per task for TF Serving (`export_task_model`): the task's mask folded into
-  plain kernels (`TaskNetwork`: no mask or pruning variables, no other task's head, no
-  training state), and with `compact=True` the units the mask switched off removed, so
-  that the dense layers are physically smaller.
+- one model per task for TF Serving (`export_task_model`): for sparse sharing, the task's
+  mask folded into plain kernels (`TaskNetwork`: no mask or pruning variables, no other
+  task's head, no training state), and with `compact=True` the units the mask switched
+  off removed, so that the dense layers are physically smaller; for every other variant
+  (`DenseTaskModel`), the task's forward pass over exactly the trained variables it reads
+  (an MMoE CTR model: embeddings, experts, CTR gate, tower and head; no CVR gate or tower).
 
 Signatures: `serving_default` takes serialized `tf.Example`s in the raw log format and
 applies the Transform graph before the network, so that clients (and TFMA, which feeds it
@@ -221,6 +223,65 @@ def _folded_tower(model: network.RankingNetwork, task: str) -> tuple[list[np.nda
     return kernels, biases
 
 
+class DenseTaskModel(tf.Module):
+    """One task of an unmasked network (every variant but sparse sharing), as TF Serving gets it.
+
+    Calls the trained network's forward pass for `task` and tracks only the variables that
+    pass reads (found by tracing it), so that the SavedModel holds nothing of the other
+    task's gates, towers, heads or, for single-task networks, embeddings. The metadata has
+    the keys of `TaskNetwork.metadata` (every kernel dense and kept), the variant, and the
+    parameter counts, so that exports of different variants compare.
+    """
+
+    def __init__(self, model: network.RankingNetwork, task: str):
+        if model.masked:
+            raise ValueError("a sparse-sharing network exports through TaskNetwork, which folds its masks")
+        super().__init__(name=f"{task}_network")
+        self.task = task
+        self.variant = model.config.variant
+        self._forward = functools.partial(_task_output, model, task)  # not tracked: the model is not saved
+        spec = {feature.name: tf.TensorSpec([None, feature.max_values], tf.int64) for feature in features.FEATURES}
+        read = {variable.ref() for variable in tf.function(self._forward).get_concrete_function(spec).variables}
+        self.kept = [variable for variable in model.variables if variable.ref() in read]
+        embedding = {
+            variable.ref()
+            for layer in model.submodules
+            if isinstance(layer, layers.FieldEmbeddings)
+            for variable in layer.variables
+        }
+        head = {variable.ref() for variable in model.heads[task].variables}
+        self.embedding_parameters = sum(int(v.shape.num_elements()) for v in self.kept if v.ref() in embedding)
+        self.parameters = sum(int(v.shape.num_elements()) for v in self.kept)
+        self._kernels = [v for v in self.kept if len(v.shape) == 2 and v.ref() not in embedding | head]
+        self.layer_paths = [LayerPath(tuple(int(d) for d in v.shape), 1.0, DENSE) for v in self._kernels]
+
+    @property
+    def layer_widths(self) -> list[int]:
+        """The output widths of the task's kernels below its head (experts and gates included), in creation order."""
+        return [int(path.shape[1]) for path in self.layer_paths]
+
+    @property
+    def kept_weights(self) -> int:
+        return sum(int(v.shape.num_elements()) for v in self._kernels)
+
+    def metadata(self) -> dict:
+        return {
+            "task": self.task,
+            "output": network.OUTPUT_NAMES[self.task],
+            "variant": self.variant,
+            "layer_widths": self.layer_widths,
+            "mlp_weights_kept": self.kept_weights,
+            "mlp_weights_dense": self.kept_weights,
+            "mlp_share_kept": 1.0,
+            "parameters": self.parameters,
+            "embedding_parameters": self.embedding_parameters,
+            "layers": [{"name": v.name, **dataclasses.asdict(path)} for v, path in zip(self._kernels, self.layer_paths)],
+        }
+
+    def __call__(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return self._forward(inputs)
+
+
 class ServingModule(tf.Module):
     """Scoring behind Transform's graph, with the signatures TF Serving calls."""
 
@@ -275,13 +336,18 @@ def export_task_model(
     path: str,
     compact: bool = True,
     matmul: str = MEASURE,
-) -> TaskNetwork:
+) -> "TaskNetwork | DenseTaskModel":
     """One task's SavedModel for TF Serving, with the mask folded in (and compacted).
 
-    `assets.extra/` (which TF Serving leaves alone) gets `METADATA_FILE`: the task, the
-    layer widths, the share of MLP weights kept and each layer's matmul path.
+    Sparse sharing goes through `TaskNetwork` (`compact` and `matmul` apply); every other
+    variant through `DenseTaskModel` (nothing to fold or compact). `assets.extra/` (which
+    TF Serving leaves alone) gets `METADATA_FILE`: the task, the layer widths, the share
+    of MLP weights kept and each layer's matmul path.
     """
-    task_network = TaskNetwork(model, task, compact=compact, matmul=matmul)
+    if model.masked:
+        task_network = TaskNetwork(model, task, compact=compact, matmul=matmul)
+    else:
+        task_network = DenseTaskModel(model, task)
     ServingModule({network.OUTPUT_NAMES[task]: task_network}, transform_output).save(path)
     tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA))
     with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE), "w") as f:

@@ -65,3 +65,112 @@ class FeatureCross(tf.keras.layers.Layer):
     @staticmethod
     def output_width(fields: int, dim: int) -> int:
         return fields * dim + fields * (fields - 1) // 2
+
+
+class MLP(tf.keras.layers.Layer):
+    """Dense ReLU layers of the given widths: [batch, width] -> [batch, units[-1]] (the input if no units)."""
+
+    def __init__(self, units: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.units = tuple(int(width) for width in units)
+        self.dense_layers = [tf.keras.layers.Dense(width, activation="relu", name=f"dense_{i}") for i, width in enumerate(self.units)]
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        hidden = inputs
+        for layer in self.dense_layers:
+            hidden = layer(hidden)
+        return hidden
+
+    def get_config(self):
+        return {**super().get_config(), "units": list(self.units)}
+
+
+class Experts(tf.keras.layers.Layer):
+    """`num_experts` MLPs on one input: [batch, width] -> [batch, num_experts, units[-1]]."""
+
+    def __init__(self, num_experts: int, units: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        if num_experts < 1 or not units:
+            raise ValueError(f"experts need at least one expert and one layer, not {num_experts} of {units}")
+        self.num_experts = int(num_experts)
+        self.units = tuple(int(width) for width in units)
+        self.experts = [MLP(self.units, name=f"expert_{i}") for i in range(self.num_experts)]
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return tf.stack([expert(inputs) for expert in self.experts], axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_experts": self.num_experts, "units": list(self.units)}
+
+
+class Gate(tf.keras.layers.Layer):
+    """A gate over `num_experts` experts: a softmax from the gate's own input, then their weighted sum.
+
+    `gate(inputs, experts)`: inputs [batch, width], experts [batch, num_experts, dim] ->
+    [batch, dim]; `gate.probabilities(inputs)` is the softmax, [batch, num_experts], rows
+    summing to 1 (MMoE's g^k(x) = softmax(W_k x); PLE's gates, over their level's experts).
+    """
+
+    def __init__(self, num_experts: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_experts = int(num_experts)
+        self.logits = tf.keras.layers.Dense(self.num_experts, name="logits")
+
+    def probabilities(self, inputs: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(self.logits(inputs), axis=-1)
+
+    def call(self, inputs: tf.Tensor, experts: tf.Tensor) -> tf.Tensor:
+        weights = self.probabilities(inputs)
+        return tf.reduce_sum(weights[:, :, tf.newaxis] * experts, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_experts": self.num_experts}
+
+
+SHARED = "shared"  # the shared branch of a PLE level, beside the tasks' branches
+
+
+class ExtractionLayer(tf.keras.layers.Layer):
+    """One level of PLE (Tang et al. 2020): customized gate control over shared and task experts.
+
+    Inputs and outputs are dicts {task: [batch, width], SHARED: [batch, width]}: each task's
+    branch and the shared branch (on the first level all are the same tensor). Task t's
+    output is its gate (on its own input) over its own experts and the shared experts; the
+    shared output, which only levels below the last have, is the shared gate (on the shared
+    input) over every expert of the level. `call(inputs, outputs=...)` computes only the
+    named outputs and the experts they read (`inputs_needed` says which inputs those are).
+    """
+
+    def __init__(self, tasks: tuple[str, ...], shared_experts: int, task_experts: int, units: tuple[int, ...],
+                 last: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.tasks = tuple(tasks)
+        self.shared_experts, self.task_experts, self.units, self.last = int(shared_experts), int(task_experts), tuple(units), bool(last)
+        self.shared = Experts(self.shared_experts, self.units, name="shared_experts")
+        self.own = {task: Experts(self.task_experts, self.units, name=f"{task}_experts") for task in self.tasks}
+        self.gates = {task: Gate(self.task_experts + self.shared_experts, name=f"{task}_gate") for task in self.tasks}
+        self.shared_gate = None if self.last else Gate(len(self.tasks) * self.task_experts + self.shared_experts, name="shared_gate")
+
+    def inputs_needed(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """The branches whose inputs the `outputs` depend on (SHARED always: every gate mixes the shared experts)."""
+        if SHARED in outputs:
+            return (*self.tasks, SHARED)
+        return (*[task for task in self.tasks if task in outputs], SHARED)
+
+    def call(self, inputs: Mapping[str, tf.Tensor], outputs: tuple[str, ...] | None = None) -> dict[str, tf.Tensor]:
+        outputs = tuple(outputs) if outputs is not None else (*self.tasks, *(() if self.last else (SHARED,)))
+        if SHARED in outputs and self.last:
+            raise ValueError(f"{self.name} is the last level: it has no shared output")
+        shared = self.shared(inputs[SHARED])
+        own = {task: self.own[task](inputs[task]) for task in self.inputs_needed(outputs) if task != SHARED}
+        result = {}
+        for name in outputs:
+            if name == SHARED:
+                result[name] = self.shared_gate(inputs[SHARED], tf.concat([*[own[t] for t in self.tasks], shared], axis=1))
+            else:
+                result[name] = self.gates[name](inputs[name], tf.concat([own[name], shared], axis=1))
+        return result
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": list(self.tasks), "shared_experts": self.shared_experts,
+                "task_experts": self.task_experts, "units": list(self.units), "last": self.last}

@@ -7,29 +7,37 @@ two sharing one kernel: a CTR call would erase the weights only CVR keeps. So
 
 - it keeps TF-MOT's own `mask` variable as the *union* of the task masks (the weights that
   some task keeps), so TF-MOT's `weight_mask_op` zeroes in place exactly the weights no
-  task keeps, and TF-MOT's own tools (`strip_pruning`, its summaries) see a valid mask;
+  task keeps, and TF-MOT's summaries see a valid mask (TF-MOT's `strip_pruning` takes only
+  Sequential and functional models, and would give the union, not a task: `folded` is the
+  per-task strip);
 - it adds one `<task>_mask` variable per task and applies mask k in the forward pass,
   `inputs @ (kernel * mask_k) + bias * unit_mask_k`, leaving the shared kernel as it is.
   A unit none of whose incoming weights task k keeps is off for task k (its bias too), so
   that a pruned unit outputs exactly zero and export can drop it.
 
 Because gradients flow through `kernel * mask_k`, a batch of task k has zero gradient on
-every weight outside mask k; with one optimizer per task (see `models/training.py`) those
-weights and the other task's optimizer state stay bit-for-bit unchanged.
+every weight outside mask k, and the trainer's optimizer (`training.MaskedAdam`) updates
+neither those weights nor their moments: they stay bit-for-bit unchanged.
+
+The masks come from the search, never from TF-MOT's schedule (`NeverPrune`), and all task
+masks of a layer are set together (`set_task_masks`): the union, and with it what
+`weight_mask_op` zeroes, is only ever computed from the masks the network trains under.
 
 The functions below compute masks (magnitude pruning, globally or per layer, of
-connections or of whole units), fold them for export, and describe their overlap.
+connections or of whole units, with the weights of dead units dropped), fold them for
+export, and describe their overlap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule, pruning_wrapper
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 TASKS = ("ctr", "cvr")
 CONNECTION = "connection"  # S-Weight: each kernel entry is kept or dropped
@@ -42,12 +50,24 @@ SCOPES = (GLOBAL, PER_LAYER)
 Masks = dict[str, np.ndarray]  # layer name -> 0/1 float32 array of the kernel's shape
 
 
+class NeverPrune(tfmot.sparsity.keras.PruningSchedule):
+    """A TF-MOT schedule that never prunes: the masks are the search's, whoever asks TF-MOT.
+
+    (A `ConstantSparsity` with a huge frequency still fires at its begin step.)
+    """
+
+    def __call__(self, step):
+        return tf.constant(False), tf.constant(0.0)
+
+    def get_config(self):
+        return {"class_name": self.__class__.__name__, "config": {}}
+
+
 class TaskMaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
     """A pruning wrapper around a Dense layer with one mask per task over one shared kernel."""
 
     def __init__(self, layer: tf.keras.layers.Dense, tasks: Sequence[str] = TASKS, **kwargs):
-        # The masks come from the search, not from a schedule: TF-MOT's schedule never fires.
-        kwargs.setdefault("pruning_schedule", pruning_schedule.ConstantSparsity(0.0, begin_step=0, frequency=1 << 62))
+        kwargs.setdefault("pruning_schedule", NeverPrune())
         super().__init__(layer, **kwargs)
         self.tasks = tuple(tasks)
         self.task_masks: dict[str, tf.Variable] = {}
@@ -82,13 +102,20 @@ class TaskMaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
     def get_config(self):
         return {**super().get_config(), "tasks": list(self.tasks)}
 
-    def set_task_mask(self, task: str, mask: np.ndarray) -> None:
-        """Set task `task`'s mask, then the union, then zero the weights that no task keeps."""
-        mask = np.asarray(mask, dtype=np.float32)
-        if mask.shape != tuple(self.layer.kernel.shape):
-            raise ValueError(f"{self.name}: mask of shape {mask.shape} for a kernel of shape {self.layer.kernel.shape}")
-        self.task_masks[task].assign(mask)
-        self.union_mask.assign(tf.reduce_max(tf.stack([m for m in self.task_masks.values()]), axis=0))
+    def set_task_masks(self, masks_by_task: Mapping[str, np.ndarray]) -> None:
+        """Every task's mask at once, then the union, then zero the weights that no task keeps.
+
+        All at once: a union built while another task still held a stale mask would zero
+        weights that the new masks keep, and no later call could bring them back.
+        """
+        if set(masks_by_task) != set(self.tasks):
+            raise ValueError(f"{self.name}: masks for tasks {sorted(masks_by_task)}, but the layer has {sorted(self.tasks)}")
+        arrays = {task: np.asarray(mask, dtype=np.float32) for task, mask in masks_by_task.items()}
+        for task, mask in arrays.items():
+            if mask.shape != tuple(self.layer.kernel.shape):
+                raise ValueError(f"{self.name}: {task} mask of shape {mask.shape} for a kernel of shape {self.layer.kernel.shape}")
+            self.task_masks[task].assign(mask)
+        self.union_mask.assign(np.maximum.reduce(list(arrays.values())))
         self.pruning_obj.weight_mask_op()
 
     def task_mask(self, task: str) -> np.ndarray:
@@ -111,12 +138,35 @@ def get_masks(model: tf.keras.layers.Layer, task: str) -> Masks:
     return {layer.name: layer.task_mask(task) for layer in masked_layers(model)}
 
 
-def set_masks(model: tf.keras.layers.Layer, task: str, masks: Mapping[str, np.ndarray]) -> None:
+def get_task_masks(model: tf.keras.layers.Layer) -> dict[str, Masks]:
+    """Every task's masks, as `set_task_masks` takes them."""
+    layers = masked_layers(model)
+    return {task: get_masks(model, task) for task in (layers[0].tasks if layers else ())}
+
+
+def set_task_masks(model: tf.keras.layers.Layer, masks_by_task: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Set every task's masks on every masked layer, each layer's all at once."""
     layers = {layer.name: layer for layer in masked_layers(model)}
-    if set(masks) != set(layers):
-        raise ValueError(f"masks for layers {sorted(masks)}, but the model's masked layers are {sorted(layers)}")
-    for name, mask in masks.items():
-        layers[name].set_task_mask(task, mask)
+    for task, masks in masks_by_task.items():
+        if set(masks) != set(layers):
+            raise ValueError(f"{task} masks for layers {sorted(masks)}, but the model's masked layers are {sorted(layers)}")
+    for name, layer in layers.items():
+        layer.set_task_masks({task: masks[name] for task, masks in masks_by_task.items()})
+
+
+def update_masks(model: tf.keras.layers.Layer, task: str) -> list[tuple[tf.Variable, Callable[[], tf.Tensor]]]:
+    """What a step of `task` may move of each masked layer: its kernel in mask k, the biases of its units.
+
+    (variable, mask) pairs; the masks are callables, read when the optimizer applies the
+    step (inside its traced update).
+    """
+    result = []
+    for layer in masked_layers(model):
+        mask = layer.task_masks[task]
+        result.append((layer.layer.kernel, lambda mask=mask: mask.read_value()))
+        if layer.layer.use_bias:
+            result.append((layer.layer.bias, lambda mask=mask: tf.reduce_max(mask, axis=0)))
+    return result
 
 
 def get_kernels(model: tf.keras.layers.Layer) -> dict[str, np.ndarray]:
@@ -156,15 +206,19 @@ def prune_by_magnitude(
     rate: float,
     scope: str = GLOBAL,
     granularity: str = CONNECTION,
+    initial: Mapping[str, np.ndarray] | None = None,
 ) -> Masks:
     """The masks after pruning round `rounds`: keep the largest |w| among the kept weights.
 
-    The count kept is `round(size * (1 - rate) ** rounds)` over the scope (all kernels for
-    GLOBAL, each kernel for PER_LAYER), taken from the weights `masks` still keeps, so the
-    remaining fraction after r rounds is (1-q)^r within one weight (or one unit) whatever
-    the rounding of the earlier rounds. NEURON granularity scores a unit by the mean |w|
-    of its kept incoming weights (over GLOBAL scope, divided by the mean of its layer's
-    kept units) and keeps or drops its whole kernel column.
+    `kernels` and `masks` are the MLP's layers in order. The count kept is
+    `round(n * (1 - rate) ** rounds)` of the n weights (or units) that the task's `initial`
+    masks (round 0; every weight by default) keep over the scope (all kernels for GLOBAL,
+    each kernel for PER_LAYER), taken from the weights `masks` still keeps: round r keeps
+    (1-q)^r of what the task started with, whatever the rounding of the earlier rounds.
+    NEURON granularity scores a unit by the mean |w| of its kept incoming weights (over
+    GLOBAL scope, divided by the mean of its layer's kept units) and keeps or drops its
+    whole kernel column. Then the weights of dead units go too (`without_dead_units`), so
+    a mask counts only weights that can matter.
     """
     if scope not in SCOPES or granularity not in GRANULARITIES:
         raise ValueError(f"scope must be one of {SCOPES} and granularity one of {GRANULARITIES}")
@@ -172,6 +226,11 @@ def prune_by_magnitude(
         raise ValueError(f"pruning rate {rate} is not in [0, 1)")
     share = (1.0 - rate) ** rounds
     names = list(kernels)
+    initial = initial if initial is not None else {name: np.ones(kernels[name].shape, np.float32) for name in names}
+
+    def items(name: str) -> int:  # the prunable items the task starts with in one kernel
+        return int(np.count_nonzero(initial[name])) if granularity == CONNECTION else int(np.count_nonzero(initial[name].max(axis=0)))
+
     # Scores of the prunable items: kernel entries, or units (columns); dropped items score -1.
     scores = {}
     for name in names:
@@ -193,14 +252,39 @@ def prune_by_magnitude(
         return masks[name] * kept_items[np.newaxis, :]
 
     if scope == PER_LAYER:
-        return {name: expand(name, _keep_top(scores[name], round(scores[name].size * share))) for name in names}
-    flat = np.concatenate([scores[name].ravel() for name in names])
-    kept = _keep_top(flat, round(flat.size * share))
-    result, start = {}, 0
-    for name in names:
-        size = scores[name].size
-        result[name] = expand(name, kept[start : start + size].reshape(scores[name].shape))
-        start += size
+        result = {name: expand(name, _keep_top(scores[name], round(items(name) * share))) for name in names}
+    else:
+        flat = np.concatenate([scores[name].ravel() for name in names])
+        kept = _keep_top(flat, round(sum(items(name) for name in names) * share))
+        result, start = {}, 0
+        for name in names:
+            size = scores[name].size
+            result[name] = expand(name, kept[start : start + size].reshape(scores[name].shape))
+            start += size
+    return without_dead_units(result)
+
+
+def without_dead_units(masks: Mapping[str, np.ndarray]) -> Masks:
+    """The masks (an MLP's layers in order) without the weights of units that cannot matter.
+
+    A hidden unit none of whose incoming weights is kept outputs 0 (its bias is off too), so
+    its outgoing weights do nothing; a unit none of whose outgoing weights is kept feeds
+    nothing, so its incoming weights do nothing. Dropping either can kill more units: repeat
+    until nothing changes. (The last layer's units all feed the head, which is not masked.)
+    """
+    result = {name: np.array(mask, dtype=np.float32) for name, mask in masks.items()}
+    layers = list(result.values())
+    changed = True
+    while changed:
+        changed = False
+        for below, above in zip(layers, layers[1:]):
+            if below.shape[1] != above.shape[0]:
+                raise ValueError(f"masks of shapes {below.shape} and {above.shape} are not consecutive layers")
+            dead = (below.max(axis=0) == 0) & (above.max(axis=1) > 0)  # no input, some output
+            idle = (above.max(axis=1) == 0) & (below.max(axis=0) > 0)  # some input, no output
+            above[dead, :] = 0
+            below[:, idle] = 0
+            changed = changed or bool(dead.any() or idle.any())
     return result
 
 

@@ -77,17 +77,17 @@ class TaskMetrics:
 def compute(
     click: np.ndarray,
     watch_ratio: np.ndarray,
-    user: np.ndarray,
+    user: np.ndarray | None,
     ctr: np.ndarray | None = None,
     cvr: np.ndarray | None = None,
 ) -> TaskMetrics:
-    """The metrics of the predictions given (`ctr`, `cvr`, either may be None)."""
+    """The metrics of the predictions given (`ctr`, `cvr`, either may be None; no GAUC without `user`)."""
     click = np.asarray(click).astype(bool)
     values: dict[str, float] = {}
     if ctr is not None:
         values.update(
             ctr_auc=auc(click, ctr),
-            ctr_gauc=gauc(click, ctr, user),
+            ctr_gauc=gauc(click, ctr, user) if user is not None else float("nan"),
             ctr_log_loss=log_loss(click, ctr),
             ctr_calibration=float(np.mean(ctr) / max(np.mean(click), 1e-12)),
         )

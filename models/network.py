@@ -3,13 +3,39 @@
     ids ─> FieldEmbeddings ─> FeatureCross ─> MLP (512-256-128) ─┬─> ctr head (sigmoid): P(click)
                                                                 └─> cvr head (sigmoid): E[watch ratio]
 
-The variants differ only in the MLP:
+The variants differ only in what sits between the feature cross and the heads (widths
+below are the defaults; "MLP" is the sparse-sharing MLP, 830x512x256x128 with 20 fields
+of dimension 32: 589,696 weights and biases):
 - sparse sharing (S-Weight, S-Neuron): one MLP whose kernels carry one mask per task
   (`masks.TaskMaskedPruneLowMagnitude`); the task's mask is applied on its forward pass.
   Connection- or neuron-level is a property of the masks the search finds, not of the net.
-- hard sharing: embeddings and cross layer shared, one plain MLP tower per task.
+- hard sharing: embeddings and cross layer shared, one plain MLP tower per task (2x MLP).
 - shared bottom: one plain MLP for both tasks (the dense reference of the speed benchmark).
-- single task: one task, one plain MLP.
+- single task: one task, one plain MLP; with both tasks, two entirely separate networks
+  (each its own embeddings and MLP: 2x MLP and 2x embeddings), trained in one run.
+- layer sharing (the journal paper's Layer_Share baseline, "Hyper-Parameter Setting"): the
+  MLP shared by both tasks, CVR's head on top of it, and an extra CTR tower
+  (`ctr_tower_units`, 512-256-128: 230,272 more) between the MLP and CTR's head (1.39x MLP).
+  This is the paper's setting read literally ("1680*512*256*128 for all competitors except
+  the layer level-sharing model, which adds a 512*256*128 tower for the CTR task"; Fig. 1:
+  "an extra upper tower for the CTR task"). Its section 2.1 also says only the embedding
+  layer is shared ("the remaining layers are not shared"): that reading is `hard_sharing`.
+- MMoE (Ma et al. 2018): `num_experts` expert MLPs on the cross output, one softmax gate
+  per task over them, a task tower (`tower_units`) and head. Default: 4 experts of 128-64
+  (together as wide as the MLP's first layer, which holds 72% of its weights), towers of
+  32: 469,370 weights with the heads (0.80x MLP); a task reads 463,933 of them.
+- PLE (Tang et al. 2020): `extraction_layers` levels (`layers.ExtractionLayer`), each with
+  `shared_experts` shared and `task_experts` own experts per task of `expert_units`, task
+  gates over own + shared experts and, below the last level, a shared gate over all of
+  them; task towers and heads. Default: 2 levels of 2 shared + 1 per task experts of
+  128-64 (4 experts per level, like MMoE's), towers of 32: 537,726 weights (0.91x MLP),
+  516,349 of them read by a task.
+- ESMM (Ma et al. 2018, Entire Space Multi-task Model): a CTR and a CVR tower (each
+  `hidden_units`, 2x MLP) on the shared embeddings; ctr = pCTR, cvr = pCVR, and the
+  trainer learns pCVR through pCTCVR = pCTR * pCVR on all impressions
+  (`NetworkConfig.esmm`); the network itself is hard sharing's.
+With `task=k` the network computes only what task k reads (for PLE that includes the other
+task's experts below the last level, which the shared gates mix).
 """
 
 from __future__ import annotations
@@ -25,7 +51,14 @@ SPARSE_SHARING = "sparse_sharing"
 HARD_SHARING = "hard_sharing"
 SHARED_BOTTOM = "shared_bottom"
 SINGLE_TASK = "single_task"
-VARIANTS = (SPARSE_SHARING, HARD_SHARING, SHARED_BOTTOM, SINGLE_TASK)
+LAYER_SHARING = "layer_sharing"
+MMOE = "mmoe"
+PLE = "ple"
+ESMM = "esmm"
+VARIANTS = (SPARSE_SHARING, HARD_SHARING, SHARED_BOTTOM, SINGLE_TASK, LAYER_SHARING, MMOE, PLE, ESMM)
+EXPERT_VARIANTS = (MMOE, PLE)
+BOTH_TASKS_VARIANTS = (LAYER_SHARING, MMOE, PLE, ESMM)  # defined on the CTR and CVR tasks together
+_TUPLE_FIELDS = ("tasks", "hidden_units", "ctr_tower_units", "expert_units", "tower_units")
 OUTPUT_NAMES = {"ctr": "ctr", "cvr": "cvr"}  # what each head predicts, as exported
 
 
@@ -39,26 +72,65 @@ class NetworkConfig:
     hidden_units: tuple[int, ...] = (512, 256, 128)
     # Multi-view: this many extra embedding dimensions per field that only CVR sees.
     multi_view_dim: int = 0
+    # Layer sharing: the CTR-only tower between the shared MLP and CTR's head.
+    ctr_tower_units: tuple[int, ...] = (512, 256, 128)
+    # MMoE and PLE: the experts (each an MLP of expert_units) and each task's tower.
+    num_experts: int = 4  # MMoE
+    expert_units: tuple[int, ...] = (128, 64)
+    tower_units: tuple[int, ...] = (32,)
+    shared_experts: int = 2  # PLE, per level
+    task_experts: int = 1  # PLE, per task and level
+    extraction_layers: int = 2  # PLE: levels
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown network variant {self.variant!r}; one of {VARIANTS}")
         unknown = set(self.tasks) - set(masks.TASKS)
-        if unknown or not self.tasks:
-            raise ValueError(f"tasks {self.tasks} must be some of {masks.TASKS}")
-        if self.variant == SINGLE_TASK and len(self.tasks) != 1:
-            raise ValueError("a single-task network has exactly one task")
+        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks {self.tasks} must be some of {masks.TASKS}, each once")
+        if self.variant in BOTH_TASKS_VARIANTS and set(self.tasks) != set(masks.TASKS):
+            raise ValueError(f"a {self.variant} network has both tasks {masks.TASKS}, not {self.tasks}")
         if self.multi_view_dim and "cvr" not in self.tasks:
             raise ValueError("multi-view adds CVR-only embeddings: the network needs the cvr task")
+        if self.multi_view_dim and self.variant in EXPERT_VARIANTS:
+            raise ValueError(f"multi-view is not supported by {self.variant}: its experts read one input for both tasks")
+        if self.variant in EXPERT_VARIANTS:
+            counts = {"num_experts": self.num_experts, "extraction_layers": self.extraction_layers}
+            if self.variant == PLE:
+                counts = {"shared_experts": self.shared_experts, "task_experts": self.task_experts,
+                          "extraction_layers": self.extraction_layers}
+            small = {name: value for name, value in counts.items() if value < 1}
+            if small or not self.expert_units:
+                raise ValueError(f"{self.variant} needs experts of at least one layer and counts of at least 1, not {small or self.expert_units}")
+        widths = (*self.hidden_units, *self.ctr_tower_units, *self.expert_units, *self.tower_units)
+        if any(width < 1 for width in widths):
+            raise ValueError(f"layer widths must be positive: {widths}")
+
+    @property
+    def masked(self) -> bool:
+        """Sparse sharing: the network needs the masks of a mask search."""
+        return self.variant == SPARSE_SHARING
+
+    @property
+    def esmm(self) -> bool:
+        """ESMM: the CVR head learns through pCTCVR = pCTR * pCVR on all impressions."""
+        return self.variant == ESMM
+
+    @property
+    def separate_networks(self) -> bool:
+        """Single task on both tasks: one whole network (embeddings included) per task."""
+        return self.variant == SINGLE_TASK and len(self.tasks) > 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, config: Mapping) -> "NetworkConfig":
+        """From `to_dict`'s output (or an older one, without the later fields: their defaults)."""
         config = dict(config)
-        config["tasks"] = tuple(config["tasks"])
-        config["hidden_units"] = tuple(config["hidden_units"])
+        for name in _TUPLE_FIELDS:
+            if name in config:
+                config[name] = tuple(config[name])
         return cls(**config)
 
 
@@ -77,15 +149,45 @@ class RankingNetwork(tf.keras.Model):
         super().__init__(**kwargs)
         self.feature_config = feature_config
         self.config = config
-        self.embeddings = layers.FieldEmbeddings(feature_config, config.embedding_dim, name="field_embeddings")
+        dim = config.embedding_dim
+        if config.separate_networks:  # each task its own embeddings (the cross has no weights)
+            self.embeddings = None
+            self.task_embeddings = {
+                task: layers.FieldEmbeddings(feature_config, dim, name=f"{task}_field_embeddings") for task in config.tasks
+            }
+        else:
+            self.embeddings = layers.FieldEmbeddings(feature_config, dim, name="field_embeddings")
+            self.task_embeddings = None
         self.cross = layers.FeatureCross(name="feature_cross")
         self.cvr_view = (
             layers.FieldEmbeddings(feature_config, config.multi_view_dim, name="cvr_view_embeddings")
             if config.multi_view_dim
             else None
         )
-        if config.variant == HARD_SHARING:
+        # `towers[task]`: the Dense layers from the task's tower input to its head, in order;
+        # one layer object in two towers is shared (and computed once per call).
+        self.experts = self.gates = self.extraction = None
+        if config.variant in (HARD_SHARING, ESMM):
             self.towers = {task: _mlp(config.hidden_units, f"{task}_tower", masked=False) for task in config.tasks}
+        elif config.separate_networks:
+            self.towers = {task: _mlp(config.hidden_units, f"{task}_mlp", masked=False) for task in config.tasks}
+        elif config.variant == LAYER_SHARING:
+            shared = _mlp(config.hidden_units, "mlp", masked=False)
+            ctr_tower = _mlp(config.ctr_tower_units, "ctr_tower", masked=False)
+            self.towers = {task: shared + ctr_tower if task == "ctr" else list(shared) for task in config.tasks}
+        elif config.variant in EXPERT_VARIANTS:
+            if config.variant == MMOE:
+                self.experts = layers.Experts(config.num_experts, config.expert_units, name="experts")
+                self.gates = {task: layers.Gate(config.num_experts, name=f"{task}_gate") for task in config.tasks}
+            else:
+                self.extraction = [
+                    layers.ExtractionLayer(
+                        config.tasks, config.shared_experts, config.task_experts, config.expert_units,
+                        last=level == config.extraction_layers - 1, name=f"extraction_{level}",
+                    )
+                    for level in range(config.extraction_layers)
+                ]
+            self.towers = {task: _mlp(config.tower_units, f"{task}_tower", masked=False) for task in config.tasks}
         else:
             shared = _mlp(config.hidden_units, "mlp", masked=config.variant == SPARSE_SHARING)
             self.towers = {task: shared for task in config.tasks}
@@ -99,22 +201,63 @@ class RankingNetwork(tf.keras.Model):
     def shared_input_width(self) -> int:
         return layers.FeatureCross.output_width(len(features.FEATURE_NAMES), self.config.embedding_dim)
 
+    @property
+    def esmm(self) -> bool:
+        return self.config.esmm
+
     def call(self, inputs: Mapping[str, tf.Tensor], task: str | None = None, training=None) -> dict[str, tf.Tensor]:
         """Predictions of `task`, or of every task (each through its own mask or tower)."""
-        shared = self.cross(self.embeddings(inputs))
+        tasks = self.config.tasks if task is None else (task,)
+        tower_inputs = self._tower_inputs(inputs, tasks)
+        outputs, computed = {}, {}
+        for name in tasks:
+            hidden = tower_inputs[name]
+            # A layer shared by two towers on the same input runs once (masked layers: once per task).
+            key = (id(hidden), name if self.masked else None)
+            for layer in self.towers[name]:
+                key = (*key, id(layer))
+                if key not in computed:
+                    computed[key] = layer(hidden, task=name) if self.masked else layer(hidden)
+                hidden = computed[key]
+            outputs[name] = tf.squeeze(self.heads[name](hidden), axis=1)
+        return outputs
+
+    def _tower_inputs(self, inputs: Mapping[str, tf.Tensor], tasks: tuple[str, ...]) -> dict[str, tf.Tensor]:
+        """Each task's input to its tower: the cross output (with CVR's view), or the experts' mixture."""
         view = None
         if self.cvr_view is not None:
             fields = self.cvr_view(inputs)
             view = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
-        outputs = {}
-        for name in self.config.tasks if task is None else (task,):
-            hidden = shared
-            if view is not None:  # CVR's own view; zeros for any other task
-                hidden = tf.concat([shared, view if name == "cvr" else tf.zeros_like(view)], axis=1)
-            for layer in self.towers[name]:
-                hidden = layer(hidden, task=name) if self.masked else layer(hidden)
-            outputs[name] = tf.squeeze(self.heads[name](hidden), axis=1)
-        return outputs
+        if self.task_embeddings is not None:  # separate networks: no zeros for the other task's view
+            crossed = {name: self.cross(self.task_embeddings[name](inputs)) for name in tasks}
+            return {name: tf.concat([crossed[name], view], axis=1) if view is not None and name == "cvr" else crossed[name]
+                    for name in tasks}
+        shared = self.cross(self.embeddings(inputs))
+        if self.experts is not None:  # MMoE: every task's gate mixes the same experts
+            experts = self.experts(shared)
+            return {name: self.gates[name](shared, experts) for name in tasks}
+        if self.extraction is not None:  # PLE: only the branches the wanted outputs depend on
+            wanted = [tuple(tasks)]
+            for level in reversed(self.extraction[1:]):
+                wanted.insert(0, level.inputs_needed(wanted[0]))
+            branches = {name: shared for name in self.extraction[0].inputs_needed(wanted[0])}
+            for level, outputs in zip(self.extraction, wanted):
+                branches = level(branches, outputs=outputs)
+            return {name: branches[name] for name in tasks}
+        if view is None:
+            return {name: shared for name in tasks}
+        # CVR's own view; zeros for any other task.
+        return {name: tf.concat([shared, view if name == "cvr" else tf.zeros_like(view)], axis=1) for name in tasks}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Weights and biases of the built network: embedding tables, and everything else."""
+        embedding_ids = {
+            id(variable) for layer in self.submodules if isinstance(layer, layers.FieldEmbeddings) for variable in layer.trainable_variables
+        }
+        counts = {"embeddings": 0, "network": 0}
+        for variable in self.trainable_variables:
+            counts["embeddings" if id(variable) in embedding_ids else "network"] += int(variable.shape.num_elements())
+        return counts
 
     def initial_masks(self, task: str) -> masks.Masks:
         """Round 0 of the mask search: every weight, except inputs that `task` never sees."""

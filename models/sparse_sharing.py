@@ -1,15 +1,16 @@
 """Algorithm 1 of LT4REC: warmup, per-task mask search, masked mixed training.
 
 1. Warmup: train the whole net on mixed CTR/CVR batches; keep the weights as sNET_init.
-2. Per task, iterative magnitude pruning: round r trains from the rewinding target with
-   mask m_r on the task's samples, is scored on validation, and prunes to m_{r+1}
-   ((1-q)^(r+1) of the weights left). The best round (within an optional minimum
-   sparsity) gives the task's mask.
-3. Rewind to sNET_init, set both masks, and train on mixed batches; a batch of task k
-   updates only what mask k keeps (see `training.py`).
+2. Per task, iterative magnitude pruning: round r rewinds to the rewinding target (and a
+   fresh optimizer), trains with mask m_r on the task's samples, is scored on validation,
+   and prunes to m_{r+1} ((1-q)^(r+1) of the weights the task starts with). The best
+   round (within an optional minimum sparsity) gives the task's mask.
+3. Rewind to sNET_init, set both masks at once, and train on mixed batches; a batch of
+   task k updates only what mask k keeps (see `training.py`).
 
-The TFX components call `warmup`/`search_masks` (MaskSearch) and `train_shared` (Trainer),
-the benchmarks call `run` for the whole.
+Every training phase stops early on the held-out validation share and keeps its best pass.
+The TFX components call `warmup`/`search` (MaskSearch) and `train_shared` (Trainer), the
+benchmarks call all three.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -44,9 +45,8 @@ class SearchConfig:
     granularity: str = masks.CONNECTION
     rewind_to: str = REWIND_WARMUP
     min_sparsity: float = 0.0  # only rounds with at least this share pruned may be chosen
-    warmup_epochs: int = 1
+    warmup_epochs: int = 1  # at most; early stopping may end a phase sooner
     epochs_per_round: int = 1
-    validation_fraction: float = 0.1  # of the train split, held out to choose the rounds
 
     def __post_init__(self) -> None:
         if self.rewind_to not in REWIND_TARGETS:
@@ -54,8 +54,6 @@ class SearchConfig:
         masks.rate_for(self.remaining, self.rounds)  # validates remaining and rounds
         if not 0 <= self.min_sparsity < 1:
             raise ValueError(f"min_sparsity {self.min_sparsity} is not in [0, 1)")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction {self.validation_fraction} is not in (0, 1)")
 
     @property
     def rate(self) -> float:
@@ -84,6 +82,7 @@ class TaskSearch:
     rounds: list[RoundResult]
     best_round: int
     masks: masks.Masks
+    round_masks: list[masks.Masks] = dataclasses.field(default_factory=list)  # every round's, in order
 
     @property
     def best(self) -> RoundResult:
@@ -102,10 +101,11 @@ def select_round(rounds: list[RoundResult], min_sparsity: float) -> int:
 
 @dataclasses.dataclass
 class Datasets:
-    """Batched task datasets: train per task, and one validation set of all impressions."""
+    """Batched task datasets: train per task (with its steps per pass), one validation set of all impressions."""
 
-    train: Mapping[str, tf.data.Dataset]
+    train: Mapping[str, "tf.data.Dataset | tf.distribute.DistributedDataset"]
     validation: tf.data.Dataset
+    steps: Mapping[str, int]
 
     @classmethod
     def from_columns(
@@ -122,7 +122,30 @@ class Datasets:
         return cls(
             train={task: training.distributed_task_batches(train, task, batch_size, seed, strategy) for task in tasks},
             validation=training.ordered_batches(validation, 4 * batch_size),
+            steps={task: training.task_steps(train, task, batch_size, strategy) for task in tasks},
         )
+
+    def only(self, task: str) -> tuple[dict, dict]:
+        """One task's batches and steps."""
+        return {task: self.train[task]}, {task: self.steps[task]}
+
+
+def train_shared(
+    trainer: training.MultiTaskTrainer,
+    data: Datasets,
+    task_masks: Mapping[str, masks.Masks],
+    epochs: int,
+    seed: int,
+    on_start: Callable[[], None] | None = None,
+) -> list[training.PhaseStats]:
+    """Step 3 from the network's current weights: every task's mask set at once, a fresh
+    optimizer, mixed batches (stopping early on validation). `on_start` sees the network
+    as its first step will."""
+    masks.set_task_masks(trainer.model, task_masks)
+    trainer.reset_optimizer()
+    if on_start:
+        on_start()
+    return trainer.fit(data.train, data.validation, "shared training", epochs, seed, data.steps)
 
 
 class SparseSharing:
@@ -146,39 +169,41 @@ class SparseSharing:
         self.random_init = training.snapshot(model)
         self.snet_init: list[np.ndarray] | None = None
 
-    def _full_masks(self) -> None:
-        for task in self.model.config.tasks:
-            masks.set_masks(self.model, task, self.model.initial_masks(task))
+    def _initial_masks(self, **overrides: masks.Masks) -> None:
+        """Every task's round-0 mask, except those given."""
+        masks.set_task_masks(self.model, {task: overrides.get(task, self.model.initial_masks(task)) for task in self.model.config.tasks})
 
-    def warmup(self) -> training.PhaseStats:
+    def warmup(self) -> list[training.PhaseStats]:
         """Step 1: the whole net on mixed batches; its weights become sNET_init."""
-        self._full_masks()
-        stats = None
-        for epoch in range(self.search_config.warmup_epochs):
-            stats = self.trainer.train(self.data.train, f"warmup epoch {epoch + 1}", seed=self.seed + epoch)
+        self._initial_masks()
+        history = self.trainer.fit(self.data.train, self.data.validation, "warmup", self.search_config.warmup_epochs, self.seed, self.data.steps)
         self.snet_init = training.snapshot(self.model)
-        return stats
+        return history
 
     def rewind(self, target: str = REWIND_WARMUP) -> None:
+        """The weights of `target` and a fresh optimizer (masks are left as they are)."""
         weights = self.random_init if target == REWIND_RANDOM else self.snet_init
         if weights is None:
             raise RuntimeError("rewind to sNET_init before the warmup")
         training.restore(self.model, weights)
-        self.trainer.reset_optimizers()
+        self.trainer.reset_optimizer()
 
     def search(self, task: str, on_round: Callable[[RoundResult], None] | None = None) -> TaskSearch:
-        """Step 2 for one task: rounds of train, score, prune, rewind."""
+        """Step 2 for one task: rounds of rewind, train, score, prune."""
         config = self.search_config
         metric_name, _ = metrics.SELECTION_METRIC[task]
-        self._full_masks()
-        current = self.model.initial_masks(task)
+        initial = self.model.initial_masks(task)
+        current = initial
         round_masks, results = [], []
+        batches, steps = self.data.only(task)
         for round_index in range(config.rounds + 1):
             start = time.perf_counter()
             self.rewind(config.rewind_to)
-            masks.set_masks(self.model, task, current)
-            for epoch in range(config.epochs_per_round):
-                self.trainer.train({task: self.data.train[task]}, f"{task} search round {round_index}", seed=self.seed + 1000 * (round_index + 1) + epoch)
+            self._initial_masks(**{task: current})
+            self.trainer.fit(
+                batches, self.data.validation, f"{task} search round {round_index}", config.epochs_per_round,
+                self.seed + 1000 * (round_index + 1), steps,
+            )
             score = getattr(training.evaluate(self.model, self.data.validation), metric_name)
             result = RoundResult(task, round_index, masks.remaining_fraction(current), metric_name, score, time.perf_counter() - start)
             logger.info("%s search round %d: %.1f%% of MLP weights left, validation %s %.5f", task, round_index, 100 * result.remaining, metric_name, score)
@@ -188,27 +213,23 @@ class SparseSharing:
                 on_round(result)
             if round_index < config.rounds:
                 current = masks.prune_by_magnitude(
-                    masks.get_kernels(self.model), current, round_index + 1, config.rate, config.scope, config.granularity
+                    masks.get_kernels(self.model), current, round_index + 1, config.rate, config.scope, config.granularity, initial
                 )
         best = select_round(results, config.min_sparsity)
         logger.info("%s: chose round %d (%.1f%% of weights, %s %.5f)", task, best, 100 * results[best].remaining, metric_name, results[best].value)
-        return TaskSearch(task, results, best, round_masks[best])
+        return TaskSearch(task, results, best, round_masks[best], round_masks)
 
     def train_shared(self, task_masks: Mapping[str, masks.Masks]) -> list[training.PhaseStats]:
         """Step 3: from sNET_init with the chosen masks, mixed batches."""
         self.rewind(REWIND_WARMUP)
-        for task, task_mask in task_masks.items():
-            masks.set_masks(self.model, task, task_mask)
-        return [
-            self.trainer.train(self.data.train, f"shared training epoch {epoch + 1}", seed=self.seed + 10_000 + epoch)
-            for epoch in range(self.trainer.config.epochs)
-        ]
+        return train_shared(self.trainer, self.data, task_masks, self.trainer.config.epochs, self.seed + 10_000)
 
     def write(self, folder: str, searches: Mapping[str, TaskSearch], extra: Mapping | None = None) -> None:
-        """The search's result, for the trainer: chosen masks, sNET_init, every round."""
+        """The search's result, for the trainer: chosen masks, sNET_init (with round-0 masks), every round."""
         tf.io.gfile.makedirs(folder)
         masks.save_masks(os.path.join(folder, MASKS_FILE), {task: search.masks for task, search in searches.items()})
         self.rewind(REWIND_WARMUP)
+        self._initial_masks()
         tf.train.Checkpoint(network=self.model).write(os.path.join(folder, SNET_INIT_CHECKPOINT))
         report = {
             "network": self.model.config.to_dict(),

@@ -1,18 +1,21 @@
-"""The Trainer's `run_fn`: Algorithm 1's last step on Transform's output, then export.
+"""The Trainer's `run_fn`: the network trained on Transform's output, then exported.
 
 For the sparse-sharing network it restores sNET_init and the masks that MaskSearch found
 (the masks artifact's folder comes in `custom_config[MASKS_URI]`) and trains on mixed task
-batches; given a `base_model` (daily runs: the latest blessed model), it starts from that
-model's trained weights instead of sNET_init; the baselines (single task, hard sharing,
-shared bottom) train from scratch on the same batches. When `TF_CONFIG` names several
-workers, every worker runs this under MultiWorkerMirroredStrategy (`distribution.py`).
+batches (Algorithm 1's step 3); given a `base_model` (daily runs: the latest blessed
+model), it continues that model's trained weights under the masks that model was trained
+with (its checkpoint holds them), so weights and masks always come from one lineage. The
+other variants train from scratch (or from the base model) on the same batches. Every
+phase stops early on a seeded held-out share of the train split; the eval split is only
+scored at the end. When `TF_CONFIG` names several workers, every worker runs this under
+MultiWorkerMirroredStrategy (`distribution.py`).
 It writes:
 - the serving model (`fn_args.serving_model_dir`): raw serialized examples in, `ctr` and
   `cvr` out, which the Evaluator scores;
 - `<model>/training/`: the trained weights as a checkpoint, the masks, the settings, the
   training passes' figures and the eval metrics, from which the per-task exports are
-  made; after a multi-worker run, `replicas/<task>-<index>.json` holds each replica's
-  digest of its weights and masks.
+  made; `replicas/<task>-<index>.json` (and `.start.json`) hold each replica's digest of
+  its weights and masks at the end (and at the first step) of training.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
+from lt4rec import errors
 from lt4rec.models import distribution, export, features, inputs, masks, network, sparse_sharing, training
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ METRICS_FILE = "eval_metrics.json"
 PHASES_FILE = "phases.json"  # what each training pass did: examples, seconds, mean loss
 WORKERS = "workers"  # how many workers trained it, in settings.json
 REPLICAS_FOLDER = "replicas"  # multi-worker runs: each replica's variable digests
+START_SUFFIX = ".start.json"  # ... and their digests when training started
 
 
 def training_folder(serving_model_dir: str) -> str:
@@ -57,25 +63,30 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_config = training.TrainConfig.from_dict(config[TRAIN])
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    train = inputs.in_memory(inputs.transformed_examples(fn_args.train_files, transform_output))
+    train, validation = training.hold_out(
+        inputs.in_memory(inputs.transformed_examples(fn_args.train_files, transform_output)),
+        train_config.validation_fraction,
+        train_config.seed,
+    )
     evaluation = inputs.in_memory(inputs.transformed_examples(fn_args.eval_files, transform_output))
     tf.keras.utils.set_random_seed(train_config.seed)
     data = sparse_sharing.Datasets.from_columns(
-        train, evaluation, train_config.batch_size, train_config.seed, network_config.tasks, strategy
+        train, validation, train_config.batch_size, train_config.seed, training.batch_streams(network_config), strategy
     )
+    start: dict[str, str] = {}
     with strategy.scope():
         model = network.RankingNetwork(feature_config, network_config)
         model.build_for(next(iter(data.validation)))
+        trainer = training.MultiTaskTrainer(model, train_config, strategy)
+        base = _restore_base_model(model, fn_args.base_model) if fn_args.base_model else None
         if model.masked:
-            phases = _train_sparse_sharing(model, data, train_config, config, fn_args.base_model, strategy)
+            phases, masks_uri = _train_sparse_sharing(trainer, data, config, base, on_start=lambda: start.update(distribution.fingerprint(model)))
         else:
-            trainer = training.MultiTaskTrainer(model, train_config, strategy)
-            phases = [
-                trainer.train(data.train, f"{network_config.variant} epoch {epoch + 1}", seed=train_config.seed + epoch)
-                for epoch in range(train_config.epochs)
-            ]
+            start.update(distribution.fingerprint(model))
+            masks_uri = None
+            phases = trainer.fit(data.train, data.validation, network_config.variant, train_config.epochs, train_config.seed, data.steps)
 
-    result = training.evaluate(model, data.validation)
+    result = training.evaluate(model, training.ordered_batches(evaluation, 4 * train_config.batch_size))
     logger.info("Eval split: %s", ", ".join(f"{k} {v:.5f}" for k, v in result.to_dict().items()))
 
     # Every replica writes (saving may need all of them); only the chief's outputs are kept.
@@ -92,7 +103,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                 NETWORK: network_config.to_dict(),
                 TRAIN: train_config.to_dict(),
                 WARM_START: os.path.dirname(training_folder(fn_args.base_model)) if fn_args.base_model else None,
-                MASKS_URI: config.get(MASKS_URI),
+                MASKS_URI: masks_uri,
                 WORKERS: replica.workers,
             },
         )
@@ -100,43 +111,68 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         _write_json(os.path.join(folder, PHASES_FILE), [phase.to_dict() for phase in phases])
         export.export_serving_model(model, transform_output, serving_model_dir)
     if replica.distributed:
-        write_replica_fingerprint(fn_args.serving_model_dir, replica, model)
+        write_replica_fingerprint(fn_args.serving_model_dir, replica, model, start)
         distribution.barrier(strategy)  # the chief's model exists when any replica returns
 
 
+def _restore_base_model(model: network.RankingNetwork, base_model: str) -> dict:
+    """Daily runs: the base model's weights (and masks) into `model`; the base model's settings."""
+    folder = training_folder(base_model)
+    with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE)) as f:
+        settings = json.load(f)
+    trained_on = network.NetworkConfig.from_dict(settings[NETWORK])
+    if trained_on != model.config:
+        raise errors.UserFacingError(
+            f"the base model {os.path.dirname(folder)} is a {trained_on} network, not {model.config}: "
+            "daily runs continue the latest blessed model, so they need its settings (or run a search first)"
+        )
+    tf.train.Checkpoint(network=model).read(os.path.join(folder, CHECKPOINT)).assert_existing_objects_matched()
+    return settings
+
+
 def _train_sparse_sharing(
-    model: network.RankingNetwork,
+    trainer: training.MultiTaskTrainer,
     data: sparse_sharing.Datasets,
-    train_config: training.TrainConfig,
     config: dict,
-    base_model: str | None,
-    strategy: tf.distribute.Strategy,
-) -> list[training.PhaseStats]:
-    """Algorithm 1, step 3: from sNET_init (or the base model's weights) with the searched masks."""
-    if not config.get(MASKS_URI):
-        raise ValueError("the sparse-sharing network needs the masks of a MaskSearch (no masks input)")
-    task_masks = sparse_sharing.load_search(config[MASKS_URI], model)
-    start = "sNET_init"
-    if base_model:  # a daily run: warm-start from the last blessed (pushed) model
-        base_folder = training_folder(base_model)
-        tf.train.Checkpoint(network=model).read(os.path.join(base_folder, CHECKPOINT)).assert_existing_objects_matched()
-        start = f"the weights of {os.path.dirname(base_folder)}"
-    algorithm = sparse_sharing.SparseSharing(model, data, train_config, sparse_sharing.SearchConfig(), strategy)
-    algorithm.snet_init = training.snapshot(model)
+    base: dict | None,
+    on_start: Callable[[], None] | None = None,
+) -> tuple[list[training.PhaseStats], str]:
+    """Algorithm 1, step 3: from sNET_init with the searched masks, or from the base model under its own masks.
+
+    Returns the phases and the masks artifact the masks come from (for a base model, the
+    one it was trained with).
+    """
+    model = trainer.model
+    if base is not None:  # a daily run: continue the last blessed model under the masks it was trained with
+        task_masks = {task: masks.get_masks(model, task) for task in model.config.tasks}
+        masks_uri, start = base[MASKS_URI], "the weights and masks of the base model"
+    elif config.get(MASKS_URI):
+        task_masks = sparse_sharing.load_search(config[MASKS_URI], model)
+        masks_uri, start = config[MASKS_URI], "sNET_init"
+    else:
+        raise errors.UserFacingError(
+            "the sparse-sharing network needs the masks of a MaskSearch, or a blessed model to continue: a daily run "
+            "(--masks reuse) continues the latest blessed model under its masks, and no model is blessed yet; "
+            "run with --masks search first"
+        )
     logger.info(
         "Training the shared network from %s with the masks of %s (%s)",
         start,
-        config[MASKS_URI],
+        masks_uri,
         ", ".join(f"{task} {100 * masks.remaining_fraction(m):.1f}% of MLP weights" for task, m in task_masks.items()),
     )
-    return algorithm.train_shared(task_masks)
+    phases = sparse_sharing.train_shared(trainer, data, task_masks, trainer.config.epochs, trainer.config.seed + 10_000, on_start)
+    return phases, masks_uri
 
 
-def write_replica_fingerprint(serving_model_dir: str, replica: distribution.Replica, model: network.RankingNetwork) -> None:
-    """Each replica's digest of its weights and masks, beside the chief's checkpoint."""
+def write_replica_fingerprint(
+    serving_model_dir: str, replica: distribution.Replica, model: network.RankingNetwork, start: dict[str, str]
+) -> None:
+    """Each replica's digest of its weights and masks, at the end and at the first step, beside the chief's checkpoint."""
     folder = os.path.join(training_folder(serving_model_dir), REPLICAS_FOLDER)
     tf.io.gfile.makedirs(folder)
     _write_json(os.path.join(folder, f"{replica.name}.json"), distribution.fingerprint(model))
+    _write_json(os.path.join(folder, f"{replica.name}{START_SUFFIX}"), start)
 
 
 def _write_json(path: str, value: object) -> None:

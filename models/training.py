@@ -1,12 +1,19 @@
-"""Training of the network on task batches: one optimizer per task.
+"""Training of the network on task batches: one Adam, updating only inside the task's mask.
 
 Every batch belongs to one task: CTR batches hold impressions, CVR batches clicked
-impressions only. A batch of task k runs the network through mask k and is applied by
-task k's own optimizer. Gradients through `kernel * mask_k` are exactly zero outside mask
-k, and an Adam whose moments only ever saw zeros there moves nothing there: a batch of
-task k leaves every weight outside mask k, and the other task's optimizer state, bit for
-bit as they were. (One shared Adam would not: its moments, filled by task j, would keep
-moving j's private weights on k's batches.)
+impressions only (ESMM, which learns CVR over all impressions, trains on impression batches
+only). A batch of task k runs the network through mask k, and its loss w_k * L_k (Eq. 2 of
+the paper) is applied by one Adam for the whole network (`MaskedAdam`), which on a task-k
+step updates the moments and the weights of the masked kernels only where mask k keeps
+them (and the biases of the units it keeps): a batch of task k leaves every weight outside
+mask k, and its optimizer state, bit for bit as they were. Because the tasks share Adam's
+moments inside the overlap of their masks, the loss weights set how hard each task pulls
+on the shared weights (one Adam per task would cancel them: Adam ignores a gradient's
+scale).
+
+Mixed passes interleave the tasks' batches evenly in proportion to their counts (every
+stretch of a pass has each task's share of steps), and every training phase stops early
+on a held-out validation share, keeping its best epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ logger = logging.getLogger(__name__)
 CLICK = features.CLICK_LABEL
 WATCH_RATIO = features.WATCH_RATIO_LABEL
 LABEL_KEYS = (CLICK, WATCH_RATIO)
+ESMM = "esmm"  # `network.NetworkConfig.variant` of the model trained with the CTCVR loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +43,7 @@ class TrainConfig:
 
     batch_size: int = 512
     learning_rate: float = 1e-3
-    epochs: int = 1  # passes of the final (shared) training over the training split
+    epochs: int = 1  # at most this many passes of the final (shared) training
     loss_weights: tuple[tuple[str, float], ...] = (("ctr", 0.7), ("cvr", 0.3))
     # Gradient conflict: clicked samples with a watch ratio under the threshold weigh
     # 1 + conflict_weight in the CVR loss (0 turns it off).
@@ -45,10 +53,18 @@ class TrainConfig:
     # "adam", or "lazy_adam": Adam that updates only the embedding rows a batch used
     # (its step cost no longer grows with the tables; see `LazyAdam`).
     optimizer: str = "adam"
+    # Early stopping: a seeded share of the train split is held out, and every phase stops
+    # after `patience` passes without a better validation loss, keeping its best pass.
+    validation_fraction: float = 0.1
+    patience: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {self.optimizer!r}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction {self.validation_fraction} is not in (0, 1)")
+        if self.patience < 1 or self.epochs < 1:
+            raise ValueError("epochs and patience must be at least 1")
 
     @property
     def loss_weight(self) -> dict[str, float]:
@@ -92,7 +108,53 @@ class LazyAdam(tf.keras.optimizers.Adam):
         variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
 
 
-OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "lazy_adam": LazyAdam}
+class _TaskMasked:
+    """Adam's update, made only where the current step's mask of a variable is 1.
+
+    `apply_masked` takes, beside the gradients, a mask (a callable giving a 0/1 tensor of
+    the variable's shape) for the variables a task may move only in part; outside it the
+    moments and the weight keep their values exactly (`tf.where`, not a multiplication).
+    Variables without a mask get the plain update.
+    """
+
+    _step_masks: dict = {}
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking  # the masks are not optimizer state
+    def apply_masked(self, grads_and_vars, step_masks: Iterable[tuple[tf.Variable, Callable[[], tf.Tensor]]]):
+        self._step_masks = {self._var_key(variable): mask for variable, mask in step_masks}
+        try:
+            return self.apply_gradients(grads_and_vars)
+        finally:
+            self._step_masks = {}
+
+    def update_step(self, gradient, variable):
+        mask = self._step_masks.get(self._var_key(variable))
+        if mask is None:
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        index = self._index_dict[self._var_key(variable)]
+        m, v = self._momentums[index], self._velocities[index]
+        gradient = tf.convert_to_tensor(gradient)
+        keep = tf.cast(mask(), tf.bool)
+        new_m = m + (gradient - m) * (1 - beta_1)
+        new_v = v + (tf.square(gradient) - v) * (1 - beta_2)
+        m.assign(tf.where(keep, new_m, m))
+        v.assign(tf.where(keep, new_v, v))
+        variable.assign(tf.where(keep, variable - alpha * new_m / (tf.sqrt(new_v) + self.epsilon), variable))
+
+
+class MaskedAdam(_TaskMasked, tf.keras.optimizers.Adam):
+    """Adam with per-step masks (`_TaskMasked`)."""
+
+
+class MaskedLazyAdam(_TaskMasked, LazyAdam):
+    """Lazy Adam (embedding rows) with per-step masks (`_TaskMasked`)."""
+
+
+OPTIMIZERS = {"adam": MaskedAdam, "lazy_adam": MaskedLazyAdam}
 
 
 Columns = Mapping[str, "np.ndarray | tf.Tensor"]  # transformed examples in memory: name -> [rows, ...]
@@ -157,6 +219,38 @@ def distributed_task_batches(
     )
 
 
+def task_steps(columns: Columns, task: str, batch_size: int, strategy: tf.distribute.Strategy | None = None) -> int:
+    """How many steps a pass of `distributed_task_batches` takes (whole global batches only when distributed)."""
+    click = np.reshape(np.asarray(columns[CLICK]), [-1])
+    rows = int(click.size if task != "cvr" else np.count_nonzero(click == 1))
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return rows // batch_size
+    return -(-rows // batch_size)
+
+
+def batch_streams(config: network.NetworkConfig) -> tuple[str, ...]:
+    """The tasks whose batches a network trains on: ESMM learns both from impressions alone."""
+    return ("ctr",) if config.variant == ESMM else config.tasks
+
+
+def interleave(steps: Mapping[str, int], seed: int) -> list[str]:
+    """A pass's order of task steps: each task's batches evenly spread, at random offsets.
+
+    Task k's j-th batch goes at (j + u_k) / n_k of the pass (u_k uniform in [0, 1)), so any
+    stretch of the pass holds each task's share of steps to within one batch, and the CVR
+    batches do not run out before the CTR ones.
+    """
+    rng = np.random.default_rng(seed)
+    positions = [
+        (float((j + offset) / count), float(tiebreak), task)
+        for task, count in steps.items()
+        if count > 0
+        for offset in [rng.random()]
+        for j, tiebreak in zip(range(count), rng.random(count))
+    ]
+    return [task for _, _, task in sorted(positions)]
+
+
 def hold_out(columns: Columns, fraction: float, seed: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
     """(kept, held out): a seeded random `fraction` of the rows set aside, e.g. for validation."""
     rows = int(tf.shape(columns[CLICK])[0])
@@ -184,6 +278,13 @@ def task_loss(task: str, labels: Mapping[str, tf.Tensor], predictions: tf.Tensor
     return tf.reduce_sum(weight * tf.square(ratio - predictions)) / tf.reduce_sum(weight)
 
 
+def ctcvr_loss(labels: Mapping[str, tf.Tensor], outputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """ESMM's CVR loss over all impressions: MSE of click x watch ratio against pCTR x pCVR."""
+    click = tf.cast(tf.reshape(labels[CLICK], [-1]), tf.float32)
+    ctcvr = click * tf.reshape(labels[WATCH_RATIO], [-1])
+    return tf.reduce_mean(tf.square(ctcvr - outputs["ctr"] * outputs["cvr"]))
+
+
 def split(batch: Mapping[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
     inputs = {name: batch[name] for name in features.FEATURE_NAMES}
     return inputs, {key: batch[key] for key in LABEL_KEYS}
@@ -197,6 +298,7 @@ class PhaseStats:
     examples: dict[str, int]
     seconds: float
     mean_loss: dict[str, float]
+    validation_loss: float | None = None
 
     @property
     def examples_per_second(self) -> float:
@@ -207,11 +309,13 @@ class PhaseStats:
 
 
 class MultiTaskTrainer:
-    """Trains a `RankingNetwork` on task batches, one Adam per task.
+    """Trains a `RankingNetwork` on task batches with one masked Adam (`MaskedAdam`).
 
-    Under a multi-worker `strategy` (the model built in its scope, batches from
-    `distributed_task_batches`) each step runs on every replica and the optimizers apply
-    the all-reduced gradients; a batch's loss is its replica's share of the global mean.
+    A task-k step minimises w_k * L_k through mask k; the optimizer moves the masked
+    kernels (and biases) only inside mask k. Under a multi-worker `strategy` (the model
+    built in its scope, batches from `distributed_task_batches`) each step runs on every
+    replica and the optimizer applies the all-reduced gradients; a batch's loss is its
+    replica's share of the global mean.
     """
 
     def __init__(self, model: network.RankingNetwork, config: TrainConfig, strategy: tf.distribute.Strategy | None = None):
@@ -219,40 +323,51 @@ class MultiTaskTrainer:
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
-            self.optimizers = {task: OPTIMIZERS[config.optimizer](config.learning_rate) for task in model.config.tasks}
-            for optimizer in self.optimizers.values():
-                optimizer.build(model.trainable_variables)
+            self.optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
+            self.optimizer.build(model.trainable_variables)
         self._steps: dict[str, Callable] = {}
 
     @property
     def distributed(self) -> bool:
         return self.strategy.num_replicas_in_sync > 1
 
-    def reset_optimizers(self) -> None:
-        """Fresh optimizer state (moments and step counts), as after construction."""
-        for optimizer in self.optimizers.values():
-            for variable in optimizer.variables():
-                variable.assign(tf.zeros_like(variable))
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return batch_streams(self.model.config)
+
+    def reset_optimizer(self) -> None:
+        """Fresh optimizer state (moments and step count), as after construction."""
+        for variable in self.optimizer.variables():
+            variable.assign(tf.zeros_like(variable))
+
+    def _loss(self, task: str, inputs: Mapping[str, tf.Tensor], labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Eq. 2's term of a task-k batch: w_k * L_k (ESMM: both tasks' terms, over impressions)."""
+        multi_task = len(self.model.config.tasks) > 1
+        weight = self.config.loss_weight if multi_task else {task: 1.0}
+        if self.model.config.variant == ESMM:
+            outputs = self.model(inputs, training=True)
+            return weight["ctr"] * task_loss("ctr", labels, outputs["ctr"], self.config) + weight["cvr"] * ctcvr_loss(labels, outputs)
+        predictions = self.model(inputs, task=task, training=True)[task]
+        return weight[task] * task_loss(task, labels, predictions, self.config)
 
     def replica_step(self, task: str) -> Callable[[Mapping[str, tf.Tensor]], tf.Tensor]:
-        """One step of `task` on one replica's batch: masked forward, task loss, its optimizer.
+        """One step of `task` on one replica's batch: masked forward, w_k * L_k, the masked update.
 
         `train_step` runs it (under `strategy.run` when distributed); a
         ParameterServerStrategy's `ClusterCoordinator` would schedule it on its workers.
         """
-        weight = self.config.loss_weight.get(task, 1.0) if len(self.model.config.tasks) > 1 else 1.0
         replicas = self.strategy.num_replicas_in_sync  # the gradients are summed over replicas
+        step_masks = masks.update_masks(self.model, task) if self.model.masked else []
 
         def step(batch):
             inputs, labels = split(batch)
             with tf.GradientTape() as tape:
-                predictions = self.model(inputs, task=task, training=True)[task]
-                loss = task_loss(task, labels, predictions, self.config)
-                weighted = weight * loss / replicas
+                loss = self._loss(task, inputs, labels)
+                scaled = loss / replicas
             variables = self.model.trainable_variables
-            gradients = tape.gradient(weighted, variables)
-            self.optimizers[task].apply_gradients(
-                [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
+            gradients = tape.gradient(scaled, variables)
+            self.optimizer.apply_masked(
+                [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None], step_masks
             )
             return loss
 
@@ -271,24 +386,20 @@ class MultiTaskTrainer:
                 self._steps[task] = tf.function(step, input_signature=[signature])
         return self._steps[task](batch)
 
-    def train(self, batches: Mapping[str, Iterable], phase: str, seed: int) -> PhaseStats:
-        """One pass over every task's batches, interleaved at random in proportion.
+    def train(self, batches: Mapping[str, Iterable], phase: str, seed: int, steps: Mapping[str, int] | None = None) -> PhaseStats:
+        """One pass over every task's batches, interleaved in proportion (`interleave`).
 
-        With one task this is plain training on that task; with both it is the mixed
-        training of Algorithm 1 (warmup and final phase).
+        `steps`: the batches each task's iterable yields in a pass (default: the datasets'
+        cardinality). With one task this is plain training on that task; with both it is
+        the mixed training of Algorithm 1 (warmup and final phase).
         """
-        rng = np.random.default_rng(seed)
+        steps = dict(steps) if steps is not None else {task: _cardinality(dataset) for task, dataset in batches.items()}
         iterators = {task: iter(task_batches) for task, task_batches in batches.items()}
         examples = {task: 0 for task in batches}
         losses: dict[str, list[float]] = {task: [] for task in batches}
         start = time.perf_counter()
-        while iterators:
-            tasks = list(iterators)
-            task = tasks[rng.integers(len(tasks))] if len(tasks) > 1 else tasks[0]
-            batch = next(iterators[task], None)
-            if batch is None:
-                del iterators[task]
-                continue
+        for task in interleave(steps, seed):
+            batch = next(iterators[task])
             local_losses = self.strategy.experimental_local_results(self.train_step(task, batch))
             local_batches = self.strategy.experimental_local_results(batch[CLICK])
             losses[task].append(float(np.mean([float(loss) for loss in local_losses])))
@@ -302,7 +413,7 @@ class MultiTaskTrainer:
             mean_loss={task: float(np.mean(values)) if values else float("nan") for task, values in losses.items()},
         )
         logger.info(
-            "%s: %s examples in %.1f s (%.0f examples/s), mean loss %s",
+            "%s: %s examples in %.1f s (%.0f examples/s), mean training loss %s",
             phase,
             ", ".join(f"{count} {task}" for task, count in examples.items()),
             stats.seconds,
@@ -310,6 +421,53 @@ class MultiTaskTrainer:
             ", ".join(f"{task} {loss:.4f}" for task, loss in stats.mean_loss.items()),
         )
         return stats
+
+    def validation_loss(self, validation: Iterable, tasks: Iterable[str]) -> float:
+        """Eq. 2 on held-out data, for the tasks given: w_k x (CTR log loss | CVR MSE on clicks)."""
+        result = evaluate(self.model, validation, gauc=False)
+        values = {"ctr": result.ctr_log_loss, "cvr": result.cvr_mse}
+        weight = self.config.loss_weight if len(self.model.config.tasks) > 1 else {}
+        return float(sum(weight.get(task, 1.0) * values[task] for task in tasks))
+
+    def fit(
+        self,
+        batches: Mapping[str, Iterable],
+        validation: Iterable,
+        phase: str,
+        max_epochs: int,
+        seed: int,
+        steps: Mapping[str, int] | None = None,
+        tasks: Iterable[str] | None = None,
+    ) -> list[PhaseStats]:
+        """Passes of `train` until the validation loss has not improved for `patience` passes.
+
+        The weights of the best pass are kept. `tasks`: whose validation loss counts (default:
+        the tasks of the batches; ESMM's impression batches train both).
+        """
+        tasks = list(tasks or (self.model.config.tasks if self.model.config.variant == ESMM else batches))
+        history: list[PhaseStats] = []
+        best_loss, best_epoch, best_weights = float("inf"), 0, None
+        for epoch in range(1, max_epochs + 1):
+            stats = self.train(batches, f"{phase} epoch {epoch}", seed + epoch - 1, steps)
+            loss = self.validation_loss(validation, tasks)
+            history.append(dataclasses.replace(stats, validation_loss=loss))
+            logger.info("%s epoch %d: validation loss %.5f%s", phase, epoch, loss, " (best so far)" if loss < best_loss else "")
+            if loss < best_loss:
+                best_loss, best_epoch = loss, epoch
+                best_weights = snapshot(self.model) if epoch < max_epochs else None
+            elif epoch - best_epoch >= self.config.patience:
+                break
+        if best_epoch != len(history):
+            restore(self.model, best_weights)
+            logger.info("%s: stopped after epoch %d, keeping epoch %d (validation loss %.5f)", phase, len(history), best_epoch, best_loss)
+        return history
+
+
+def _cardinality(batches) -> int:
+    count = int(batches.cardinality()) if hasattr(batches, "cardinality") else -1
+    if count < 0:
+        raise ValueError("the number of batches of a distributed or unbounded dataset must be given (steps)")
+    return count
 
 
 _PREDICT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -329,12 +487,12 @@ def predict(model: network.RankingNetwork, batches: Iterable) -> dict[str, np.nd
     return {key: np.concatenate(values) for key, values in collected.items()}
 
 
-def evaluate(model: network.RankingNetwork, batches: Iterable) -> metrics.TaskMetrics:
+def evaluate(model: network.RankingNetwork, batches: Iterable, gauc: bool = True) -> metrics.TaskMetrics:
     scored = predict(model, batches)
     return metrics.compute(
         click=scored[CLICK],
         watch_ratio=scored[WATCH_RATIO],
-        user=scored[features.USER_ID],
+        user=scored[features.USER_ID] if gauc else None,
         ctr=scored.get("ctr"),
         cvr=scored.get("cvr"),
     )

@@ -29,6 +29,20 @@ RUN_FN = "lt4rec.models.trainer.run_fn"
 SEARCH_MASKS = "search"  # run MaskSearch, then train under the masks it finds
 REUSE_MASKS = "reuse"  # train under the latest masks in ML Metadata (daily runs)
 MASK_MODES = (SEARCH_MASKS, REUSE_MASKS)
+# The model of a run (`--model`, LT4REC_MODEL): the network variant and, for sparse sharing,
+# the granularity of the mask search. Every model but sparse sharing trains from scratch in
+# the Trainer, without MaskSearch; every model pushes a CTR and a CVR model.
+S_WEIGHT = "s_weight"  # sparse sharing of connections (LT4REC's S-Weight): the default
+S_NEURON = "s_neuron"  # sparse sharing of whole units (S-Neuron)
+MODELS = {
+    S_WEIGHT: (network.SPARSE_SHARING, "connection"),
+    S_NEURON: (network.SPARSE_SHARING, "neuron"),
+    **{
+        variant: (variant, None)
+        for variant in (network.SINGLE_TASK, network.HARD_SHARING, network.SHARED_BOTTOM, network.LAYER_SHARING,
+                        network.MMOE, network.PLE, network.ESMM)
+    },
+}
 _DAY = re.compile(r"^\d{8}$")
 
 
@@ -100,6 +114,11 @@ class PipelineSettings:
     max_cvr_mse: float = 0.25
     max_ctr_auc_drop: float = 0.01
     max_cvr_mse_rise: float = 0.005
+    # And only a model that beats its baselines on the eval split: CVR MSE below the no-skill
+    # MSE (the train split's mean watch ratio of clicks, predicted for every click), CTR AUC
+    # above the logged production pCTR's (skipped when the eval split carries no pctr).
+    beat_no_skill: bool = True
+    beat_incumbent: bool = True
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
     # The curated schema CuratedSchemaGen imports: this repository's file by default; on
     # Kubeflow a path inside the image or on GCS (the Kubeflow runner sets the image's).
@@ -119,6 +138,13 @@ class PipelineSettings:
             raise errors.UserFacingError(f"masks must be one of {MASK_MODES}, not {self.masks!r}")
         if self.span is not None and (self.first_day or self.last_day):
             raise errors.UserFacingError("span (daily mode) and first_day/last_day (history mode) exclude each other")
+
+    @property
+    def model(self) -> str:
+        """The name of the model (a key of MODELS), from the network variant and the search granularity."""
+        if self.network.masked:
+            return S_NEURON if self.search.granularity == MODELS[S_NEURON][1] else S_WEIGHT
+        return self.network.variant
 
     @property
     def feature_config(self) -> features.FeatureConfig:
@@ -159,6 +185,9 @@ class PipelineSettings:
                 beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split()) if env.get("LT4REC_BEAM_ARGS") else DEFAULT_BEAM_PIPELINE_ARGS,
                 schema_file=env.get("LT4REC_SCHEMA_FILE") or SCHEMA_PATH,
                 masks=env.get("LT4REC_MASKS") or SEARCH_MASKS,
+                **select_model(env.get("LT4REC_MODEL") or S_WEIGHT),
+                beat_no_skill=_env_flag("LT4REC_BEAT_NO_SKILL", True),
+                beat_incumbent=_env_flag("LT4REC_BEAT_INCUMBENT", True),
                 vertex_training=VertexTraining(
                     workers=int(env["LT4REC_TRAINING_WORKERS"]),
                     project=env.get("LT4REC_GCP_PROJECT", ""),
@@ -170,6 +199,36 @@ class PipelineSettings:
             )
         except KeyError as missing:
             raise errors.UserFacingError(f"environment variable {missing.args[0]} is not set") from None
+
+
+def select_model(
+    model: str,
+    network_config: network.NetworkConfig = network.NetworkConfig(),
+    search: sparse_sharing.SearchConfig = sparse_sharing.SearchConfig(),
+) -> dict:
+    """PipelineSettings' `network` and `search` for a model of MODELS, from these (their sizes kept).
+
+    Both tasks always: the single-task model is two separate networks, trained in one run.
+    """
+    if model not in MODELS:
+        raise errors.UserFacingError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
+    variant, granularity = MODELS[model]
+    network_config = dataclasses.replace(network_config, variant=variant, tasks=network.NetworkConfig.tasks)
+    if granularity is not None:
+        search = dataclasses.replace(search, granularity=granularity)
+    return {"network": network_config, "search": search}
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """A boolean environment variable: 1/true/yes/on or 0/false/no/off (any case); unset or empty: `default`."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise errors.UserFacingError(f"environment variable {name}={os.environ[name]!r} is not a boolean (true/false, 1/0)")
 
 
 def _check_day(value: str, name: str) -> None:

@@ -7,8 +7,8 @@
                                               │
     LogExampleGen ───────────────────────> Transform <─ curated schema
                                               │
-                      MaskSearch (or the latest masks) ─> SparseSharingTrainer
-                                                                │
+      MaskSearch (sparse sharing, history runs) ─> SparseSharingTrainer <─ latest blessed model
+                                                  (daily runs: its weights and masks) │
                                  latest blessed model ─> Evaluator (TFMA, per task)
                                                                 │ blessing
                                   TaskPusher: <serving_dir>/ctr/<v>/, <serving_dir>/cvr/<v>/
@@ -18,17 +18,19 @@ Runners (`local_runner.py`, and later Kubeflow's) only choose where it runs.
 
 from __future__ import annotations
 
+import json
+
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
 from lt4rec.components.anomaly_check import AnomalyCheck
-from lt4rec.components.artifacts import Masks
+from lt4rec.components.evaluator import Evaluator
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
 from lt4rec.components.mask_search import MaskSearch
 from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
 from lt4rec.components.task_pusher import TaskPusher
-from lt4rec.models import features, preprocessing
+from lt4rec.models import features, preprocessing, tfma_metrics
 from lt4rec.pipeline import configs
 
 
@@ -70,18 +72,16 @@ def create_components(settings: configs.PipelineSettings) -> list:
     )
     transform.add_upstream_node(anomaly_check)
 
-    if settings.masks == configs.SEARCH_MASKS:
+    # Only a sparse-sharing run that searches has masks of its own; a daily run (reused
+    # masks) continues the latest blessed model under the masks that model was trained
+    # with (its checkpoint holds them), so weights and masks come from one lineage.
+    masks_source, masks = None, None
+    if settings.network.masked and settings.masks == configs.SEARCH_MASKS:
         masks_source = MaskSearch(
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             settings=settings.model_settings,
         )
-        masks = masks_source.outputs["masks"]
-    else:
-        masks_source = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-            masks=tfx.dsl.Channel(type=Masks),
-        ).with_id("LatestMasks")
         masks = masks_source.outputs["masks"]
     latest_blessed_model = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -95,12 +95,12 @@ def create_components(settings: configs.PipelineSettings) -> list:
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         masks=masks,
-        # Daily runs (reused masks) warm-start from the last blessed, so pushed, model.
+        # Daily runs (reused masks) continue the last blessed, so pushed, model.
         base_model=latest_blessed_model.outputs["model"] if settings.masks == configs.REUSE_MASKS else None,
         run_fn=configs.RUN_FN,
         custom_config=settings.trainer_settings,
     ).with_id("SparseSharingTrainer")  # one id wherever it trains: ML Metadata lineage, caching
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(  # TFX's, with the no-skill and incumbent baselines (components/evaluator)
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model.outputs["model"],
@@ -120,7 +120,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
         example_validator,
         anomaly_check,
         transform,
-        masks_source,
+        *([masks_source] if masks_source is not None else []),
         latest_blessed_model,
         trainer,
         evaluator,
@@ -135,6 +135,12 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
     click label, so non-clicked impressions count for nothing. Blessing: value bounds
     always, and no worse than the latest blessed model (when there is one) by more than
     the settings allow.
+
+    Baselines, reported always: no skill (the train split's mean label as a constant:
+    CTR log loss, CVR MSE on clicks) and the incumbent (the logged production pCTR's AUC
+    and log loss); lt4rec's Evaluator fills in the train means. With `beat_no_skill` the
+    CVR MSE must be below the no-skill MSE, with `beat_incumbent` the CTR AUC above the
+    incumbent's (skipped when the eval split has no pctr): thresholds on the margins.
     """
     higher = tfma.MetricDirection.HIGHER_IS_BETTER
     lower = tfma.MetricDirection.LOWER_IS_BETTER
@@ -146,6 +152,15 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
         value_threshold=tfma.GenericValueThreshold(upper_bound={"value": settings.max_cvr_mse}),
         change_threshold=tfma.GenericChangeThreshold(direction=lower, absolute={"value": settings.max_cvr_mse_rise}),
     )
+    beats = tfma.MetricThreshold(  # a margin over a baseline strictly above 0
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": tfma_metrics.ABOVE_ZERO})
+    )
+
+    def baseline(class_name: str, check: bool, **config) -> tfma.MetricConfig:
+        return tfma.MetricConfig(
+            class_name=class_name, module=tfma_metrics.__name__, config=json.dumps(config), threshold=beats if check else None
+        )
+
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
@@ -165,6 +180,8 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
                     tfma.MetricConfig(class_name="Calibration"),
                     tfma.MetricConfig(class_name="MeanLabel"),
                     tfma.MetricConfig(class_name="MeanPrediction"),
+                    baseline("NoSkillBaseline", False, loss=tfma_metrics.LOG_LOSS),
+                    baseline("IncumbentBaseline", settings.beat_incumbent, feature=features.PRODUCTION_PCTR),
                 ],
             ),
             tfma.MetricsSpec(  # per-user AUC: TFMA groups the examples by user first
@@ -180,6 +197,7 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
                     tfma.MetricConfig(class_name="MeanSquaredError", config='{"name": "mse"}', threshold=cvr_mse_threshold),
                     tfma.MetricConfig(class_name="MeanLabel"),
                     tfma.MetricConfig(class_name="MeanPrediction"),
+                    baseline("NoSkillBaseline", settings.beat_no_skill, loss=tfma_metrics.MSE),
                 ],
             ),
         ],

@@ -61,6 +61,8 @@ def finished_run(tiny_logs, tmp_path_factory):
         serving_dir=str(root / "serving"),
         table_scale=TABLE_SCALE,
         min_ctr_auc=0.3,  # 1,000 training rows teach little: the bound is what is tested here
+        beat_no_skill=False,  # nor enough to beat the baselines (tests/test_baselines.py checks those)
+        beat_incumbent=False,
         **tiny_model(),
     )
     local_runner.run(settings)
@@ -147,9 +149,13 @@ def served_models(tiny_logs, tmp_path_factory):
     model.build_for({name: values[:2] for name, values in columns.items()})
     trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=128))
     trainer.train({task: training.task_batches(columns, task, 128, 3) for task in ("ctr", "cvr")}, "fixture", 3)
-    for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION)):
-        kept = masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity)
-        masks.set_masks(model, task, kept)
+    masks.set_task_masks(
+        model,
+        {
+            task: masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity)
+            for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION))
+        },
+    )
 
     base_path = str(root / "models")
     for task in ("ctr", "cvr"):
@@ -176,3 +182,25 @@ class ServedModels:
         parsed = tf.io.parse_example(raw_examples, export.raw_input_spec(self.transform_output))
         ids = self.transform_output.transform_features_layer()(parsed)
         return self.model({name: ids[name] for name in features.FEATURE_NAMES}, task=task)[task].numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_transform(tiny_logs, tmp_path_factory):
+    """Transform's graph fitted on the tiny logs' first two days, for exports of any network.
+
+    Returns a `ServedModels` without a model (`model` is None, nothing under `base_path`):
+    the Transform output and the last day's raw serialized examples, to build and export
+    networks of every variant on (feature tables of `features.scaled_config(0.001)`).
+    """
+    import glob
+
+    import tensorflow_transform as tft
+
+    from lt4rec.models import features, offline_transform
+
+    root = tmp_path_factory.mktemp("tiny_transform")
+    days = sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))
+    transform_dir = str(root / "transform")
+    offline_transform.analyze(days[:-1], features.scaled_config(0.001), transform_dir)
+    raw = [example.SerializeToString() for example in read_examples(days[-1])]
+    return ServedModels(str(root / "models"), None, tft.TFTransformOutput(transform_dir), raw)

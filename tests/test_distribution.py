@@ -104,8 +104,7 @@ def mirrored_against_one_device(optimizer: str) -> None:
                     task: masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, rate, granularity=granularity)
                     for task, rate, granularity in (("ctr", 0.5, masks.NEURON), ("cvr", 0.6, masks.CONNECTION))
                 }
-            for task, task_mask in task_masks.items():
-                masks.set_masks(model, task, task_mask)
+            masks.set_task_masks(model, task_masks)
             trainer = training.MultiTaskTrainer(model, config, strategy)
         batches = {
             task: training.distributed_task_batches(columns, task, config.batch_size, 1, strategy)
@@ -116,8 +115,10 @@ def mirrored_against_one_device(optimizer: str) -> None:
             )
             for task in ("ctr", "cvr")
         }
-        stats = [trainer.train(batches, f"pass {epoch}", seed=2 + epoch) for epoch in range(2)]
-        moments = [v.numpy() for task in ("ctr", "cvr") for v in trainer.optimizers[task].variables()]
+        clicked = int(np.count_nonzero(np.asarray(columns[training.CLICK]) == 1))
+        steps = {"ctr": 600 // config.batch_size, "cvr": clicked // config.batch_size}  # whole global batches only
+        stats = [trainer.train(batches, f"pass {epoch}", seed=2 + epoch, steps=steps) for epoch in range(2)]
+        moments = [v.numpy() for v in trainer.optimizer.variables()]
         return model, initial, task_masks, stats, moments
 
     one, initial, task_masks, one_stats, one_moments = trained(tf.distribute.get_strategy(), None, None)

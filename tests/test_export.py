@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import export, masks
+from lt4rec.models import export, features, masks, network
 
 
 def test_served_models_score_as_the_trained_network(served_models):
@@ -38,22 +38,32 @@ def test_both_matmul_paths_score_the_same(served_models, tmp_path, matmul):
     np.testing.assert_allclose(scores, served_models.expected("cvr", raw), atol=1e-5)
 
 
+def _mlp_scores(kernels: list[np.ndarray], biases: list[np.ndarray], hidden: np.ndarray) -> np.ndarray:
+    for kernel, bias in zip(kernels[:-1], biases[:-1]):
+        hidden = np.maximum(hidden @ kernel + bias, 0)
+    return hidden @ kernels[-1] + biases[-1]
+
+
 def test_compaction_keeps_only_units_that_reach_the_score(served_models):
+    """Checked by behaviour: the compact MLP scores as the folded one, and removing any unit it kept changes the score."""
     model = served_models.model
     folded = [layer.folded("ctr") for layer in masks.masked_layers(model)]
+    head = (model.heads["ctr"].kernel.numpy(), model.heads["ctr"].bias.numpy())
     task_network = export.TaskNetwork(model, "ctr", compact=True, matmul=export.DENSE)
-    # By hand: a unit lives if it has a kept input (or bias) and a kept output, back to front.
-    kernels = [kernel for kernel, _ in folded] + [model.heads["ctr"].kernel.numpy()]
-    widths = []
-    live_next = np.ones(kernels[-1].shape[1], dtype=bool)
-    for index in reversed(range(len(folded))):
-        kernel, bias = folded[index]
-        fed = np.any(kernel != 0, axis=0) | (bias != 0)
-        feeds = np.any(kernels[index + 1][:, live_next] != 0, axis=1)
-        live_next = fed & feeds
-        widths.insert(0, int(live_next.sum()))
-    assert task_network.layer_widths == widths
-    assert widths[0] < model.config.hidden_units[0]  # the fixture's CTR mask drops whole units
+    compact_kernels = [kernel.numpy() for kernel in task_network.kernels]
+    compact_biases = [bias.numpy() for bias in task_network.biases]
+    inputs = np.random.default_rng(0).normal(size=(256, folded[0][0].shape[0])).astype(np.float32)
+    full = _mlp_scores([k for k, _ in folded] + [head[0]], [b for _, b in folded] + [head[1]], inputs)
+    np.testing.assert_allclose(_mlp_scores(compact_kernels, compact_biases, inputs), full, rtol=1e-5, atol=1e-5)
+    for index, width in enumerate(task_network.layer_widths):
+        for unit in range(width):
+            kernels, biases = list(compact_kernels), list(compact_biases)
+            kernels[index] = kernels[index].copy()
+            kernels[index][:, unit] = 0
+            biases[index] = biases[index].copy()
+            biases[index][unit] = 0
+            assert np.abs(_mlp_scores(kernels, biases, inputs) - full).max() > 1e-6, f"layer {index} unit {unit} does nothing"
+    assert task_network.layer_widths[0] < model.config.hidden_units[0]  # the fixture's CTR mask drops whole units
     held = sum(int(np.count_nonzero(kernel.numpy())) for kernel in task_network.kernels[:-1])
     assert task_network.kept_weights == held <= sum(int(np.count_nonzero(kernel)) for kernel, _ in folded)
 
@@ -74,3 +84,78 @@ def test_measured_choice_is_recorded_with_its_timings():
     assert choice.density == pytest.approx(np.count_nonzero(very_sparse) / very_sparse.size)
     dense = export.choose_matmul_path(rng.normal(size=(64, 32)).astype(np.float32), batch=200)
     assert dense.path == export.DENSE and dense.dense_us is None  # too dense to try
+
+
+SMALL = dict(embedding_dim=8, hidden_units=(32, 16), ctr_tower_units=(16, 8), expert_units=(16, 8), tower_units=(8,))
+BOTH = ("ctr", "cvr")
+
+
+def _transformed(transform_output, raw: list[bytes]) -> dict[str, tf.Tensor]:
+    parsed = tf.io.parse_example(raw, export.raw_input_spec(transform_output))
+    ids = transform_output.transform_features_layer()(parsed)
+    return {name: ids[name] for name in features.FEATURE_NAMES}
+
+
+def _read_by(model: network.RankingNetwork, inputs: dict, task: str) -> set[str]:
+    """The names of the variables `task`'s forward pass has a gradient for."""
+    with tf.GradientTape() as tape:
+        score = tf.reduce_sum(model(inputs, task=task)[task])
+    gradients = tape.gradient(score, model.trainable_variables)
+    return {v.name for v, g in zip(model.trainable_variables, gradients) if g is not None}
+
+
+@pytest.mark.parametrize(
+    "variant, tasks",
+    [
+        (network.LAYER_SHARING, BOTH),
+        (network.MMOE, BOTH),
+        (network.PLE, BOTH),
+        (network.ESMM, BOTH),
+        (network.SINGLE_TASK, BOTH),
+        (network.SHARED_BOTTOM, BOTH),
+    ],
+)
+def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_transform, tmp_path, variant, tasks):
+    tf.keras.utils.set_random_seed(11)
+    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(variant=variant, tasks=tasks, **SMALL))
+    transform_output = tiny_transform.transform_output
+    raw = tiny_transform.raw_examples[:64]
+    inputs = _transformed(transform_output, raw)
+    model.build_for(inputs)
+    for variable in model.trainable_variables:  # away from the initialisation (zero biases)
+        variable.assign(variable + tf.random.stateless_normal(variable.shape, seed=[len(variable.name), 1], stddev=0.05))
+    everything = {v.name for v in model.trainable_variables}
+
+    for task in tasks:
+        expected = model(inputs, task=task)[task].numpy()
+        path = str(tmp_path / task)
+        exported = export.export_task_model(model, task, transform_output, path)
+        loaded = tf.saved_model.load(path)
+        scores = loaded.signatures["serving_default"](examples=tf.constant(raw))
+        assert set(scores) == {task}
+        np.testing.assert_allclose(scores[task].numpy(), expected, atol=1e-5)
+        saved = {v.name for v in loaded.signatures["serving_default"].variables if v.name in everything}
+        assert saved == _read_by(model, inputs, task)  # what the task reads, nothing else
+        metadata = export.read_metadata(path)
+        assert metadata["task"] == task and metadata["variant"] == variant
+        assert metadata["parameters"] == sum(int(v.shape.num_elements()) for v in model.trainable_variables if v.name in saved)
+        assert all(layer["path"] == export.DENSE for layer in metadata["layers"]) and exported.layer_widths
+
+        other = {"ctr": "cvr", "cvr": "ctr"}[task]
+        if variant == network.PLE:  # below the last level the shared gate mixes the other task's experts
+            assert {name for name in saved if other in name} == {n for n in everything if n.split("/")[1:3] == ["extraction_0", f"{other}_experts"]}
+        elif variant != network.SHARED_BOTTOM and len(tasks) > 1:
+            assert not [name for name in saved if other in name]
+        if variant == network.MMOE:  # embeddings, experts, the task's gate, tower and head
+            assert {name.split("/")[1] for name in saved} == {"field_embeddings", "experts", f"{task}_gate", f"{task}_tower_0", f"{task}_head"}
+
+    if variant not in (network.MMOE, network.PLE, network.SINGLE_TASK, network.LAYER_SHARING):
+        return  # (each export takes seconds: the rest are like these)
+    # The multi-task model the Evaluator scores: every head, as the network.
+    path = str(tmp_path / "serving")
+    export.export_serving_model(model, transform_output, path)
+    scores = tf.saved_model.load(path).signatures["serving_default"](examples=tf.constant(raw))
+    outputs = model(inputs)
+    assert set(scores) == set(tasks)
+    for task in tasks:
+        np.testing.assert_allclose(scores[task].numpy(), outputs[task].numpy(), atol=1e-5)

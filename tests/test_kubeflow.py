@@ -148,13 +148,14 @@ def test_code_is_named_by_dotted_path_and_paths_are_the_clusters(compiled):
     assert absolute == {kubeflow_runner.IMAGE_SCHEMA_FILE}
 
 
-def test_reused_masks_come_from_a_resolver(tmp_path):
-    """Daily runs, compiled to YAML for Kubeflow Pipelines' own client."""
+def test_reused_masks_come_from_the_blessed_model(tmp_path):
+    """Daily runs, compiled to YAML for Kubeflow Pipelines' own client: the masks travel with the base model."""
     settings = configs.PipelineSettings(**ROOTS, masks=configs.REUSE_MASKS, schema_file="gs://b/schema.pbtxt")
     _, spec = _load(kubeflow_runner.compile_pipeline(settings, str(tmp_path / "daily.yaml"), IMAGE))
     tasks = spec.root.dag.tasks
     assert "MaskSearch" not in tasks
-    assert "LatestMasks" in tasks["SparseSharingTrainer"].dependent_tasks
+    assert "LatestMasks" not in tasks
+    assert "LatestBlessedModel-model-resolver" in tasks["SparseSharingTrainer"].dependent_tasks
     assert _parameter(spec, "CuratedSchemaGen", "schema_file") == "gs://b/schema.pbtxt"
     args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Transform_executor"]["container"]["args"]
     assert args[-1] == "{{$}}"  # no Beam args: the DirectRunner by default

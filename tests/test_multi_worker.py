@@ -25,7 +25,7 @@ def test_both_workers_hold_the_same_weights_and_masks(two_workers):
     _, model_uri, workers = two_workers
     replicas = os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER)
     digests = {name: json.load(open(os.path.join(replicas, name))) for name in sorted(os.listdir(replicas))}
-    assert list(digests) == ["worker-0.json", "worker-1.json"]
+    assert list(digests) == ["worker-0.json", "worker-0.start.json", "worker-1.json", "worker-1.start.json"]
     assert digests["worker-0.json"] == digests["worker-1.json"]
     assert any("ctr_mask" in name for name in digests["worker-0.json"])  # the masks are in the digest
     for worker in workers:
@@ -47,7 +47,11 @@ def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_s
 
     snet_init = network.RankingNetwork(model.feature_config, model.config)
     snet_init.build_for({spec.name: np.zeros([1, spec.max_values], np.int64) for spec in features.FEATURES})
-    sparse_sharing.load_search(masks_artifact.uri, snet_init)
+    masks.set_task_masks(snet_init, sparse_sharing.load_search(masks_artifact.uri, snet_init))
+    expected_start = list(distribution.fingerprint(snet_init).values())  # sNET_init under the searched masks
+    replicas = os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER)
+    for worker in ("worker-0", "worker-1"):
+        assert list(json.load(open(os.path.join(replicas, worker + trainer.START_SUFFIX))).values()) == expected_start
     initial_kernels = masks.get_kernels(snet_init)
     for name, kernel in masks.get_kernels(model).items():
         init = initial_kernels[name]

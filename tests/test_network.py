@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +12,7 @@ from lt4rec.models import features, layers, masks, network, training
 from tests.conftest import random_transformed
 
 FEATURE_CONFIG = features.scaled_config(0.001)
+SMALL = dict(embedding_dim=4, hidden_units=(16, 8), ctr_tower_units=(12, 6), expert_units=(8, 6), tower_units=(5,))
 
 
 def _inputs(rows: int = 8, seed: int = 0) -> dict[str, tf.Tensor]:
@@ -60,10 +63,15 @@ def test_feature_cross_is_every_pairwise_dot_product_with_the_embeddings():
         (network.HARD_SHARING, ("ctr", "cvr"), 0, 2),
         (network.SHARED_BOTTOM, ("ctr", "cvr"), 0, 1),
         (network.SINGLE_TASK, ("cvr",), 0, 1),
+        (network.SINGLE_TASK, ("ctr", "cvr"), 0, 2),
+        (network.LAYER_SHARING, ("ctr", "cvr"), 0, 1),
+        (network.MMOE, ("ctr", "cvr"), 0, 2),
+        (network.PLE, ("ctr", "cvr"), 0, 2),
+        (network.ESMM, ("ctr", "cvr"), 0, 2),
     ],
 )
 def test_variants_predict_each_task_in_range(variant, tasks, masked_layers, towers):
-    config = network.NetworkConfig(variant=variant, tasks=tasks, embedding_dim=4, hidden_units=(16, 8))
+    config = network.NetworkConfig(variant=variant, tasks=tasks, **SMALL)
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     inputs = _inputs()
     model.build_for(inputs)
@@ -82,7 +90,7 @@ def test_sparse_sharing_tasks_see_their_own_masks_of_one_kernel():
     model.build_for(inputs)
     before = model(inputs)
     ctr_masks = masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks("ctr"), 1, 0.5)
-    masks.set_masks(model, "ctr", ctr_masks)
+    masks.set_task_masks(model, {"ctr": ctr_masks, "cvr": model.initial_masks("cvr")})
     after = model(inputs)
     assert not np.allclose(before["ctr"].numpy(), after["ctr"].numpy())
     np.testing.assert_array_equal(before["cvr"].numpy(), after["cvr"].numpy())  # CVR keeps everything
@@ -113,6 +121,150 @@ def test_config_round_trips_and_refuses_nonsense():
     config = network.NetworkConfig(variant=network.HARD_SHARING, hidden_units=(8, 4))
     assert network.NetworkConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError):
-        network.NetworkConfig(variant="mmoe")
+        network.NetworkConfig(variant="cross_stitch")
     with pytest.raises(ValueError):
-        network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr", "cvr"))
+        network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr", "ctr"))
+
+
+ALL_VARIANTS = [
+    (network.SPARSE_SHARING, ("ctr", "cvr")),
+    (network.HARD_SHARING, ("ctr", "cvr")),
+    (network.SHARED_BOTTOM, ("ctr", "cvr")),
+    (network.SINGLE_TASK, ("ctr", "cvr")),
+    (network.LAYER_SHARING, ("ctr", "cvr")),
+    (network.MMOE, ("ctr", "cvr")),
+    (network.PLE, ("ctr", "cvr")),
+    (network.ESMM, ("ctr", "cvr")),
+]
+OTHER = {"ctr": "cvr", "cvr": "ctr"}
+
+
+def _other_task_only(model: network.RankingNetwork, task: str) -> set[str]:
+    """Variables of the other task by name; PLE's first-level experts of it excepted (its shared gate mixes them)."""
+    other = OTHER[task]
+    return {
+        v.name for v in model.trainable_variables
+        if other in v.name and not (model.config.variant == network.PLE and f"extraction_0/{other}_experts/" in v.name)
+    }
+
+
+@pytest.mark.parametrize("variant, tasks", ALL_VARIANTS)
+@pytest.mark.parametrize("task", ["ctr", "cvr"])
+def test_a_task_forward_reads_every_variable_but_the_other_task_own(variant, tasks, task):
+    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=variant, tasks=tasks, **SMALL))
+    inputs = _inputs()
+    model(inputs, task=task)
+    created = {v.name for v in model.trainable_variables}
+    model.build_for(inputs)
+    # A task's forward creates, and reads, everything but the other task's own variables.
+    assert created == {v.name for v in model.trainable_variables} - _other_task_only(model, task)
+    with tf.GradientTape() as tape:
+        score = tf.reduce_sum(model(inputs, task=task)[task])
+    gradients = tape.gradient(score, model.trainable_variables)
+    unread = {v.name for v, g in zip(model.trainable_variables, gradients) if g is None}
+    assert unread == _other_task_only(model, task)
+    if variant in (network.HARD_SHARING, network.ESMM, network.SINGLE_TASK, network.MMOE):
+        assert any("tower" in name or "mlp" in name for name in unread)  # the other task's own layers, untouched
+
+
+def test_single_task_on_both_tasks_is_two_separate_networks():
+    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=network.SINGLE_TASK, **SMALL))
+    inputs = _inputs()
+    model.build_for(inputs)
+    assert model.embeddings is None and set(model.task_embeddings) == {"ctr", "cvr"}
+    assert model.parameter_counts()["embeddings"] == 2 * sum(t.size for t in FEATURE_CONFIG.tables) * SMALL["embedding_dim"]
+    before = model(inputs)
+    for variable in model.task_embeddings["cvr"].trainable_variables:
+        variable.assign(variable + 0.5)
+    after = model(inputs)
+    np.testing.assert_array_equal(before["ctr"].numpy(), after["ctr"].numpy())
+    assert not np.allclose(before["cvr"].numpy(), after["cvr"].numpy())
+    one = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr",), **SMALL))
+    one.build_for(inputs)
+    assert one.task_embeddings is None and set(one(inputs)) == {"ctr"}  # the one-task form as before
+
+
+def test_layer_sharing_is_the_shared_mlp_with_a_ctr_tower_above_it():
+    config = network.NetworkConfig(variant=network.LAYER_SHARING, **SMALL)
+    model = network.RankingNetwork(FEATURE_CONFIG, config)
+    model.build_for(_inputs())
+    ctr, cvr = model.towers["ctr"], model.towers["cvr"]
+    assert ctr[: len(cvr)] == cvr and len(cvr) == len(config.hidden_units)  # the same layer objects
+    assert [layer.kernel.shape.as_list() for layer in ctr] == [
+        [model.shared_input_width, 16], [16, 8], [8, 12], [12, 6]
+    ]
+    assert model.heads["cvr"].kernel.shape == (8, 1) and model.heads["ctr"].kernel.shape == (6, 1)
+    assert network.NetworkConfig(variant=network.LAYER_SHARING).ctr_tower_units == (512, 256, 128)  # the paper's tower
+
+
+def test_mmoe_mixes_its_experts_by_each_task_softmax_gate():
+    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=network.MMOE, num_experts=3, **SMALL))
+    inputs = _inputs()
+    model.build_for(inputs)
+    shared = model.cross(model.embeddings(inputs))
+    experts = np.stack([expert(shared).numpy() for expert in model.experts.experts], axis=1)  # [batch, 3, 6]
+    assert experts.shape == (8, 3, 6)
+    outputs = model(inputs)
+    for task in ("ctr", "cvr"):
+        gate = model.gates[task].probabilities(shared).numpy()
+        assert gate.shape == (8, 3) and np.all(gate >= 0)
+        np.testing.assert_allclose(gate.sum(axis=1), 1.0, rtol=1e-6)
+        hidden = tf.constant(np.einsum("be,bed->bd", gate, experts))
+        for layer in model.towers[task]:
+            hidden = layer(hidden)
+        np.testing.assert_allclose(outputs[task].numpy(), model.heads[task](hidden).numpy()[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_ple_levels_have_customized_gates_that_sum_to_one():
+    config = network.NetworkConfig(variant=network.PLE, shared_experts=2, task_experts=2, extraction_layers=3, **SMALL)
+    model = network.RankingNetwork(FEATURE_CONFIG, config)
+    model.build_for(_inputs())
+    assert len(model.extraction) == 3 and [level.shared_gate is None for level in model.extraction] == [False, False, True]
+    gates = [layer for layer in model.submodules if isinstance(layer, layers.Gate)]
+    assert len(gates) == 3 * 2 + 2  # a gate per task and level, a shared gate below the last level
+    for gate in gates:
+        experts = 2 * 2 + 2 if "shared_gate" in gate.name else 2 + 2
+        assert gate.num_experts == experts
+        width = gate.logits.kernel.shape[0]
+        probabilities = gate.probabilities(tf.random.stateless_normal([5, width], seed=[1, 2], stddev=3.0)).numpy()
+        assert probabilities.shape == (5, experts) and np.all(probabilities >= 0)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_esmm_predicts_pctr_and_pcvr_and_says_so():
+    config = network.NetworkConfig(variant=network.ESMM, **SMALL)
+    assert config.esmm and not network.NetworkConfig(variant=network.HARD_SHARING).esmm
+    model = network.RankingNetwork(FEATURE_CONFIG, config)
+    model.build_for(_inputs())
+    assert model.esmm and not model.masked
+    outputs = model(_inputs())
+    ctcvr = (outputs["ctr"] * outputs["cvr"]).numpy()  # what the trainer's CTCVR loss sees
+    assert np.all((ctcvr > 0) & (ctcvr < outputs["ctr"].numpy()))
+
+
+@pytest.mark.parametrize("variant, tasks", [*ALL_VARIANTS, (network.SINGLE_TASK, ("cvr",))])
+def test_every_variant_config_round_trips(variant, tasks):
+    config = network.NetworkConfig(variant=variant, tasks=tasks, num_experts=6, shared_experts=3, extraction_layers=1, **SMALL)
+    assert network.NetworkConfig.from_dict(config.to_dict()) == config
+    assert network.NetworkConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    # A config written before the later fields existed reads with their defaults.
+    old = {key: value for key, value in network.NetworkConfig(variant=network.HARD_SHARING).to_dict().items()
+           if key in ("variant", "tasks", "embedding_dim", "hidden_units", "multi_view_dim")}
+    assert network.NetworkConfig.from_dict(old) == network.NetworkConfig(variant=network.HARD_SHARING)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(variant=network.MMOE, tasks=("ctr",)),
+        dict(variant=network.ESMM, tasks=("cvr",)),
+        dict(variant=network.LAYER_SHARING, tasks=("ctr",)),
+        dict(variant=network.PLE, multi_view_dim=2),
+        dict(variant=network.MMOE, num_experts=0),
+        dict(variant=network.PLE, expert_units=()),
+        dict(variant=network.LAYER_SHARING, ctr_tower_units=(8, 0)),
+    ],
+)
+def test_configs_that_make_no_network_are_refused(settings):
+    with pytest.raises(ValueError):
+        network.NetworkConfig(**settings)

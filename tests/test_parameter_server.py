@@ -45,8 +45,13 @@ def train_on_parameter_servers(out: str) -> None:
     with strategy.scope():
         model = network.RankingNetwork(features.scaled_config(FEATURE_CONFIG_SCALE), NETWORK)
         model.build_for({name: values[:2] for name, values in columns.items()})
-        for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION)):
-            masks.set_masks(model, task, masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity))
+        masks.set_task_masks(
+            model,
+            {
+                task: masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity)
+                for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION))
+            },
+        )
         trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01), strategy)
     before = masks.get_kernels(model)
 

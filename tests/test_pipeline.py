@@ -29,7 +29,7 @@ def test_components_are_wired_once_in_order(tiny_logs):
     assert ids == front + ["MaskSearch", "LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
     reuse = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", masks=configs.REUSE_MASKS)
     ids = [component.id for component in pipeline_lib.create_components(reuse)]
-    assert ids == front + ["LatestMasks", "LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
+    assert ids == front + ["LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
 
 
 def test_mask_search_writes_every_round_masks_plots_and_summary(finished_run):
@@ -219,7 +219,7 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
     model, transform_output, raw, inputs = trained_network
     # Prune whole units further, so that compaction has units to drop.
     pruned = masks.prune_by_magnitude(masks.get_kernels(model), masks.get_masks(model, task), 1, 0.5, granularity=masks.NEURON)
-    masks.set_masks(model, task, pruned)
+    masks.set_task_masks(model, {**masks.get_task_masks(model), task: pruned})
     expected = model(inputs, task=task)[task].numpy()
 
     path = str(tmp_path / task)

@@ -17,50 +17,49 @@ def _setup(seed: int = 0):
     model.build_for({name: values[:2] for name, values in examples.items()})
     trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01))
     kernels = masks.get_kernels(model)
+    task_masks = {}
     for task, rate in (("ctr", 0.5), ("cvr", 0.6)):
         noisy = {name: kernel + np.random.default_rng(len(task) + int(rate * 10)).normal(0, 0.3, kernel.shape) for name, kernel in kernels.items()}
-        masks.set_masks(model, task, masks.prune_by_magnitude(noisy, model.initial_masks(task), 1, rate))
+        task_masks[task] = masks.prune_by_magnitude(noisy, model.initial_masks(task), 1, rate)
+    masks.set_task_masks(model, task_masks)
     batches = {task: training.task_batches(examples, task, 64, seed) for task in ("ctr", "cvr")}
-    trainer.train(batches, "mixed", seed)  # both optimizers now hold state
+    trainer.train(batches, "mixed", seed)  # both tasks' gradients are now in Adam's moments
     return model, trainer, batches
 
 
+def _moments(trainer: training.MultiTaskTrainer, variable: tf.Variable) -> tuple[np.ndarray, np.ndarray]:
+    """Adam's first and second moments of a variable (tf_keras Adam's slots)."""
+    optimizer = trainer.optimizer
+    index = optimizer._index_dict[optimizer._var_key(variable)]
+    return optimizer._momentums[index].numpy().copy(), optimizer._velocities[index].numpy().copy()
+
+
 def _state(model, trainer):
-    return (
-        {variable.name: variable.numpy().copy() for variable in model.variables},
-        {task: [v.numpy().copy() for v in optimizer.variables()] for task, optimizer in trainer.optimizers.items()},
-    )
+    return {variable.name: (variable.numpy().copy(), *_moments(trainer, variable)) for variable in model.trainable_variables}
 
 
 @pytest.mark.parametrize("task, other", [("ctr", "cvr"), ("cvr", "ctr")])
 def test_a_batch_of_one_task_changes_only_what_its_mask_keeps(task, other):
+    """Weights and Adam moments outside mask k stay bit for bit, though the other task filled them."""
     model, trainer, batches = _setup()
-    weights_before, optimizers_before = _state(model, trainer)
+    before = _state(model, trainer)
     trainer.train_step(task, next(iter(batches[task])))
-    weights_after, optimizers_after = _state(model, trainer)
+    after = _state(model, trainer)
 
     changed_inside = 0
     for layer in masks.masked_layers(model):
-        mask = layer.task_mask(task) > 0
-        name = layer.layer.kernel.name
-        before, after = weights_before[name], weights_after[name]
-        np.testing.assert_array_equal(after[~mask], before[~mask])  # bit for bit
-        changed_inside += int(np.sum(after[mask] != before[mask]))
-        bias_on = mask.max(axis=0)
-        np.testing.assert_array_equal(weights_after[layer.layer.bias.name][~bias_on], weights_before[layer.layer.bias.name][~bias_on])
+        kept = layer.task_mask(task) > 0
+        for variable, outside in ((layer.layer.kernel, ~kept), (layer.layer.bias, ~kept.max(axis=0))):
+            for was, now in zip(before[variable.name], after[variable.name]):  # the weight, m, v
+                np.testing.assert_array_equal(now[outside], was[outside])  # bit for bit
+        kernel_before, kernel_after = before[layer.layer.kernel.name][0], after[layer.layer.kernel.name][0]
+        changed_inside += int(np.sum(kernel_after[kept] != kernel_before[kept]))
+        other_only = (layer.task_mask(other) > 0) & ~kept
+        assert np.any(before[layer.layer.kernel.name][1][other_only] != 0)  # the other task's moments are there
     assert changed_inside > 0
     for variable in model.heads[other].variables:
-        np.testing.assert_array_equal(weights_after[variable.name], weights_before[variable.name])
-    for before, after in zip(optimizers_before[other], optimizers_after[other]):
-        np.testing.assert_array_equal(after, before)  # the other task's Adam state is untouched
-
-    # This task's Adam moments never saw a gradient outside its mask.
-    optimizer = trainer.optimizers[task]
-    for layer in masks.masked_layers(model):
-        outside = layer.task_mask(task) == 0
-        index = optimizer._index_dict[optimizer._var_key(layer.layer.kernel)]  # tf_keras Adam's slots
-        for moments in (optimizer._momentums, optimizer._velocities):
-            assert np.all(moments[index].numpy()[outside] == 0)
+        for was, now in zip(before[variable.name], after[variable.name]):
+            np.testing.assert_array_equal(now, was)  # the other task's head and its moments
 
 
 def test_weights_no_task_keeps_are_zero_and_stay_zero():
@@ -73,12 +72,12 @@ def test_weights_no_task_keeps_are_zero_and_stay_zero():
         assert np.all(layer.layer.kernel.numpy()[unused[layer.name]] == 0)
 
 
-def test_reset_optimizers_clears_moments_and_step_counts():
+def test_reset_optimizer_clears_moments_and_step_count():
     model, trainer, _ = _setup(2)
-    trainer.reset_optimizers()
-    for optimizer in trainer.optimizers.values():
-        assert all(np.all(v.numpy() == 0) for v in optimizer.variables())
-        assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+    assert int(trainer.optimizer.iterations) > 0
+    trainer.reset_optimizer()
+    assert all(np.all(v.numpy() == 0) for v in trainer.optimizer.variables())
+    assert float(trainer.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
 
 
 def test_cvr_loss_counts_clicks_and_weighs_conflicts():
@@ -178,3 +177,72 @@ def test_trainer_with_lazy_adam_leaves_unused_embedding_rows_alone():
     assert (moved[used[used != features.MISSING_ID]] > 0).all() and not moved[unused].any()
     with pytest.raises(ValueError, match="optimizer must be one of"):
         training.TrainConfig(optimizer="sgd")
+
+
+def _shared_weight_displacement(loss_weights, schedule, seed: int = 0) -> np.ndarray:
+    """How the kernel entries both masks keep move over `schedule` (a list of tasks), from one start.
+
+    The embeddings start at the scale a trained network's have (std 0.5, not Keras' initial
+    +-0.05), so that the kernels' gradients are far above Adam's epsilon, which alone would
+    make the loss weights matter (a little) to an optimizer that is otherwise blind to them.
+    """
+    tf.keras.utils.set_random_seed(seed)
+    examples = random_transformed(2000, seed)
+    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model.build_for({name: values[:2] for name, values in examples.items()})
+    for table in model.embeddings.tables.values():
+        table.embeddings.assign(np.random.default_rng(seed).normal(0, 0.5, table.embeddings.shape))
+    config = training.TrainConfig(batch_size=128, learning_rate=1e-3, loss_weights=tuple(loss_weights.items()))
+    trainer = training.MultiTaskTrainer(model, config)
+    kernels = masks.get_kernels(model)
+    task_masks = {
+        task: masks.prune_by_magnitude(
+            {name: kernel + np.random.default_rng(len(task)).normal(0, 0.3, kernel.shape) for name, kernel in kernels.items()},
+            model.initial_masks(task),
+            1,
+            0.4,
+        )
+        for task in masks.TASKS
+    }
+    masks.set_task_masks(model, task_masks)
+    start = masks.get_kernels(model)
+    iterators = {task: iter(training.task_batches(examples, task, 128, seed)) for task in masks.TASKS}
+    for task in schedule:
+        trainer.train_step(task, next(iterators[task]))
+    end = masks.get_kernels(model)
+    shared = [(task_masks["ctr"][name] * task_masks["cvr"][name]) > 0 for name in start]
+    return np.concatenate([(end[name] - start[name])[keep] for name, keep in zip(start, shared)])
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_loss_weights_set_how_hard_each_task_pulls_on_the_shared_weights():
+    """Eq. 2: w_ctr * L_ctr + w_cvr * L_cvr. Swapping the weights must swap whose direction wins."""
+    mixed = ["ctr", "cvr"] * 6
+    ctr_only = _shared_weight_displacement({"ctr": 0.5, "cvr": 0.5}, ["ctr"] * 6)
+    cvr_only = _shared_weight_displacement({"ctr": 0.5, "cvr": 0.5}, ["cvr"] * 6)
+    ctr_heavy = _shared_weight_displacement({"ctr": 0.7, "cvr": 0.3}, mixed)
+    cvr_heavy = _shared_weight_displacement({"ctr": 0.3, "cvr": 0.7}, mixed)
+    assert _cosine(ctr_heavy, ctr_only) > _cosine(cvr_heavy, ctr_only) + 0.05
+    assert _cosine(cvr_heavy, cvr_only) > _cosine(ctr_heavy, cvr_only) + 0.05
+
+
+def test_mixed_training_keeps_the_task_shares_in_every_tenth_of_a_pass(monkeypatch):
+    tf.keras.utils.set_random_seed(0)
+    examples = random_transformed(6000, 6)
+    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(8,)))
+    model.build_for({name: values[:2] for name, values in examples.items()})
+    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=8))
+    steps = []
+    original = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda task, batch: steps.append(task) or original(task, batch))
+    batches = {task: training.task_batches(examples, task, 8, 0) for task in masks.TASKS}
+    trainer.train(batches, "mixed", seed=1)
+    n_ctr = int(np.ceil(6000 / 8))
+    n_cvr = int(np.ceil(examples[features.CLICK_LABEL].sum() / 8))
+    assert steps.count("ctr") == n_ctr and steps.count("cvr") == n_cvr  # every batch, once
+    expected = n_cvr / (n_ctr + n_cvr)
+    for tenth in np.array_split(np.array(steps) == "cvr", 10):
+        assert abs(tenth.mean() - expected) < 0.02, f"CVR share {tenth.mean():.3f} in a tenth of the pass, expected {expected:.3f}"

@@ -1,7 +1,7 @@
 """MaskSearch's executor: reads Transform's train split, runs the search, writes the masks artifact.
 
 The rounds are chosen on a seeded random share of the train split held out for it
-(`SearchConfig.validation_fraction`), so that the eval split stays the Evaluator's own
+(`TrainConfig.validation_fraction`; every phase also stops early on it), so that the eval split stays the Evaluator's own
 test set, untouched by any choice the search makes.
 """
 
@@ -45,7 +45,7 @@ class Executor(base_executor.BaseExecutor):
         transform_output = tft.TFTransformOutput(artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH]))
         train, validation = training.hold_out(
             split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output),
-            search_config.validation_fraction,
+            train_config.validation_fraction,
             train_config.seed,
         )
         logger.info(
