@@ -1,177 +1,281 @@
-"""The paper's Table 2 on generated logs: single-task, hard sharing, S-Weight, S-Neuron.
+"""How the methods compare: every model of `lt4rec pipeline run --model` on the same logs.
 
-Per seed, generates logs (a new synthetic world per seed, default task relatedness),
-runs the project's Transform on them, trains every model on the training days and scores
-it on the test day: CVR MSE (clicked impressions only), CTR AUC and GAUC (by user). The
-mask search chooses its rounds on the validation day. Every model sees the same number of
-passes over its data: the baselines train warmup + final epochs, the sparse-sharing
-models warm up, search, rewind to sNET_init and train the final epochs. Beside them, the
-generator's best achievable values: the metrics of its true click probability and true
-E[watch ratio | click], which no model can reach (they include each video's and user's
-idiosyncratic latent parts). Prints Algorithm 1's time per phase (including the first
-pass's tf.function tracing in warmup), then mean and spread over seeds. About 8 minutes
-per seed on 2 cores at the default 200k impressions (half of them train).
+Per seed: generated logs in the paper's shape (`--catalogue paper`: 1M impressions over 9
+days, 8 train and 1 test), the project's Transform, then every model trained the way the
+pipeline trains it (`MultiTaskTrainer.fit` with early stopping on a held-out share of the
+train days; sparse sharing through Algorithm 1: warmup, mask search per task, shared
+training from sNET_init) on the same embeddings, feature cross and batches, and scored on
+the test day. Beside them the generator's truth (its true click probability and
+E[watch ratio | click], the best achievable) and no skill (the train mean), from which
+"gap closed" is the share of the way from no skill to the truth a model goes.
 
-    .venv/bin/python benchmarks/comparison.py --seeds 0 1 2
-    .venv/bin/python benchmarks/comparison.py --rows 50000 --seeds 0 --models s_weight   # quick
+Prints mean ± std over seeds, the paired difference to single-task per seed (mean ± std of
+the per-seed differences), the mask overlap per layer, Algorithm 1's time per phase, and
+writes the table as JSON and as a plot (metric per model, error bars = std over seeds).
+
+    .venv/bin/python benchmarks/comparison.py                 # the full run: 3 seeds, all models
+    .venv/bin/python benchmarks/comparison.py --quick         # a few minutes: 200k rows, 1 seed
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import os
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, masks, metrics, network, sparse_sharing, training
+from lt4rec.models import export, features, masks, metrics, network, sparse_sharing, training
+from lt4rec.pipeline import configs
 from transformed_logs import load
 
-MODELS = {
-    "single_task": "single-task (CTR and CVR nets)",
+TRUTH = "truth"
+NO_SKILL = "no skill"
+BASELINE = "single_task"
+LABELS = {
+    TRUTH: "best achievable (truth)",
+    NO_SKILL: "no skill (train mean)",
+    "single_task": "single-task",
     "hard_sharing": "hard sharing",
+    "shared_bottom": "shared bottom",
+    "layer_sharing": "layer sharing (paper)",
+    "mmoe": "MMoE",
+    "ple": "PLE",
+    "esmm": "ESMM",
     "s_weight": "S-Weight (sparse sharing)",
     "s_neuron": "S-Neuron (sparse sharing)",
 }
-BEST = "best achievable (truth)"
-TABLE_SCALE = 0.1
+COLUMNS = {  # key: (header, format, larger is better)
+    "cvr_mse": ("CVR MSE", "{:.5f}", False),
+    "ctr_auc": ("CTR AUC", "{:.4f}", True),
+    "ctr_gauc": ("GAUC", "{:.4f}", True),
+    "ctr_log_loss": ("log loss", "{:.4f}", False),
+    "cvr_closed": ("CVR gap", "{:.1%}", True),
+    "ctr_closed": ("AUC gap", "{:.1%}", True),
+}
 
 
-def _batches(split, batch_size: int) -> tf.data.Dataset:
-    return training.ordered_batches(split.examples, 4 * batch_size)
+def _merged(splits) -> dict[str, np.ndarray]:
+    """The 8 train days: the prepared train and validation splits together."""
+    train, validation = splits["train"].examples, splits["validation"].examples
+    return {name: np.concatenate([train[name], validation[name]]) for name in train}
 
 
-def _scores(model: network.RankingNetwork, split, batch_size: int) -> dict[str, np.ndarray]:
-    return training.predict(model, _batches(split, batch_size))
+def _metrics(test, ctr: np.ndarray, cvr: np.ndarray) -> dict[str, float]:
+    examples = test.examples
+    values = metrics.compute(
+        examples[features.CLICK_LABEL], examples[features.WATCH_RATIO_LABEL], examples[features.USER_ID][:, 0], ctr, cvr
+    ).to_dict()
+    return {key: values[key] for key in ("ctr_auc", "ctr_gauc", "ctr_log_loss", "cvr_mse")}
 
 
-def _metrics(split, ctr: np.ndarray | None, cvr: np.ndarray | None) -> metrics.TaskMetrics:
-    examples = split.examples
-    return metrics.compute(examples[features.CLICK_LABEL], examples[features.WATCH_RATIO_LABEL], examples[features.USER_ID][:, 0], ctr, cvr)
+def _task_weights(model: network.RankingNetwork, task: str) -> int:
+    """The hidden layers' weights a task's exported model keeps (masks folded, dead units dropped)."""
+    if model.masked:
+        return export.TaskNetwork(model, task, compact=True, matmul=export.DENSE).kept_weights
+    return export.DenseTaskModel(model, task).kept_weights
 
 
-def _new_model(config: network.NetworkConfig, splits, seed: int) -> network.RankingNetwork:
-    tf.keras.utils.set_random_seed(seed)
-    model = network.RankingNetwork(features.scaled_config(TABLE_SCALE), config)
-    model.build_for({name: tf.constant(splits["test"].examples[name][:2]) for name in features.FEATURE_NAMES})
-    return model
-
-
-def _train_baseline(config: network.NetworkConfig, splits, train_config: training.TrainConfig, epochs: int) -> network.RankingNetwork:
-    model = _new_model(config, splits, train_config.seed)
-    trainer = training.MultiTaskTrainer(model, train_config)
-    batches = {task: training.task_batches(splits["train"].examples, task, train_config.batch_size, train_config.seed) for task in config.tasks}
-    for epoch in range(epochs):
-        trainer.train(batches, f"{config.variant} {'/'.join(config.tasks)} epoch {epoch + 1}", train_config.seed + epoch)
-    return model
-
-
-def train_sparse_sharing(granularity: str, splits, train_config, search_config) -> tuple[network.RankingNetwork, dict[str, float]]:
-    model = _new_model(network.NetworkConfig(), splits, train_config.seed)
-    data = sparse_sharing.Datasets(
-        train={task: training.task_batches(splits["train"].examples, task, train_config.batch_size, train_config.seed) for task in masks.TASKS},
-        validation=_batches(splits["validation"], train_config.batch_size),
+def train_model(name: str, train: dict, args, seed: int, build_batch: dict) -> tuple[network.RankingNetwork, dict]:
+    """One model, trained as the pipeline trains it; returns it and what its training did."""
+    chosen = configs.select_model(name, network.NetworkConfig(), sparse_sharing.SearchConfig(
+        rounds=args.rounds, remaining=args.remaining, epochs_per_round=args.epochs_per_round, warmup_epochs=args.warmup_epochs,
+        scope=args.scope, min_sparsity=args.min_sparsity,
+    ))
+    network_config, search_config = chosen["network"], chosen["search"]
+    train_config = training.TrainConfig(
+        seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs, patience=args.patience,
+        validation_fraction=args.validation_fraction, loss_weights=(("ctr", args.ctr_loss_weight), ("cvr", args.cvr_loss_weight)),
+        conflict_weight=args.conflict_weight, optimizer=args.optimizer,
     )
-    config = sparse_sharing.SearchConfig(**{**search_config.to_dict(), "granularity": granularity})
-    algorithm = sparse_sharing.SparseSharing(model, data, train_config, config)
-    phases = {}
+    tf.keras.utils.set_random_seed(seed)
+    fit_columns, validation = training.hold_out(train, train_config.validation_fraction, seed)
+    data = sparse_sharing.Datasets.from_columns(
+        fit_columns, validation, train_config.batch_size, seed, training.batch_streams(network_config)
+    )
+    model = network.RankingNetwork(features.scaled_config(args.table_scale), network_config)
+    model.build_for(build_batch)
+    model.start_at_base_rates(training.base_rates(fit_columns))
+    info: dict = {"phases": {}}
+    if not model.masked:
+        start = time.perf_counter()
+        phases = training.MultiTaskTrainer(model, train_config).fit(
+            data.train, data.validation, name, train_config.epochs, seed, data.steps
+        )
+        info["phases"]["training"] = time.perf_counter() - start
+        info["epochs"] = len(phases)
+        return model, info
+    algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config)
     start = time.perf_counter()
-    algorithm.warmup()
-    phases["warmup"] = time.perf_counter() - start
+    info["epochs"] = len(algorithm.warmup())
+    info["phases"]["warmup"] = time.perf_counter() - start
     found = {}
     for task in masks.TASKS:
         start = time.perf_counter()
         found[task] = algorithm.search(task)
-        phases[f"{task} mask search ({config.rounds + 1} trainings)"] = time.perf_counter() - start
+        info["phases"][f"{task} search"] = time.perf_counter() - start
+        info[f"{task}_round"] = found[task].best_round
     start = time.perf_counter()
-    algorithm.train_shared({task: search.masks for task, search in found.items()})
-    phases["shared training"] = time.perf_counter() - start
-    return model, phases
+    info["epochs"] += len(algorithm.train_shared({task: search.masks for task, search in found.items()}))
+    info["phases"]["shared training"] = time.perf_counter() - start
+    info["overlap"] = [dataclasses.asdict(layer) for layer in masks.overlap(found["ctr"].masks, found["cvr"].masks)]
+    return model, info
 
 
-def run_seed(seed: int, args) -> tuple[dict[str, metrics.TaskMetrics], dict[str, str], dict[str, dict[str, float]]]:
+def run_seed(seed: int, args) -> dict:
     start = time.perf_counter()
-    splits = load(args.rows, days=args.days, seed=seed, table_scale=TABLE_SCALE)
-    print(f"seed {seed}: {splits['train'].rows}/{splits['validation'].rows}/{splits['test'].rows} train/validation/test impressions "
-          f"ready in {time.perf_counter() - start:.0f} s")
-    train_config = training.TrainConfig(seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs)
-    search_config = sparse_sharing.SearchConfig(
-        rounds=args.rounds, remaining=args.remaining, epochs_per_round=args.epochs_per_round, min_sparsity=args.min_sparsity
-    )
-    test = splits["test"]
-    results, kept, phases = {}, {}, {}
-    results[BEST] = _metrics(test, test.truth["p_click"], test.truth["expected_watch_ratio"])
-    kept[BEST] = "-"
-    total_epochs = search_config.warmup_epochs + args.epochs
+    splits = load(args.rows, days=args.days, seed=seed, table_scale=args.table_scale, catalogue=args.catalogue)
+    train, test = _merged(splits), splits["test"]
+    print(f"seed {seed}: {len(train[features.CLICK_LABEL])} train / {test.rows} test impressions ready in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    clicked = train[features.CLICK_LABEL] == 1
+    n = test.rows
+    results = {
+        TRUTH: _metrics(test, test.truth["p_click"], test.truth["expected_watch_ratio"]),
+        NO_SKILL: _metrics(
+            test, np.full(n, train[features.CLICK_LABEL].mean()), np.full(n, train[features.WATCH_RATIO_LABEL][clicked].mean())
+        ),
+    }
+    info = {}
+    build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
     for name in args.models:
         start = time.perf_counter()
-        if name == "single_task":
-            ctr = _train_baseline(network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr",)), splits, train_config, total_epochs)
-            cvr = _train_baseline(network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("cvr",)), splits, train_config, total_epochs)
-            results[name] = _metrics(test, _scores(ctr, test, args.batch_size)["ctr"], _scores(cvr, test, args.batch_size)["cvr"])
-            kept[name] = "100%/100%"
-        elif name == "hard_sharing":
-            model = _train_baseline(network.NetworkConfig(variant=network.HARD_SHARING), splits, train_config, total_epochs)
-            scores = _scores(model, test, args.batch_size)
-            results[name] = _metrics(test, scores["ctr"], scores["cvr"])
-            kept[name] = "100%/100%"
-        else:
-            granularity = masks.CONNECTION if name == "s_weight" else masks.NEURON
-            model, phases[name] = train_sparse_sharing(granularity, splits, train_config, search_config)
-            scores = _scores(model, test, args.batch_size)
-            results[name] = _metrics(test, scores["ctr"], scores["cvr"])
-            kept[name] = "/".join(f"{100 * training.mlp_weight_share(model, task):.0f}%" for task in masks.TASKS)
-        print(f"  {MODELS[name]}: {time.perf_counter() - start:.0f} s; test {results[name].to_dict()}")
-    return results, kept, phases
+        model, info[name] = train_model(name, train, args, seed, build_batch)
+        scores = training.predict(model, training.ordered_batches(test.examples, 4 * args.batch_size))
+        results[name] = _metrics(test, scores["ctr"], scores["cvr"])
+        info[name]["weights"] = {task: _task_weights(model, task) for task in masks.TASKS}
+        info[name]["seconds"] = time.perf_counter() - start
+        print(f"  {LABELS[name]}: {info[name]['seconds']:.0f} s, {info[name]['epochs']} epochs; test "
+              + ", ".join(f"{k} {v:.5f}" for k, v in results[name].items()), flush=True)
+    for values in results.values():
+        values["ctr_closed"] = (values["ctr_auc"] - 0.5) / (results[TRUTH]["ctr_auc"] - 0.5)
+        values["cvr_closed"] = (results[NO_SKILL]["cvr_mse"] - values["cvr_mse"]) / (results[NO_SKILL]["cvr_mse"] - results[TRUTH]["cvr_mse"])
+    return {"seed": seed, "results": results, "info": info}
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    return f"{fmt.format(np.mean(values))} ±{fmt.format(np.std(values))}"
+
+
+def report(runs: list[dict], args) -> None:
+    names = [TRUTH, NO_SKILL, *args.models]
+    seeds = [run["seed"] for run in runs]
+    for name in args.models:
+        if "overlap" in runs[0]["info"][name]:
+            print(f"\n{LABELS[name]}: masks per layer (seed {seeds[0]}), share of the layer's weights; chosen rounds "
+                  f"ctr {[r['info'][name]['ctr_round'] for r in runs]}, cvr {[r['info'][name]['cvr_round'] for r in runs]}")
+            print(f"  {'layer':<28}{'size':>9}{'shared':>9}{'CTR only':>10}{'CVR only':>10}{'unused':>9}{'Jaccard':>9}")
+            for layer in runs[0]["info"][name]["overlap"]:
+                used = layer["shared"] + layer["ctr_only"] + layer["cvr_only"]
+                print(f"  {layer['layer']:<28}{layer['size']:>9}" + "".join(
+                    f"{layer[key] / layer['size']:>{width}.1%}" for key, width in
+                    (("shared", 9), ("ctr_only", 10), ("cvr_only", 10), ("unused", 9))
+                ) + f"{layer['shared'] / max(used, 1):>9.2f}")
+            print("  seconds per phase: " + ", ".join(
+                f"{phase} {np.mean([r['info'][name]['phases'][phase] for r in runs]):.0f}" for phase in runs[0]["info"][name]["phases"]
+            ))
+
+    print(f"\nTest day, mean ± std over seeds {seeds} ({args.rows} impressions, {args.catalogue} catalogue, {args.days} days):")
+    header = f"{'model':<27}" + "".join(f"{COLUMNS[key][0]:>18}" for key in COLUMNS) + f"{'MLP weights ctr/cvr':>22}{'s':>6}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        cells = "".join(f"{_mean_std([r['results'][name][key] for r in runs], fmt):>18}" for key, (_, fmt, _) in COLUMNS.items())
+        weights = seconds = ""
+        if name in args.models:
+            info = runs[0]["info"][name]
+            weights = f"{info['weights']['ctr'] / 1000:.0f}k/{info['weights']['cvr'] / 1000:.0f}k"
+            seconds = f"{np.mean([r['info'][name]['seconds'] for r in runs]):.0f}"
+        print(f"{LABELS[name]:<27}{cells}{weights:>22}{seconds:>6}")
+    if BASELINE in args.models:
+        print(f"\nPaired difference to single-task (mean ± std of the per-seed differences; CVR MSE relative):")
+        print(f"{'model':<27}{'CVR MSE':>18}{'CTR AUC':>18}{'GAUC':>18}{'log loss':>18}")
+        for name in args.models:
+            if name == BASELINE:
+                continue
+            def paired(key: str, relative: bool = False) -> list[float]:
+                return [
+                    r["results"][name][key] / r["results"][BASELINE][key] - 1 if relative else r["results"][name][key] - r["results"][BASELINE][key]
+                    for r in runs
+                ]
+            print(f"{LABELS[name]:<27}{_mean_std(paired('cvr_mse', True), '{:+.2%}'):>18}{_mean_std(paired('ctr_auc'), '{:+.4f}'):>18}"
+                  f"{_mean_std(paired('ctr_gauc'), '{:+.4f}'):>18}{_mean_std(paired('ctr_log_loss'), '{:+.4f}'):>18}")
+    print("MLP weights: the hidden layers' weights each task's exported model keeps (experts, gates and towers for MMoE/PLE). "
+          "Gap: share of the way from no skill to the truth. Paper (Tencent data): S-Weight -3.4% CVR MSE, +0.003 CTR AUC.")
+
+
+def plot(runs: list[dict], args, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [name for name in [*args.models, TRUTH, NO_SKILL]]
+    keys = ["cvr_mse", "ctr_auc", "ctr_gauc", "ctr_log_loss"]
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.5))
+    for axis, key in zip(axes, keys):
+        values = np.array([[r["results"][name][key] for r in runs] for name in shown])
+        models = [name for name in shown if name not in (TRUTH, NO_SKILL)]
+        axis.errorbar(values[: len(models)].mean(axis=1), range(len(models)), xerr=values[: len(models)].std(axis=1), fmt="o", capsize=3)
+        for reference, style in ((TRUTH, "--"), (NO_SKILL, ":")):
+            if key in ("ctr_auc", "ctr_gauc") and reference == NO_SKILL:
+                continue
+            axis.axvline(np.mean([r["results"][reference][key] for r in runs]), linestyle=style, color="gray", label=LABELS[reference])
+        axis.set_yticks(range(len(models)), [LABELS[name] for name in models])
+        axis.invert_yaxis()
+        axis.set_title(f"{COLUMNS[key][0]} ({'higher' if COLUMNS[key][2] else 'lower'} is better)")
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    for axis in axes[1:]:
+        axis.set_yticklabels([])
+    figure.suptitle(f"Test day, {args.rows} impressions ({args.catalogue} catalogue), mean ± std over seeds {[r['seed'] for r in runs]}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000, help="Generated impressions per seed.")
-    parser.add_argument("--days", type=int, default=4, help="Days: all but the last two train; validation; test.")
+    parser.add_argument("--quick", action="store_true", help="A few minutes: 200k impressions, seed 0, at most 2 epochs.")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="Generated impressions per seed.")
+    parser.add_argument("--days", type=int, default=9, help="Days: the last one is the test day, the others train.")
+    parser.add_argument("--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=1, help="Final epochs (baselines: warmup + these).")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--remaining", type=float, default=0.2)
-    parser.add_argument("--min-sparsity", type=float, default=0.0, help="Only rounds at least this sparse may be chosen.")
-    parser.add_argument("--epochs-per-round", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--models", nargs="+", choices=list(configs.MODELS), default=list(configs.MODELS)[2:] + list(configs.MODELS)[:2])
+    parser.add_argument("--table-scale", type=float, default=0.25, help="Hashed table sizes, times DEFAULT_TABLES'.")
+    parser.add_argument("--epochs", type=int, default=3, help="At most this many epochs per phase (early stopping).")
+    parser.add_argument("--warmup-epochs", type=int, default=sparse_sharing.SearchConfig.warmup_epochs)
+    parser.add_argument("--patience", type=int, default=training.TrainConfig.patience)
+    parser.add_argument("--validation-fraction", type=float, default=training.TrainConfig.validation_fraction)
+    parser.add_argument("--rounds", type=int, default=sparse_sharing.SearchConfig.rounds)
+    parser.add_argument("--remaining", type=float, default=sparse_sharing.SearchConfig.remaining)
+    parser.add_argument("--scope", default=sparse_sharing.SearchConfig.scope, choices=masks.SCOPES)
+    parser.add_argument("--min-sparsity", type=float, default=0.7, help="Sparse sharing: only rounds this sparse may be chosen (the target: at most 30%% of the MLP per task).")
+    parser.add_argument("--epochs-per-round", type=int, default=sparse_sharing.SearchConfig.epochs_per_round)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="lazy_adam", choices=sorted(training.OPTIMIZERS))
+    parser.add_argument("--ctr-loss-weight", type=float, default=dict(training.TrainConfig.loss_weights)["ctr"])
+    parser.add_argument("--cvr-loss-weight", type=float, default=dict(training.TrainConfig.loss_weights)["cvr"])
+    parser.add_argument("--conflict-weight", type=float, default=training.TrainConfig.conflict_weight)
+    parser.add_argument("--out", default="comparison", help="Writes OUT.json (every figure) and OUT.png (the plot).")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.seeds, args.epochs, args.warmup_epochs = 200_000, args.seeds[:1], 2, 1
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("lt4rec").setLevel(logging.INFO)
+    logging.getLogger("lt4rec").setLevel(logging.INFO if os.environ.get("LT4REC_VERBOSE") else logging.WARNING)
 
-    by_seed = [run_seed(seed, args) for seed in args.seeds]
-
-    for name in args.models:
-        if name in by_seed[0][2]:
-            print(f"\nAlgorithm 1 ({MODELS[name]}), seconds per phase on {args.rows} generated impressions:")
-            for phase in by_seed[0][2][name]:
-                values = [phases[name][phase] for _, _, phases in by_seed]
-                print(f"  {phase:<40}{np.mean(values):>8.1f}")
-
-    rows = [BEST] + list(args.models)
-    print(f"\nTest day, mean ± std over seeds {args.seeds} ({args.rows} impressions each, default task relatedness):")
-    header = f"{'model':<32}{'CVR MSE':>18}{'CTR AUC':>18}{'GAUC':>18}{'CVR MSE vs ST':>15}{'AUC vs ST':>11}{'MLP kept ctr/cvr':>18}"
-    print(header)
-    print("-" * len(header))
-
-    def column(name: str, key: str) -> np.ndarray:
-        return np.array([getattr(results[name], key) for results, _, _ in by_seed])
-
-    for name in rows:
-        mse, auc, gauc = column(name, "cvr_mse"), column(name, "ctr_auc"), column(name, "ctr_gauc")
-        gain_mse = gain_auc = ""
-        if "single_task" in args.models and name != BEST:
-            gain_mse = f"{100 * np.mean(column(name, 'cvr_mse') / column('single_task', 'cvr_mse') - 1):+.2f}%"
-            gain_auc = f"{np.mean(column(name, 'ctr_auc') - column('single_task', 'ctr_auc')):+.4f}"
-        label = MODELS.get(name, name)
-        print(f"{label:<32}{mse.mean():>10.5f} ±{mse.std():.5f}{auc.mean():>10.4f} ±{auc.std():.4f}{gauc.mean():>10.4f} ±{gauc.std():.4f}"
-              f"{gain_mse:>15}{gain_auc:>11}{by_seed[0][1][name]:>18}")
-    print("MLP kept: share of the MLP's weights each task uses (seed 0). vs ST: mean relative change of CVR MSE and "
-          "difference of CTR AUC against the single-task models (paper: S-Weight -3.4% MSE, +0.003 AUC).")
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_seed(seed, args))
+        with open(f"{args.out}.json", "w") as f:
+            json.dump({"settings": vars(args), "runs": runs}, f, indent=1)
+    report(runs, args)
+    plot(runs, args, f"{args.out}.png")
 
 
 if __name__ == "__main__":

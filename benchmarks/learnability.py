@@ -51,6 +51,7 @@ def _single_task(task: str, train: dict[str, np.ndarray], test, args, seed: int)
     )
     model = network.RankingNetwork(features.scaled_config(args.table_scale), config)
     model.build_for({name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES})
+    model.start_at_base_rates(training.base_rates(train))
     train_config = training.TrainConfig(seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate)
     trainer = training.MultiTaskTrainer(model, train_config)
     batches = {task: training.task_batches(train, task, args.batch_size, seed)}

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import features, layers, masks
@@ -192,6 +193,17 @@ class RankingNetwork(tf.keras.Model):
             shared = _mlp(config.hidden_units, "mlp", masked=config.variant == SPARSE_SHARING)
             self.towers = {task: shared for task in config.tasks}
         self.heads = {task: tf.keras.layers.Dense(1, activation="sigmoid", name=f"{task}_head") for task in config.tasks}
+
+    def start_at_base_rates(self, rates: Mapping[str, float]) -> None:
+        """Set each head's bias to logit(base rate), so an untrained model predicts what no skill does.
+
+        Without it a fresh model starts at 0.5 for every task; with few rows and early stopping
+        it can stop before it has even learned the mean, and then scores worse than the no-skill
+        baseline the Evaluator gates on. Call it on a built model, before any training.
+        """
+        for task, head in self.heads.items():
+            rate = min(max(float(rates[task]), 1e-4), 1 - 1e-4)
+            head.bias.assign([np.log(rate / (1 - rate))])
 
     @property
     def masked(self) -> bool:

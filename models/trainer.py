@@ -77,6 +77,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     with strategy.scope():
         model = network.RankingNetwork(feature_config, network_config)
         model.build_for(next(iter(data.validation)))
+        model.start_at_base_rates(training.base_rates(train))  # a restored start overwrites it
         trainer = training.MultiTaskTrainer(model, train_config, strategy)
         base = _restore_base_model(model, fn_args.base_model) if fn_args.base_model else None
         if model.masked:

@@ -251,6 +251,14 @@ def interleave(steps: Mapping[str, int], seed: int) -> list[str]:
     return [task for _, _, task in sorted(positions)]
 
 
+def base_rates(columns: Columns) -> dict[str, float]:
+    """Each task's no-skill prediction on `columns`: the click rate, the mean watch ratio of clicks."""
+    click = np.reshape(np.asarray(columns[CLICK]), [-1])
+    ratio = np.reshape(np.asarray(columns[WATCH_RATIO]), [-1])
+    clicked = click == 1
+    return {"ctr": float(click.mean()), "cvr": float(ratio[clicked].mean()) if clicked.any() else 0.5}
+
+
 def hold_out(columns: Columns, fraction: float, seed: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
     """(kept, held out): a seeded random `fraction` of the rows set aside, e.g. for validation."""
     rows = int(tf.shape(columns[CLICK])[0])

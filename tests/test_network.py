@@ -268,3 +268,21 @@ def test_every_variant_config_round_trips(variant, tasks):
 def test_configs_that_make_no_network_are_refused(settings):
     with pytest.raises(ValueError):
         network.NetworkConfig(**settings)
+
+
+@pytest.mark.parametrize("variant", [network.SPARSE_SHARING, network.MMOE, network.ESMM])
+def test_a_fresh_model_started_at_base_rates_predicts_them(variant):
+    columns = random_transformed(400, seed=3)
+    clicked = columns[features.CLICK_LABEL].reshape(-1) == 1
+    rates = training.base_rates(columns)
+    assert rates == pytest.approx({
+        "ctr": clicked.mean(), "cvr": columns[features.WATCH_RATIO_LABEL].reshape(-1)[clicked].mean()
+    })
+    rates = {"ctr": 0.04, "cvr": 0.35}  # far from a fresh sigmoid's 0.5
+    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=variant, **SMALL))
+    inputs = _inputs(rows=64)
+    model.build_for(inputs)
+    model.start_at_base_rates(rates)
+    outputs = model(inputs)
+    for task, rate in rates.items():
+        assert float(tf.reduce_mean(outputs[task])) == pytest.approx(rate, abs=0.03)

@@ -57,6 +57,7 @@ class Executor(base_executor.BaseExecutor):
         data = sparse_sharing.Datasets.from_columns(train, validation, train_config.batch_size, train_config.seed, network_config.tasks)
         model = network.RankingNetwork(feature_config, network_config)
         model.build_for(next(iter(data.validation)))
+        model.start_at_base_rates(training.base_rates(train))
         algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config)
         logger.info(
             "Mask search: %d rounds per task, q=%.3f (%.0f%% left after the last), %s %s pruning, rewinding to %s",
