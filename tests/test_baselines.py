@@ -1,10 +1,10 @@
 """The Evaluator's baselines: a model must beat no skill and the incumbent (`pctr`) to be pushed.
 
-One pipeline run on the tiny logs, with `pctr` replaced by the generator's true click
-probability (an incumbent no model can beat) and a CVR head that never trains (CVR loss
-weight 0: it predicts about 0.5 where clicked impressions watch about 0.8 on average, so
-it loses to the constant no-skill prediction), then three reruns of the Evaluator and the
-Pusher with the checks turned off one at a time and together. The reported baselines are
+One pipeline run on the tiny logs made into baselines no model can beat: `pctr` replaced by
+the generator's true click probability, and every clicked impression of the eval day given
+the train days' mean watch ratio of clicks, the no-skill prediction itself (so the constant
+scores an MSE of 0). Then three reruns of the Evaluator and the Pusher with the checks
+turned off one at a time and together. The reported baselines are
 checked against numpy and scikit-learn over the parsed logs, here and for the shared
 `finished_run`.
 """
@@ -40,9 +40,12 @@ def _latest(settings, component: str, output: str) -> str:
     return sorted(glob.glob(os.path.join(settings.pipeline_root, component, output, "*")), key=os.path.getmtime)[-1]
 
 
-def _truth_as_pctr(tiny_logs: str, root: str) -> str:
-    """A copy of the logs whose `pctr` is the true click probability (from `_truth-*.csv.gz`)."""
+def _unbeatable_baselines(tiny_logs: str, root: str) -> str:
+    """A copy of the logs whose `pctr` is the true click probability (from `_truth-*.csv.gz`)
+    and whose eval day's clicks all watch the train days' mean watch ratio of clicks."""
     shutil.copytree(tiny_logs, root)
+    train = _columns(root, TRAIN_DAYS)
+    no_skill = float(np.float32(train["ratio"][train["click"] == 1].mean()))
     for path in glob.glob(os.path.join(root, "2*", "part-*.gz")):
         folder, name = os.path.split(path)
         with gzip.open(os.path.join(folder, "_truth-" + name.replace(".gz", ".csv.gz")), "rt") as handle:
@@ -53,6 +56,8 @@ def _truth_as_pctr(tiny_logs: str, root: str) -> str:
             assert example.features.feature[features.REQUEST_ID].bytes_list.value[0].decode() == row[features.REQUEST_ID]
             pctr = example.features.feature[features.PRODUCTION_PCTR].bytes_list.value
             pctr[0] = f"{float(row['p_click']):.6f}".encode()
+            if os.path.basename(folder) in EVAL_DAYS and example.features.feature[features.CLICK_LABEL].int64_list.value[0] == 1:
+                example.features.feature[features.WATCH_RATIO_LABEL].float_list.value[0] = no_skill
         write_examples(path, examples)
     return root
 
@@ -103,7 +108,7 @@ def assert_reported_baselines_match(settings) -> tuple[dict, dict, dict]:
     ctr, cvr, report = evaluation_figures(settings)
     expected = independent_baselines(settings.data_root)
     assert cvr["no_skill_prediction"] == pytest.approx(expected["watch_ratio"], rel=1e-6)
-    assert cvr["no_skill_mse"] == pytest.approx(expected["no_skill_mse"], rel=1e-5)
+    assert cvr["no_skill_mse"] == pytest.approx(expected["no_skill_mse"], rel=1e-5, abs=1e-9)
     assert ctr["no_skill_prediction"] == pytest.approx(expected["click_rate"], rel=1e-6)
     assert ctr["no_skill_log_loss"] == pytest.approx(expected["no_skill_log_loss"], rel=1e-5)
     assert ctr["incumbent_examples"] == expected["incumbent_examples"] == expected["eval_rows"]
@@ -114,7 +119,7 @@ def assert_reported_baselines_match(settings) -> tuple[dict, dict, dict]:
     assert ctr[INCUMBENT_MARGIN] == pytest.approx(ctr["auc"] - ctr["incumbent_auc"], abs=2e-3)
     checks = {(check["output"], check["check"]): check for check in report["checks"]}
     assert checks["cvr", "beat_no_skill"]["model"] == pytest.approx(cvr["mse"], rel=1e-5)
-    assert checks["cvr", "beat_no_skill"]["baseline"] == pytest.approx(expected["no_skill_mse"], rel=1e-5)
+    assert checks["cvr", "beat_no_skill"]["baseline"] == pytest.approx(expected["no_skill_mse"], rel=1e-5, abs=1e-9)
     assert checks["ctr", "beat_incumbent"]["baseline"] == pytest.approx(expected["incumbent_auc"], abs=1e-3)
     assert checks["ctr", "beat_no_skill"]["baseline"] == pytest.approx(expected["no_skill_log_loss"], rel=1e-5)
     print(
@@ -146,16 +151,14 @@ class _Messages(logging.Handler):
 def losing_runs(tiny_logs, tmp_path_factory) -> dict:
     """The pipeline once, then the Evaluator and Pusher again per variant of the checks."""
     root = tmp_path_factory.mktemp("baselines")
-    model = tiny_model()
-    model["train"] = dataclasses.replace(model["train"], loss_weights=(("ctr", 1.0), ("cvr", 0.0)))  # CVR never trains
     base = configs.PipelineSettings(
-        data_root=_truth_as_pctr(tiny_logs, str(root / "logs")),
+        data_root=_unbeatable_baselines(tiny_logs, str(root / "logs")),
         pipeline_root=str(root / "pipeline"),
         serving_dir=str(root / "serving"),
         table_scale=TABLE_SCALE,
         min_ctr_auc=0.0,  # the value bounds out of the way: the baselines alone decide
         max_cvr_mse=1.0,
-        **model,
+        **tiny_model(),
     )
     handler, logger = _Messages(), logging.getLogger()
     level = logger.level
@@ -227,7 +230,7 @@ def test_with_both_checks_off_the_same_model_is_blessed_and_pushed(losing_runs):
 
 def test_the_losing_runs_baselines_match_numpy_and_scikit_learn(losing_runs):
     ctr, cvr, _ = assert_reported_baselines_match(losing_runs["both checks off"]["settings"])
-    assert cvr["mse"] > cvr["no_skill_mse"]  # an untrained CVR head does worse than the train mean
+    assert cvr["no_skill_mse"] < 1e-9 < cvr["mse"]  # the train mean is exactly right on the eval clicks
     assert ctr["auc"] < ctr["incumbent_auc"]  # nothing trained on 932 rows ranks like the true probability
 
 
