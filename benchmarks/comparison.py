@@ -15,6 +15,8 @@ writes the table as JSON and as a plot (metric per model, error bars = std over 
 
     .venv/bin/python benchmarks/comparison.py                 # the full run: 3 seeds, all models
     .venv/bin/python benchmarks/comparison.py --quick         # a few minutes: 200k rows, 1 seed
+    .venv/bin/python benchmarks/comparison.py --seeds 1 --out s1  # a piece (one per machine, say), then
+    .venv/bin/python benchmarks/comparison.py --report s0.json s1.json s2.json --out comparison
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from transformed_logs import load
 TRUTH = "truth"
 NO_SKILL = "no skill"
 BASELINE = "single_task"
+DEFAULT_MODELS = [*list(configs.MODELS)[2:], *list(configs.MODELS)[:2]]  # the baseline first, sparse sharing last
 LABELS = {
     TRUTH: "best achievable (truth)",
     NO_SKILL: "no skill (train mean)",
@@ -168,10 +171,11 @@ def report(runs: list[dict], args) -> None:
         if "overlap" in runs[0]["info"][name]:
             print(f"\n{LABELS[name]}: masks per layer (seed {seeds[0]}), share of the layer's weights; chosen rounds "
                   f"ctr {[r['info'][name]['ctr_round'] for r in runs]}, cvr {[r['info'][name]['cvr_round'] for r in runs]}")
-            print(f"  {'layer':<28}{'size':>9}{'shared':>9}{'CTR only':>10}{'CVR only':>10}{'unused':>9}{'Jaccard':>9}")
+            name_width = max(len(layer["layer"]) for layer in runs[0]["info"][name]["overlap"]) + 2
+            print(f"  {'layer':<{name_width}}{'size':>9}{'shared':>9}{'CTR only':>10}{'CVR only':>10}{'unused':>9}{'Jaccard':>9}")
             for layer in runs[0]["info"][name]["overlap"]:
                 used = layer["shared"] + layer["ctr_only"] + layer["cvr_only"]
-                print(f"  {layer['layer']:<28}{layer['size']:>9}" + "".join(
+                print(f"  {layer['layer']:<{name_width}}{layer['size']:>9}" + "".join(
                     f"{layer[key] / layer['size']:>{width}.1%}" for key, width in
                     (("shared", 9), ("ctr_only", 10), ("cvr_only", 10), ("unused", 9))
                 ) + f"{layer['shared'] / max(used, 1):>9.2f}")
@@ -238,6 +242,38 @@ def plot(runs: list[dict], args, path: str) -> None:
     print(f"plot: {path}")
 
 
+PER_RUN_SETTINGS = {"seeds", "models", "out", "quick", "report"}  # may differ between merged runs
+
+
+def merge_saved(paths: list[str], out: str) -> tuple[list[dict], argparse.Namespace]:
+    """The runs of several saved JSON files as one: per seed, every model's results."""
+    by_seed: dict[int, dict] = {}
+    settings = None
+    for path in paths:
+        with open(path) as f:
+            saved = json.load(f)
+        shared = {key: value for key, value in saved["settings"].items() if key not in PER_RUN_SETTINGS}
+        if settings is None:
+            settings = shared
+        differing = sorted(key for key in settings.keys() | shared.keys() if settings.get(key) != shared.get(key))
+        if differing:
+            raise SystemExit(f"{path}: settings differ from {paths[0]}'s in {differing}: those runs do not compare")
+        for run in saved["runs"]:
+            merged = by_seed.setdefault(run["seed"], {"seed": run["seed"], "results": {}, "info": {}})
+            for name, values in run["results"].items():
+                if name in merged["results"] and name not in (TRUTH, NO_SKILL):
+                    raise SystemExit(f"{path}: seed {run['seed']} of {name} is in two files")
+                merged["results"][name] = values
+            merged["info"].update(run["info"])
+    models = [name for name in DEFAULT_MODELS if any(name in run["results"] for run in by_seed.values())]
+    for seed, run in sorted(by_seed.items()):
+        missing = [name for name in models if name not in run["results"]]
+        if missing:
+            raise SystemExit(f"seed {seed} has no runs of {missing}: every seed needs every model")
+    args = argparse.Namespace(**settings, seeds=sorted(by_seed), models=models, out=out, quick=False, report=paths)
+    return [by_seed[seed] for seed in sorted(by_seed)], args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="A few minutes: 200k impressions, seed 0, at most 2 epochs.")
@@ -245,10 +281,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=9, help="Days: the last one is the test day, the others train.")
     parser.add_argument("--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", choices=list(configs.MODELS), default=list(configs.MODELS)[2:] + list(configs.MODELS)[:2])
+    parser.add_argument("--models", nargs="+", choices=list(configs.MODELS), default=DEFAULT_MODELS)
     parser.add_argument("--table-scale", type=float, default=0.25, help="Hashed table sizes, times DEFAULT_TABLES'.")
     parser.add_argument("--epochs", type=int, default=3, help="At most this many epochs per phase (early stopping).")
-    parser.add_argument("--warmup-epochs", type=int, default=sparse_sharing.SearchConfig.warmup_epochs)
+    parser.add_argument("--warmup-epochs", type=float, default=sparse_sharing.SearchConfig.warmup_epochs)
     parser.add_argument("--patience", type=int, default=training.TrainConfig.patience)
     parser.add_argument("--validation-fraction", type=float, default=training.TrainConfig.validation_fraction)
     parser.add_argument("--rounds", type=int, default=sparse_sharing.SearchConfig.rounds)
@@ -263,9 +299,16 @@ def main() -> None:
     parser.add_argument("--cvr-loss-weight", type=float, default=dict(training.TrainConfig.loss_weights)["cvr"])
     parser.add_argument("--conflict-weight", type=float, default=training.TrainConfig.conflict_weight)
     parser.add_argument("--out", default="comparison", help="Writes OUT.json (every figure) and OUT.png (the plot).")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="Train nothing: the table and plot of runs saved by earlier "
+                        "runs (e.g. one per seed or per machine), merged; their settings must agree.")
     args = parser.parse_args()
+    if args.report:
+        runs, args = merge_saved(args.report, args.out)
+        report(runs, args)
+        plot(runs, args, f"{args.out}.png")
+        return
     if args.quick:
-        args.rows, args.seeds, args.epochs, args.warmup_epochs = 200_000, args.seeds[:1], 2, 1
+        args.rows, args.seeds, args.epochs, args.warmup_epochs = 200_000, args.seeds[:1], 2, min(args.warmup_epochs, 1)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lt4rec").setLevel(logging.INFO if os.environ.get("LT4REC_VERBOSE") else logging.WARNING)
 

@@ -36,7 +36,7 @@ age and preferred categories with the video's two category levels: no keywords, 
 providers or idiosyncratic parts) scaled down by `production_interaction` (0.1), plus
 Gaussian noise of `production_noise` (1.0) logit units, with a bias calibrated so that its
 mean is the CTR. Its AUC is about 0.54-0.56, informative but below what a learned model
-reaches (0.57 for `make demo`'s model, trained on 15k impressions, on its eval day, where
+reaches (0.61 for `make demo`'s model, trained on 15k impressions, on its eval day, where
 it scores 0.56; 0.70 for a single-task net on 1M impressions of the paper catalogue).
 """
 

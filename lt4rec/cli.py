@@ -242,7 +242,7 @@ _MODEL_OPTIONS = [
                  help="Share of the train split held out to stop every training phase early and to choose the search's rounds."),
     click.option("--patience", default=1, show_default=True, type=click.IntRange(min=1),
                  help="Stop a training phase after this many passes without a better validation loss (the best pass is kept)."),
-    click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=1), help="At most this many warmup passes."),
+    click.option("--warmup-epochs", default=0.2, show_default=True, type=click.FloatRange(min=0, min_open=True), help="At most this many warmup passes; below 1, that share of one pass (a short warmup)."),
     click.option("--epochs-per-round", default=1, show_default=True, type=click.IntRange(min=1), help="At most this many passes per search round."),
     click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1),
                  help="At most this many passes of the final training (any model)."),

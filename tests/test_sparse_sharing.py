@@ -218,3 +218,17 @@ def test_every_round_starts_from_the_rewinding_target_with_a_fresh_optimizer(mon
             np.testing.assert_array_equal(task_masks["cvr"][name], round_masks[name])
             np.testing.assert_array_equal(task_masks["ctr"][name], algorithm.model.initial_masks("ctr")[name])
     assert len({float(sum(mask.sum() for mask in masks_.values())) for masks_ in found.round_masks}) == 3  # each round prunes
+
+
+def test_a_short_warmup_takes_that_share_of_each_tasks_batches(monkeypatch):
+    algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=1, warmup_epochs=0.25), seed=5)
+    steps = []
+    original = algorithm.trainer.train_step
+    monkeypatch.setattr(algorithm.trainer, "train_step", lambda task, batch: steps.append(task) or original(task, batch))
+    history = algorithm.warmup()
+    assert len(history) == 1
+    for task, whole_pass in algorithm.data.steps.items():
+        assert steps.count(task) == int(np.ceil(0.25 * whole_pass)), (task, whole_pass)
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(ValueError, match="warmup_epochs"):
+            sparse_sharing.SearchConfig(warmup_epochs=bad)
