@@ -304,6 +304,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         runs, args = merge_saved(args.report, args.out)
+        with open(f"{args.out}.json", "w") as f:
+            json.dump({"settings": vars(args), "runs": runs}, f, indent=1)
         report(runs, args)
         plot(runs, args, f"{args.out}.png")
         return
