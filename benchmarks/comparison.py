@@ -135,13 +135,10 @@ def run_seed(seed: int, args) -> dict:
     train, test = _merged(splits), splits["test"]
     print(f"seed {seed}: {len(train[features.CLICK_LABEL])} train / {test.rows} test impressions ready in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
-    clicked = train[features.CLICK_LABEL] == 1
-    n = test.rows
+    no_skill = training.base_rates(train)
     results = {
         TRUTH: _metrics(test, test.truth["p_click"], test.truth["expected_watch_ratio"]),
-        NO_SKILL: _metrics(
-            test, np.full(n, train[features.CLICK_LABEL].mean()), np.full(n, train[features.WATCH_RATIO_LABEL][clicked].mean())
-        ),
+        NO_SKILL: _metrics(test, np.full(test.rows, no_skill["ctr"]), np.full(test.rows, no_skill["cvr"])),
     }
     info = {}
     build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
