@@ -5,7 +5,14 @@
 #
 # Python 3.11 with the verified stack of constraints.txt, installed as `make install` does.
 # (The tensorflow/tfx images bring their own Python and pins, not the ones tested here.)
-FROM python:3.11-slim
+#
+# Built on Apache Beam's SDK image of the pinned Beam and Python, so that the same image
+# also runs Dataflow's workers (`--sdk_container_image=IMAGE --experiments=use_runner_v2`):
+# they then find the project and its whole stack installed. Staging the project with
+# `--setup_file` instead would make each worker pip-install it, which fails: tfx 1.16 and
+# ml-pipelines-sdk 1.16 declare Requires-Python <3.11. The Beam image's entrypoint (the
+# SDK harness) stays; pipeline tasks and training jobs give their own command.
+FROM apache/beam_python3.11_sdk:2.59.0
 
 # Keras 2 (tf-keras) in every process of the container, as TFX 1.16 and TF-MOT need;
 # tfx 1.16 declares Requires-Python <3.11 although its whole stack has 3.11 wheels.
@@ -21,8 +28,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # The repository lives at /pipeline (pipeline/kubeflow_runner.py's IMAGE_ROOT: the compiled
-# spec names /pipeline/pipeline/schema/schema.pbtxt, and Dataflow jobs can take
-# --setup_file=/pipeline/setup.py).
+# spec names /pipeline/pipeline/schema/schema.pbtxt).
 WORKDIR /pipeline
 
 # The dependencies first, in their own layer: a change to the code does not reinstall them.
@@ -39,5 +45,3 @@ RUN python -m pip install --upgrade "pip>=24" \
 COPY . .
 RUN python -m pip install --no-deps -c constraints.txt -e . \
     && python -c "import lt4rec.pipeline.pipeline, lt4rec.components.mask_search.executor; print('lt4rec imports')"
-
-CMD ["lt4rec", "--help"]

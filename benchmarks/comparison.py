@@ -131,7 +131,8 @@ def train_model(name: str, train: dict, args, seed: int, build_batch: dict) -> t
 
 def run_seed(seed: int, args) -> dict:
     start = time.perf_counter()
-    splits = load(args.rows, days=args.days, seed=seed, table_scale=args.table_scale, catalogue=args.catalogue)
+    splits = load(args.rows, days=args.days, seed=seed, table_scale=args.table_scale, catalogue=args.catalogue,
+                  task_relatedness=args.task_relatedness)
     train, test = _merged(splits), splits["test"]
     print(f"seed {seed}: {len(train[features.CLICK_LABEL])} train / {test.rows} test impressions ready in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -240,34 +241,59 @@ def plot(runs: list[dict], args, path: str) -> None:
 
 
 PER_RUN_SETTINGS = {"seeds", "models", "out", "quick", "report"}  # may differ between merged runs
+# Settings only sparse sharing reads: they must agree only between pieces that hold it.
+SEARCH_SETTINGS = {"warmup_epochs", "rounds", "remaining", "scope", "min_sparsity", "epochs_per_round"}
+SPARSE_SHARING = {"s_weight", "s_neuron"}
 
 
-def merge_saved(paths: list[str], out: str) -> tuple[list[dict], argparse.Namespace]:
+def _piece(argument: str) -> tuple[str, set[str] | None]:
+    """`FILE.json`, or `FILE.json:model,model` for only those models of it."""
+    path, _, models = argument.partition(".json:")
+    if not models:
+        return argument, None
+    return path + ".json", set(models.split(","))
+
+
+def merge_saved(pieces: list[str], out: str) -> tuple[list[dict], argparse.Namespace]:
     """The runs of several saved JSON files as one: per seed, every model's results."""
     by_seed: dict[int, dict] = {}
-    settings = None
-    for path in paths:
+    first = {}
+    for piece in pieces:
+        path, chosen = _piece(piece)
         with open(path) as f:
             saved = json.load(f)
-        shared = {key: value for key, value in saved["settings"].items() if key not in PER_RUN_SETTINGS}
-        if settings is None:
-            settings = shared
-        differing = sorted(key for key in settings.keys() | shared.keys() if settings.get(key) != shared.get(key))
-        if differing:
-            raise SystemExit(f"{path}: settings differ from {paths[0]}'s in {differing}: those runs do not compare")
+        saved["settings"].setdefault("task_relatedness", 0.5)  # runs from before the option: the generator's default
+        shared = {key: value for key, value in saved["settings"].items() if key not in PER_RUN_SETTINGS | SEARCH_SETTINGS}
+        taken = [name for name in saved["settings"]["models"] if chosen is None or name in chosen]
+        if chosen and chosen - set(taken):
+            raise SystemExit(f"{path} has no runs of {sorted(chosen - set(taken))}")
+        checks = [("settings", shared)]
+        if SPARSE_SHARING & set(taken):
+            checks.append(("search", {key: saved["settings"].get(key) for key in SEARCH_SETTINGS}))
+        for kind, values in checks:
+            if kind not in first:
+                first[kind] = (path, values)
+                continue
+            reference_path, reference = first[kind]
+            differing = sorted(key for key in reference.keys() | values.keys() if reference.get(key) != values.get(key))
+            if differing:
+                raise SystemExit(f"{path}: settings differ from {reference_path}'s in {differing}: those runs do not compare")
         for run in saved["runs"]:
             merged = by_seed.setdefault(run["seed"], {"seed": run["seed"], "results": {}, "info": {}})
             for name, values in run["results"].items():
+                if name not in (TRUTH, NO_SKILL) and name not in taken:
+                    continue
                 if name in merged["results"] and name not in (TRUTH, NO_SKILL):
                     raise SystemExit(f"{path}: seed {run['seed']} of {name} is in two files")
                 merged["results"][name] = values
-            merged["info"].update(run["info"])
+            merged["info"].update({name: info for name, info in run["info"].items() if name in taken})
+    settings = {**first["settings"][1], **(first["search"][1] if "search" in first else {})}
     models = [name for name in DEFAULT_MODELS if any(name in run["results"] for run in by_seed.values())]
     for seed, run in sorted(by_seed.items()):
         missing = [name for name in models if name not in run["results"]]
         if missing:
             raise SystemExit(f"seed {seed} has no runs of {missing}: every seed needs every model")
-    args = argparse.Namespace(**settings, seeds=sorted(by_seed), models=models, out=out, quick=False, report=paths)
+    args = argparse.Namespace(**settings, seeds=sorted(by_seed), models=models, out=out, quick=False, report=pieces)
     return [by_seed[seed] for seed in sorted(by_seed)], args
 
 
@@ -277,6 +303,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="Generated impressions per seed.")
     parser.add_argument("--days", type=int, default=9, help="Days: the last one is the test day, the others train.")
     parser.add_argument("--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES).")
+    parser.add_argument("--task-relatedness", type=float, default=0.5,
+                        help="The generator's rho: the share of the click and watch-ratio interaction the tasks share.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(configs.MODELS), default=DEFAULT_MODELS)
     parser.add_argument("--table-scale", type=float, default=0.25, help="Hashed table sizes, times DEFAULT_TABLES'.")
@@ -297,7 +325,8 @@ def main() -> None:
     parser.add_argument("--conflict-weight", type=float, default=training.TrainConfig.conflict_weight)
     parser.add_argument("--out", default="comparison", help="Writes OUT.json (every figure) and OUT.png (the plot).")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="Train nothing: the table and plot of runs saved by earlier "
-                        "runs (e.g. one per seed or per machine), merged; their settings must agree.")
+                        "runs (e.g. one per seed or per machine), merged; their settings must agree (the mask search's "
+                        "only between pieces with sparse sharing). FILE.json:m1,m2 takes only those models of a file.")
     args = parser.parse_args()
     if args.report:
         runs, args = merge_saved(args.report, args.out)

@@ -3,11 +3,20 @@
 From the Trainer's model it writes `<serving_dir>/ctr/<version>/` and
 `<serving_dir>/cvr/<version>/`, each the task's network with its mask folded in and its
 switched-off units removed (`models/export.py`), but only if the Evaluator blessed the
-model. Each version is written under a dot-folder and renamed into place, so a server
-polling the folder loads it whole or not at all. Versions are consecutive integers (1, 2, ...), the next after the highest already
+model. Each version is written under a dot-folder and moved into place so that a server
+polling the folder loads it whole or not at all (`publish_version`: on object stores,
+where a rename copies object by object, the graph file comes last). Versions are consecutive integers (1, 2, ...), the next after the highest already
 under `serving_dir`, so that TF Serving loads each push as a new version.
+
+It also publishes the pushed Trainer model (serving model and `training/` folder: weights
+and masks) to `<serving_dir>/.base_model/`, a fixed place from which daily runs on
+Kubeflow Pipelines 2.x, which has no resolver tasks to find the latest blessed model in
+ML Metadata, import the model they continue (`base_model_uri`). `source.json` there
+names the artifact and version it came from. (A dot-folder: no model to TF Serving's
+config or `lt4rec serve`.)
 """
 
+import json
 import os
 
 import tensorflow as tf
@@ -19,6 +28,59 @@ from tfx.types import standard_artifacts
 from lt4rec.models import export, network, trainer
 
 BLESSED_FILE = "BLESSED"
+BASE_MODEL_FOLDER = ".base_model"
+SOURCE_FILE = "source.json"
+
+
+# Written last when a version is copied into place: TF Serving (and `lt4rec serve`) load a
+# version only once its saved_model.pb is there, and retry a load that fails.
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def publish_version(staging: str, destination: str) -> None:
+    """Moves a written version into place so that a polling server never loads half of it.
+
+    On a local disk a rename does it at once. On object stores (gs://, s3://) a rename is
+    a copy object by object, in name order, which would put `saved_model.pb` before the
+    `variables/`; there every other file is copied first and the graph last.
+    """
+    if "://" not in staging:
+        tf.io.gfile.rename(staging, destination)
+        return
+    files = [
+        os.path.join(folder, name)
+        for folder, _, names in tf.io.gfile.walk(staging)
+        for name in names
+    ]
+    files.sort(key=lambda path: os.path.basename(path) in SAVED_MODEL_FILES)  # the graph last
+    for path in files:
+        target = os.path.join(destination, os.path.relpath(path, staging))
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.copy(path, target, overwrite=True)
+    tf.io.gfile.rmtree(staging)
+
+
+def base_model_uri(serving_dir: str) -> str:
+    return os.path.join(serving_dir, BASE_MODEL_FOLDER)
+
+
+def _copy_tree(source: str, destination: str) -> None:
+    for folder, _, files in tf.io.gfile.walk(source):
+        target = os.path.join(destination, os.path.relpath(folder, source))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name), overwrite=True)
+
+
+def publish_base_model(model_uri: str, serving_dir: str, version: int) -> str:
+    """The pushed model's whole artifact at `base_model_uri`, replacing the previous one."""
+    destination = base_model_uri(serving_dir)
+    if tf.io.gfile.exists(destination):
+        tf.io.gfile.rmtree(destination)
+    _copy_tree(model_uri, destination)
+    with tf.io.gfile.GFile(os.path.join(destination, SOURCE_FILE), "w") as handle:
+        handle.write(json.dumps({"model": model_uri, "version": version}))
+    return destination
 
 
 def next_version(serving_dir: str, tasks: tuple[str, ...]) -> int:
@@ -55,8 +117,9 @@ def TaskPusher(
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
         task_network = export.export_task_model(trained, task, transform_output, staging, compact=True)
-        tf.io.gfile.rename(staging, destination)
+        publish_version(staging, destination)
         pushed_model.set_string_custom_property(f"{task}_destination", destination)
         pushed_model.set_string_custom_property(f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths)))
+    pushed_model.set_string_custom_property("base_model", publish_base_model(model.uri, serving_dir, version))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)

@@ -422,6 +422,14 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
 @click.option("--training-machine-type", default=None, help="Machine type of every training replica (default n1-highmem-16).")
 @click.option("--gcp-project", default=None, help="The GCP project of the Vertex AI training job.")
 @click.option("--gcp-region", default=None, help="The region of the Vertex AI training job.")
+@click.option("--training-cpus", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
+              help="vCPUs of MaskSearch's and the Trainer's containers.")
+@click.option("--training-memory-gb", type=click.FloatRange(min=0, min_open=True), default=64, show_default=True,
+              help="Memory of MaskSearch's and the Trainer's containers (they hold the train split in memory).")
+@click.option("--cpus", type=click.FloatRange(min=0, min_open=True), default=4, show_default=True,
+              help="vCPUs of every other component's container.")
+@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True,
+              help="Memory of every other component's container.")
 @run_options
 @click.pass_context
 def pipeline_compile(
@@ -433,6 +441,10 @@ def pipeline_compile(
     training_machine_type: str | None,
     gcp_project: str | None,
     gcp_region: str | None,
+    training_cpus: float,
+    training_memory_gb: float,
+    cpus: float,
+    memory_gb: float,
     **options: object,
 ) -> None:
     """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
@@ -441,8 +453,9 @@ def pipeline_compile(
     every component in --image, and prints its path. Nothing under the data root, pipeline
     root or serving dir is read (they are the cluster's paths, e.g. gs://b/logs). Further
     arguments are Beam pipeline options for the Beam-based components, written into the
-    spec unchanged: e.g. --runner=DataflowRunner --project=P --region=R
-    --temp_location=gs://b/tmp --setup_file=/pipeline/setup.py. With --training-workers N
+    spec: e.g. --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp
+    (Dataflow's workers then run in --image, which has the project installed: it is added
+    as --sdk_container_image; --setup_file is refused). With --training-workers N
     the Trainer runs as a Vertex AI training job of N replicas (a chief and N-1 workers,
     in --image), which train together under MultiWorkerMirroredStrategy.
     """
@@ -453,7 +466,8 @@ def pipeline_compile(
         machine = {"machine_type": training_machine_type} if training_machine_type else {}
         vertex_training = configs.VertexTraining(training_workers, gcp_project or "", gcp_region or "", **machine)
     settings = _pipeline_settings(ctx, options, schema_file=schema_file or configs.SCHEMA_PATH, vertex_training=vertex_training)
-    click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image))
+    resources = kubeflow_runner.Resources(cpus, memory_gb, training_cpus, training_memory_gb)
+    click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image, resources))
 
 
 @cli.command()

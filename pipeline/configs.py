@@ -17,17 +17,19 @@ import re
 import tensorflow as tf
 
 from lt4rec import errors
+from lt4rec.components import artifacts
 from lt4rec.models import features, network, sparse_sharing, training
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 # None: Beam's DirectRunner, in memory. (With any argument set, TFX also packages itself
-# for remote workers before every Beam component, which only remote runners need; pass
-# --setup_file=<this repo>/setup.py to ship this project to Dataflow, Flink or Spark.)
+# for remote workers before every Beam component, unless the arguments name the workers'
+# software: on Dataflow `--sdk_container_image`, the pipeline image, which the Kubeflow
+# runner adds; see pipeline/kubeflow_runner.py.)
 DEFAULT_BEAM_PIPELINE_ARGS: tuple[str, ...] = ()
 PREPROCESSING_FN = "lt4rec.models.preprocessing.preprocessing_fn"
 RUN_FN = "lt4rec.models.trainer.run_fn"
 SEARCH_MASKS = "search"  # run MaskSearch, then train under the masks it finds
-REUSE_MASKS = "reuse"  # train under the latest masks in ML Metadata (daily runs)
+REUSE_MASKS = "reuse"  # continue the latest blessed model under its own masks (daily runs)
 MASK_MODES = (SEARCH_MASKS, REUSE_MASKS)
 # The model of a run (`--model`, LT4REC_MODEL): the network variant and, for sparse sharing,
 # the granularity of the mask search. Every model but sparse sharing trains from scratch in
@@ -126,6 +128,10 @@ class PipelineSettings:
     metadata_path: str | None = None  # SQLite file; default <pipeline_root>/metadata.sqlite
     # None: the Trainer runs in the pipeline's own container (or process), on one worker.
     vertex_training: VertexTraining | None = None
+    # Kubeflow Pipelines 2.x runs no resolver tasks: daily runs there import the model they
+    # continue from where TaskPusher publishes the last pushed one, and history runs have
+    # no baseline model (the Kubeflow runner sets this for a `.yaml` spec).
+    import_base_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("first_day", "last_day"):
@@ -163,7 +169,11 @@ class PipelineSettings:
     @property
     def trainer_settings(self) -> dict:
         """The Trainer's custom_config: the model settings, and where it trains if elsewhere."""
-        return {**self.model_settings, **(self.vertex_training.custom_config() if self.vertex_training else {})}
+        return {
+            **self.model_settings,
+            artifacts.PIPELINE_NAME_KEY: self.pipeline_name,  # marks the model (`artifacts.mark_pipeline`)
+            **(self.vertex_training.custom_config() if self.vertex_training else {}),
+        }
 
     @property
     def metadata_sqlite(self) -> str:

@@ -13,7 +13,9 @@
                                                                 │ blessing
                                   TaskPusher: <serving_dir>/ctr/<v>/, <serving_dir>/cvr/<v>/
 
-Runners (`local_runner.py`, and later Kubeflow's) only choose where it runs.
+The latest blessed model comes from a resolver over ML Metadata, or, on Kubeflow Pipelines
+2.x (`settings.import_base_model`), from an importer of the last pushed model.
+Runners (`local_runner.py`, `kubeflow_runner.py`) only choose where it runs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from lt4rec.components.evaluator import Evaluator
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
 from lt4rec.components.mask_search import MaskSearch
 from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
+from lt4rec.components import task_pusher
 from lt4rec.components.task_pusher import TaskPusher
 from lt4rec.models import features, preprocessing, tfma_metrics
 from lt4rec.pipeline import configs
@@ -83,11 +86,23 @@ def create_components(settings: configs.PipelineSettings) -> list:
             settings=settings.model_settings,
         )
         masks = masks_source.outputs["masks"]
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModel")
+    latest_blessed_model, base_model, baseline_model = None, None, None
+    if not settings.import_base_model:
+        latest_blessed_model = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("LatestBlessedModel")
+        baseline_model = latest_blessed_model.outputs["model"]
+        # Daily runs (reused masks) continue the last blessed, so pushed, model.
+        base_model = baseline_model if settings.masks == configs.REUSE_MASKS else None
+    elif settings.masks == configs.REUSE_MASKS:  # the last pushed model, where TaskPusher publishes it
+        latest_blessed_model = tfx.dsl.Importer(
+            source_uri=task_pusher.base_model_uri(settings.serving_dir),
+            artifact_type=tfx.types.standard_artifacts.Model,
+            reimport=True,
+        ).with_id("LatestBlessedModel")
+        base_model = baseline_model = latest_blessed_model.outputs["result"]
     trainer_class = SparseSharingTrainer
     if settings.vertex_training:  # imported only then: it brings in the Vertex AI client
         from lt4rec.components.sparse_sharing_trainer.vertex import VertexSparseSharingTrainer as trainer_class
@@ -95,15 +110,14 @@ def create_components(settings: configs.PipelineSettings) -> list:
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         masks=masks,
-        # Daily runs (reused masks) continue the last blessed, so pushed, model.
-        base_model=latest_blessed_model.outputs["model"] if settings.masks == configs.REUSE_MASKS else None,
+        base_model=base_model,
         run_fn=configs.RUN_FN,
         custom_config=settings.trainer_settings,
     ).with_id("SparseSharingTrainer")  # one id wherever it trains: ML Metadata lineage, caching
     evaluator = Evaluator(  # TFX's, with the no-skill and incumbent baselines (components/evaluator)
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=latest_blessed_model.outputs["model"],
+        baseline_model=baseline_model,
         eval_config=eval_config(settings),
     )
     pusher = TaskPusher(
@@ -121,7 +135,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
         anomaly_check,
         transform,
         *([masks_source] if masks_source is not None else []),
-        latest_blessed_model,
+        *([latest_blessed_model] if latest_blessed_model is not None else []),
         trainer,
         evaluator,
         pusher,

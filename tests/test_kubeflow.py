@@ -13,6 +13,8 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from lt4rec import errors
+from lt4rec.components import task_pusher
 from lt4rec.models import training
 from lt4rec.pipeline import configs, kubeflow_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
@@ -20,6 +22,8 @@ from tests.conftest import LT4REC
 
 IMAGE = "europe-docker.pkg.dev/p/lt4rec/lt4rec:1.0"
 BEAM_ARGS = ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+# What each Beam component gets: the options as given, then Dataflow's workers in the image.
+DATAFLOW_ARGS = (*BEAM_ARGS, f"--sdk_container_image={IMAGE}")
 ROOTS = dict(data_root="gs://b/logs", pipeline_root="gs://b/pipeline", serving_dir="gs://b/serving")
 ROOT_ARGS = [arg for name, root in ROOTS.items() for arg in ("--" + name.replace("_", "-"), root)]  # on the command line
 # Components whose executors run Beam; TFX hands every container the Beam args anyway.
@@ -66,8 +70,8 @@ def _task_ids(component_ids: list[str]) -> list[str]:
 
 
 def _parameter(spec: pipeline_spec_pb2.PipelineSpec, task: str, name: str):
-    value = spec.root.dag.tasks[task].inputs.parameters[name].runtime_value.constant_value
-    return getattr(value, value.WhichOneof("value"))
+    value = spec.root.dag.tasks[task].inputs.parameters[name].runtime_value.constant  # spec 2.1
+    return getattr(value, value.WhichOneof("kind"))
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +123,9 @@ def test_every_executor_runs_in_the_image_with_the_beam_args(compiled):
     for name in BEAM_COMPONENTS:
         args = containers[name]["args"]
         start = args.index(BEAM_ARGS[0])
-        assert tuple(args[start : start + len(BEAM_ARGS)]) == BEAM_ARGS, name  # unchanged, in order
+        assert tuple(args[start:]) == DATAFLOW_ARGS, name  # unchanged, in order, then the workers' image
     driver = containers["LogExampleGen"]["lifecycle"]["preCacheCheck"]["args"]  # resolves the spans
-    assert tuple(driver[driver.index(BEAM_ARGS[0]) :][: len(BEAM_ARGS)]) == BEAM_ARGS
+    assert tuple(driver[driver.index(BEAM_ARGS[0]) :]) == DATAFLOW_ARGS
     executor_class = {name: c["args"][c["args"].index("--executor_class_path") + 1] for name, c in containers.items()}
     assert executor_class["LogExampleGen"] == "lt4rec.components.log_example_gen.executor.Executor"
     assert executor_class["MaskSearch"] == "lt4rec.components.mask_search.executor.Executor"
@@ -148,17 +152,69 @@ def test_code_is_named_by_dotted_path_and_paths_are_the_clusters(compiled):
     assert absolute == {kubeflow_runner.IMAGE_SCHEMA_FILE}
 
 
-def test_reused_masks_come_from_the_blessed_model(tmp_path):
-    """Daily runs, compiled to YAML for Kubeflow Pipelines' own client: the masks travel with the base model."""
-    settings = configs.PipelineSettings(**ROOTS, masks=configs.REUSE_MASKS, schema_file="gs://b/schema.pbtxt")
-    _, spec = _load(kubeflow_runner.compile_pipeline(settings, str(tmp_path / "daily.yaml"), IMAGE))
+@pytest.mark.parametrize("masks", [configs.SEARCH_MASKS, configs.REUSE_MASKS])
+def test_a_kubeflow_pipelines_spec_has_only_tasks_its_backend_runs(tmp_path, masks):
+    """KFP 2.x: no resolver tasks (daily runs import the last pushed model), spec 2.1 parameters."""
+    settings = configs.PipelineSettings(**ROOTS, masks=masks, span="latest", schema_file="gs://b/schema.pbtxt")
+    path = kubeflow_runner.compile_pipeline(settings, str(tmp_path / "spec.yaml"), IMAGE)
+    _, spec = _load(path)
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    assert {kind for executor in executors.values() for kind in executor} <= {"container", "importer"}
+    with open(path) as handle:
+        text = handle.read()
+    assert "constantValue" not in text and spec.schema_version == "2.1.0"
     tasks = spec.root.dag.tasks
+    if masks == configs.SEARCH_MASKS:
+        assert "LatestBlessedModel" not in tasks and "baseline_model" not in tasks["Evaluator"].inputs.artifacts
+        return
     assert "MaskSearch" not in tasks
-    assert "LatestMasks" not in tasks
-    assert "LatestBlessedModel-model-resolver" in tasks["SparseSharingTrainer"].dependent_tasks
+    importer = executors["LatestBlessedModel_executor"]["importer"]
+    assert importer["artifactUri"]["constant"] == task_pusher.base_model_uri(ROOTS["serving_dir"]) == "gs://b/serving/.base_model"
+    assert importer["reimport"] is True
+    for task, key in (("SparseSharingTrainer", "base_model"), ("Evaluator", "baseline_model")):
+        source = tasks[task].inputs.artifacts[key].task_output_artifact
+        assert (source.producer_task, source.output_artifact_key) == ("LatestBlessedModel", "result")
     assert _parameter(spec, "CuratedSchemaGen", "schema_file") == "gs://b/schema.pbtxt"
+    args = executors["Transform_executor"]["container"]["args"]
+    assert args[-2] == "--json_serialized_inputs_spec_args"  # no Beam args: the DirectRunner by default
+
+
+def test_vertex_resolvers_ask_for_this_pipelines_models_only(compiled):
+    _, _, spec = compiled
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    queries = [q["filter"] for e in executors.values() for q in e.get("resolver", {}).get("outputArtifactQueries", {}).values()]
+    assert len(queries) == 2
+    for query in queries:
+        assert query.endswith(' AND metadata.lt4rec_pipeline.string_value="lt4rec"')
+
+
+def test_every_container_asks_for_its_resources(tmp_path):
+    out = tmp_path / "spec.json"
+    result = subprocess.run(
+        [LT4REC, "pipeline", "compile", "--out", str(out), *ROOT_ARGS, "--training-memory-gb", "96", "--cpus", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, spec = _load(str(out))
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    resources = {label.removesuffix("_executor"): e["container"]["resources"] for label, e in executors.items() if "container" in e}
+    assert resources["MaskSearch"] == resources["SparseSharingTrainer"] == {"cpuLimit": 8.0, "memoryLimit": 96.0}
+    others = {name: r for name, r in resources.items() if name not in ("MaskSearch", "SparseSharingTrainer")}
+    assert "LogExampleGen" in others and all(r == {"cpuLimit": 2.0, "memoryLimit": 16.0} for r in others.values())
+
+
+def test_dataflow_workers_run_the_pipeline_image(tmp_path):
+    settings = configs.PipelineSettings(**ROOTS, beam_pipeline_args=(*BEAM_ARGS, "--sdk_container_image=other:1"))
+    _, spec = _load(kubeflow_runner.compile_pipeline(settings, str(tmp_path / "own.json"), IMAGE))
     args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Transform_executor"]["container"]["args"]
-    assert args[-1] == "{{$}}"  # no Beam args: the DirectRunner by default
+    assert args[-len(BEAM_ARGS) - 1 :] == [*BEAM_ARGS, "--sdk_container_image=other:1"]  # the user's choice stays
+    local = configs.PipelineSettings(**ROOTS, beam_pipeline_args=("--direct_num_workers=2",))
+    _, spec = _load(kubeflow_runner.compile_pipeline(local, str(tmp_path / "direct.json"), IMAGE))
+    args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Transform_executor"]["container"]["args"]
+    assert args[-1] == "--direct_num_workers=2"
+    staged = configs.PipelineSettings(**ROOTS, beam_pipeline_args=(*BEAM_ARGS, "--setup_file=/pipeline/setup.py"))
+    with pytest.raises(errors.UserFacingError, match="--setup_file cannot ship this project"):
+        kubeflow_runner.compile_pipeline(staged, str(tmp_path / "staged.json"), IMAGE)
 
 
 def test_lt4rec_pipeline_compile(tmp_path):
@@ -174,7 +230,7 @@ def test_lt4rec_pipeline_compile(tmp_path):
     job, spec = _load(str(out))
     assert spec.pipeline_info.name == "daily"
     args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Transform_executor"]["container"]["args"]
-    assert tuple(args[-len(BEAM_ARGS) :]) == BEAM_ARGS
+    assert tuple(args[-len(DATAFLOW_ARGS) :]) == DATAFLOW_ARGS
     scaled = configs.PipelineSettings(**ROOTS, table_scale=2.0).feature_config.to_dict()
     trainer_config = json.loads(_parameter(spec, "SparseSharingTrainer", "custom_config"))
     assert trainer_config["features"] == scaled and trainer_config["train"]["optimizer"] == "lazy_adam"
@@ -204,7 +260,7 @@ def test_tfx_cli_compiles_the_runner_file(tmp_path):
     _, spec = _load(str(out))
     assert sorted(spec.root.dag.tasks) == sorted(DEPENDENCIES)
     args = json_format.MessageToDict(spec.deployment_spec)["executors"]["Evaluator_executor"]["container"]
-    assert args["image"] == IMAGE and tuple(args["args"][-len(BEAM_ARGS) :]) == BEAM_ARGS
+    assert args["image"] == IMAGE and tuple(args["args"][-len(DATAFLOW_ARGS) :]) == DATAFLOW_ARGS
 
 
 def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):

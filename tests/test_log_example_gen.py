@@ -6,9 +6,14 @@ import os
 
 import pytest
 from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
 
 from lt4rec import errors
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
+from lt4rec.components.log_example_gen.component import DAILY_PATTERN
+from lt4rec.components.log_example_gen.executor import resolve_span
 from lt4rec.pipeline.pipeline import _range_config
 from tests.conftest import read_examples
 
@@ -162,3 +167,22 @@ def test_the_reader_finds_damage_that_tensorflow_misses(tmp_path, tiny_logs):
             handle.write(damaged)
         with pytest.raises(CorruptFileError):
             list(read_tfrecords(path))
+
+
+@pytest.mark.parametrize("span,day", [("latest", "20201013"), ("20201012", "20201012")])
+def test_without_a_driver_the_executor_resolves_the_day_itself(tiny_logs, span, day):
+    """Kubeflow Pipelines 2.x runs no ExampleGen driver: the pattern arrives as compiled."""
+    compiled = {
+        "input_base": tiny_logs,
+        "input_config": proto_utils.proto_to_json(
+            example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern=DAILY_PATTERN)])
+        ),
+        "range_config": proto_utils.proto_to_json(_range_config(span)),
+    }
+    examples = standard_artifacts.Examples()
+    resolved = resolve_span(compiled, examples)
+    config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(resolved["input_config"], config)
+    assert config.splits[0].pattern == f"{day}/*"
+    assert resolved["span"] == examples.get_int_custom_property("span") == day_span(day)
+    assert resolve_span(resolved, standard_artifacts.Examples()) == resolved  # a driver's output passes unchanged

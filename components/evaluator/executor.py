@@ -49,6 +49,7 @@ from tfx.types import standard_component_specs as specs
 from tfx.utils import io_utils, json_utils, proto_utils
 
 from lt4rec import errors
+from lt4rec.components import artifacts
 from lt4rec.models import tfma_metrics
 
 TRAIN_SPLIT = "train"
@@ -370,6 +371,13 @@ class Executor(tfx_executor.Executor):
     """TFX's Evaluator executor, with the baselines filled in before and reported after."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        self._evaluate(input_dict, output_dict, exec_properties)
+        # The blessing belongs to the pipeline of the model it judged.
+        pipeline = artifacts.pipeline_of(input_dict.get(specs.MODEL_KEY) or [])
+        if pipeline and output_dict.get(specs.BLESSING_KEY):
+            artifacts.mark_pipeline(output_dict[specs.BLESSING_KEY], pipeline)
+
+    def _evaluate(self, input_dict, output_dict, exec_properties) -> None:
         config_json = exec_properties.get(specs.EVAL_CONFIG_KEY)
         eval_config = tfma.EvalConfig()
         if config_json:

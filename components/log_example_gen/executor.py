@@ -31,9 +31,11 @@ from typing import Any, Iterator
 import apache_beam as beam
 import google_crc32c
 import tensorflow as tf
+from tfx.components.example_gen import driver as example_gen_driver
+from tfx.components.example_gen import input_processor
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
-from tfx.proto import example_gen_pb2
+from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
@@ -181,6 +183,45 @@ def _request_bucket(record: bytes, buckets: int) -> int:
     return int(hashlib.sha256(key).hexdigest(), 16) % buckets
 
 
+_SPAN_SPECS = (
+    example_gen_utils.SPAN_SPEC, example_gen_utils.VERSION_SPEC,
+    example_gen_utils.YEAR_SPEC, example_gen_utils.MONTH_SPEC, example_gen_utils.DAY_SPEC,
+)
+
+
+def resolve_span(exec_properties: dict[str, Any], examples) -> dict[str, Any]:
+    """Daily mode's day, when no driver has resolved it: what TFX's ExampleGen driver does.
+
+    LocalDagRunner and Vertex AI (its pre-cache step) run that driver before the executor,
+    and it replaces `{YYYY}{MM}{DD}` in the pattern by the day `range_config` selects.
+    Kubeflow Pipelines 2.x runs no such step, so the pattern arrives as compiled.
+    """
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    if not any(spec in split.pattern for split in input_config.splits for spec in _SPAN_SPECS):
+        return exec_properties
+    range_config = None
+    if exec_properties.get(standard_component_specs.RANGE_CONFIG_KEY):
+        range_config = range_config_pb2.RangeConfig()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.RANGE_CONFIG_KEY], range_config)
+    processor = input_processor.FileBasedInputProcessor(
+        exec_properties[standard_component_specs.INPUT_BASE_KEY], input_config.splits, range_config
+    )
+    span, version = processor.resolve_span_and_version()
+    for split in input_config.splits:
+        split.pattern = processor.get_pattern_for_span_version(split.pattern, span, version)
+    resolved = {
+        **exec_properties,
+        standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(input_config),
+        example_gen_utils.SPAN_PROPERTY_NAME: span,
+        example_gen_utils.VERSION_PROPERTY_NAME: version,
+        example_gen_utils.FINGERPRINT_PROPERTY_NAME: processor.get_input_fingerprint(span, version),
+    }
+    example_gen_driver.update_output_artifact(resolved, examples.mlmd_artifact)
+    logging.info("LogExampleGen: no driver resolved the day; span %d: %s", span, input_config.splits[0].pattern)
+    return resolved
+
+
 class Executor(BaseExampleGenExecutor):
     """Reads, checks and splits the log partitions (see the module docstring)."""
 
@@ -190,6 +231,7 @@ class Executor(BaseExampleGenExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         self._rejected_dir = os.path.join(examples.uri, REJECTED_DIR)
+        exec_properties = resolve_span(exec_properties, examples)
         super().Do(input_dict, output_dict, exec_properties)
         with tf.io.gfile.GFile(os.path.join(self._rejected_dir, COUNTS_FILE)) as handle:
             counts = json.load(handle)

@@ -19,6 +19,10 @@ from lt4rec.components.sparse_sharing_trainer.component import SparseSharingTrai
 class VertexExecutor(vertex_trainer_executor.GenericExecutor):
     """Launches the training job; each of its replicas runs `executor.Executor`."""
 
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        super().Do(input_dict, output_dict, exec_properties)
+        executor.mark_model(output_dict, exec_properties)
+
     def _GetExecutorClass(self):
         return executor.Executor
 
