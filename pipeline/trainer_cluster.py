@@ -91,10 +91,19 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def tf_configs(workers: int) -> list[dict]:
-    """One TF_CONFIG per worker of a loopback cluster (worker 0 is the chief)."""
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(workers)]}
-    return [{"cluster": cluster, "task": {"type": "worker", "index": index}} for index in range(workers)]
+def tf_configs(workers: int, chief: bool = False) -> list[dict]:
+    """One TF_CONFIG per replica of a loopback cluster of `workers` replicas.
+
+    Without `chief`, all are workers and worker 0 is the chief (TF's rule); with it, the
+    first is a `chief` and the others workers 0..n-2, as Vertex AI's training jobs set it.
+    """
+    addresses = [f"localhost:{port}" for port in free_ports(workers)]
+    if not chief:
+        return [{"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}} for index in range(workers)]
+    cluster = {"chief": addresses[:1], "worker": addresses[1:]}
+    return [{"cluster": cluster, "task": {"type": "chief", "index": 0}}] + [
+        {"cluster": cluster, "task": {"type": "worker", "index": index}} for index in range(workers - 1)
+    ]
 
 
 def run_workers(
@@ -104,11 +113,13 @@ def run_workers(
     log_dir: str,
     timeout: float = 900,
     env: Mapping[str, str] | None = None,
+    chief: bool = False,
 ) -> list[Worker]:
     """Run the Trainer executor as `workers` processes (plain, without TF_CONFIG, for 1).
 
     Writes the `model` and `model_run` outputs under `model_uri`; raises naming the worker
-    and its log if any worker fails. `env` adds to every worker's environment.
+    and its log if any worker fails. `env` adds to every worker's environment; `chief`:
+    Vertex AI's topology (a chief and workers, `tf_configs`).
     """
     model = standard_artifacts.Model()
     model.uri = os.path.join(model_uri, "model")
@@ -122,14 +133,14 @@ def run_workers(
         "--exec-properties", json.dumps(execution.exec_properties),
     ]  # fmt: skip
     os.makedirs(log_dir, exist_ok=True)
-    configs = tf_configs(workers) if workers > 1 else [None]
+    configs = tf_configs(workers, chief) if workers > 1 else [None]
     processes = []
     start = time.perf_counter()
     for index, tf_config in enumerate(configs):
         worker_env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"} | dict(env or {})
         if tf_config:
             worker_env["TF_CONFIG"] = json.dumps(tf_config)
-        name = f"worker-{index}" if tf_config else "local"
+        name = f"{tf_config['task']['type']}-{tf_config['task']['index']}" if tf_config else "local"
         log = os.path.join(log_dir, f"{name}.log")
         with open(log, "w") as out:
             processes.append((name, log, subprocess.Popen(arguments, env=worker_env, stdout=out, stderr=subprocess.STDOUT)))

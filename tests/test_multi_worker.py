@@ -1,4 +1,5 @@
-"""The Trainer as two workers on loopback, each one the TFX executor under TF_CONFIG (as on Kubeflow)."""
+"""The Trainer as two replicas on loopback, each one the TFX executor under TF_CONFIG, in the
+topology Vertex AI's training job gives them (a `chief` and a `worker`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from lt4rec.pipeline import trainer_cluster
 
 @pytest.fixture(scope="module")
 def two_workers(finished_run, tmp_path_factory):
-    """The tiny run's Trainer execution, rerun as worker 0 (chief) and worker 1."""
+    """The tiny run's Trainer execution, rerun as chief 0 and worker 0."""
     root = tmp_path_factory.mktemp("two_workers")
     execution = trainer_cluster.TrainerExecution.recorded(finished_run.metadata_sqlite)
-    workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"))
+    workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"), chief=True)
     return execution, str(root / "out" / "model"), workers
 
 
@@ -25,9 +26,9 @@ def test_both_workers_hold_the_same_weights_and_masks(two_workers):
     _, model_uri, workers = two_workers
     replicas = os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER)
     digests = {name: json.load(open(os.path.join(replicas, name))) for name in sorted(os.listdir(replicas))}
-    assert list(digests) == ["worker-0.json", "worker-0.start.json", "worker-1.json", "worker-1.start.json"]
-    assert digests["worker-0.json"] == digests["worker-1.json"]
-    assert any("ctr_mask" in name for name in digests["worker-0.json"])  # the masks are in the digest
+    assert list(digests) == ["chief-0.json", "chief-0.start.json", "worker-0.json", "worker-0.start.json"]
+    assert digests["chief-0.json"] == digests["worker-0.json"]
+    assert any("ctr_mask" in name for name in digests["chief-0.json"])  # the masks are in the digest
     for worker in workers:
         log = open(worker.log).read()
         assert f"Training as {worker.name} of 2 workers (MultiWorkerMirroredStrategy, 2 replicas in sync)" in log
@@ -37,7 +38,7 @@ def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_s
     execution, model_uri, _ = two_workers
     model, settings = trainer.load_trained(model_uri)
     assert settings[trainer.WORKERS] == 2
-    digests = json.load(open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER, "worker-1.json")))
+    digests = json.load(open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER, "worker-0.json")))
     assert list(distribution.fingerprint(model).values()) == list(digests.values())
 
     (masks_artifact,) = execution.inputs["masks"]
@@ -50,7 +51,7 @@ def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_s
     masks.set_task_masks(snet_init, sparse_sharing.load_search(masks_artifact.uri, snet_init))
     expected_start = list(distribution.fingerprint(snet_init).values())  # sNET_init under the searched masks
     replicas = os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER)
-    for worker in ("worker-0", "worker-1"):
+    for worker in ("chief-0", "worker-0"):
         assert list(json.load(open(os.path.join(replicas, worker + trainer.START_SUFFIX))).values()) == expected_start
     initial_kernels = masks.get_kernels(snet_init)
     for name, kernel in masks.get_kernels(model).items():
