@@ -37,6 +37,17 @@ SOURCE_FILE = "source.json"
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
+def _copy_tree(source: str, destination: str) -> None:
+    """Every file under `source` to the same place under `destination`, the graph files last."""
+    files = []
+    for folder, _, names in tf.io.gfile.walk(source):
+        tf.io.gfile.makedirs(os.path.join(destination, os.path.relpath(folder, source)))  # empty ones too
+        files += [os.path.join(folder, name) for name in names]
+    files.sort(key=lambda path: os.path.basename(path) in SAVED_MODEL_FILES)
+    for path in files:
+        tf.io.gfile.copy(path, os.path.join(destination, os.path.relpath(path, source)), overwrite=True)
+
+
 def publish_version(staging: str, destination: str) -> None:
     """Moves a written version into place so that a polling server never loads half of it.
 
@@ -47,29 +58,12 @@ def publish_version(staging: str, destination: str) -> None:
     if "://" not in staging:
         tf.io.gfile.rename(staging, destination)
         return
-    files = [
-        os.path.join(folder, name)
-        for folder, _, names in tf.io.gfile.walk(staging)
-        for name in names
-    ]
-    files.sort(key=lambda path: os.path.basename(path) in SAVED_MODEL_FILES)  # the graph last
-    for path in files:
-        target = os.path.join(destination, os.path.relpath(path, staging))
-        tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(path, target, overwrite=True)
+    _copy_tree(staging, destination)
     tf.io.gfile.rmtree(staging)
 
 
 def base_model_uri(serving_dir: str) -> str:
     return os.path.join(serving_dir, BASE_MODEL_FOLDER)
-
-
-def _copy_tree(source: str, destination: str) -> None:
-    for folder, _, files in tf.io.gfile.walk(source):
-        target = os.path.join(destination, os.path.relpath(folder, source))
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name), overwrite=True)
 
 
 def publish_base_model(model_uri: str, serving_dir: str, version: int) -> str:
