@@ -247,6 +247,12 @@ _MODEL_OPTIONS = [
     click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1),
                  help="At most this many passes of the final training (any model)."),
     click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1)),
+    click.option("--input-mode", type=click.Choice(["auto", "memory", "streaming"]), default="auto", show_default=True,
+                 help="Train from the train split held in memory as columns, or streamed from its files (memory bounded "
+                      "by --shuffle-buffer); auto: in memory when the columns fit in --in-memory-limit-gb."),
+    click.option("--in-memory-limit-gb", default=2.0, show_default=True, type=click.FloatRange(min=0.0)),
+    click.option("--shuffle-buffer", default=32_768, show_default=True, type=click.IntRange(min=1),
+                 help="Streaming: examples of a task permuted together (a block; memory holds a few per task)."),
     click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
     click.option("--optimizer", type=click.Choice(["adam", "lazy_adam"]), default="adam", show_default=True,
                  help="lazy_adam updates only the embedding rows each batch uses (for large id tables)."),
@@ -318,6 +324,9 @@ def _model_settings(options: dict) -> dict:
             seed=options["seed"],
             validation_fraction=options["validation_fraction"],
             patience=options["patience"],
+            input_mode=options["input_mode"],
+            in_memory_limit_gb=options["in_memory_limit_gb"],
+            shuffle_buffer=options["shuffle_buffer"],
         ),
         search=sparse_sharing.SearchConfig(
             rounds=options["rounds"],

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import masks, metrics, network, training
+from lt4rec.models import inputs, masks, metrics, network, training
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,17 @@ def select_round(rounds: list[RoundResult], min_sparsity: float) -> int:
 
 @dataclasses.dataclass
 class Datasets:
-    """Batched task datasets: train per task (with its steps per pass), one validation set of all impressions."""
+    """Batched task datasets: train per task (with its steps per pass), one validation set of all impressions.
+
+    `base_rates`: each task's mean label on the train share (the heads start there).
+    `mode`: whether the train share is held in memory or streamed (`inputs.py`).
+    """
 
     train: Mapping[str, "tf.data.Dataset | tf.distribute.DistributedDataset"]
     validation: tf.data.Dataset
     steps: Mapping[str, int]
+    base_rates: Mapping[str, float]
+    mode: str = inputs.MEMORY
 
     @classmethod
     def from_columns(
@@ -130,6 +136,44 @@ class Datasets:
             train={task: training.distributed_task_batches(train, task, batch_size, seed, strategy) for task in tasks},
             validation=training.ordered_batches(validation, 4 * batch_size),
             steps={task: training.task_steps(train, task, batch_size, strategy) for task in tasks},
+            base_rates=training.base_rates(train),
+        )
+
+    @classmethod
+    def from_split(
+        cls,
+        split: inputs.TransformedSplit,
+        config: training.TrainConfig,
+        tasks: Iterable[str],
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        """Transform's train split, less its held-out share: in memory or streamed (`TrainConfig.input_mode`)."""
+        strategy = strategy or tf.distribute.get_strategy()
+        counts = inputs.count(split, *config.holdout)
+        mode = inputs.choose_mode(config.input_mode, counts, split, int(config.in_memory_limit_gb * 2**30))
+        logger.info(
+            "Train split: %d files, %d examples (%d clicked), %d held out for validation; %s (%.2f GB as columns)",
+            len(split.files), counts.rows, counts.clicks, counts.held_rows,
+            "in memory" if mode == inputs.MEMORY else "streamed", (counts.rows + counts.held_rows) * split.row_bytes / 2**30,
+        )
+        if mode == inputs.MEMORY:
+            train, validation = training.hold_out(inputs.in_memory(split.batches()), *config.holdout)
+            return cls.from_columns(train, validation, config.batch_size, config.seed, tasks, strategy)
+
+        def stream(task: str, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+            return inputs.task_stream(split, task, config.batch_size, config.seed, config.holdout, config.shuffle_buffer, input_context)
+
+        return cls(
+            train={
+                task: stream(task)
+                if strategy.num_replicas_in_sync == 1
+                else strategy.distribute_datasets_from_function(lambda context, task=task: stream(task, context))
+                for task in tasks
+            },
+            validation=inputs.held_out_stream(split, 4 * config.batch_size, config.holdout),
+            steps={task: training.steps_per_pass(counts.task_rows(task), config.batch_size, strategy) for task in tasks},
+            base_rates=counts.base_rates,
+            mode=inputs.STREAMING,
         )
 
     def only(self, task: str) -> tuple[dict, dict]:

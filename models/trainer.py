@@ -63,21 +63,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_config = training.TrainConfig.from_dict(config[TRAIN])
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    train, validation = training.hold_out(
-        inputs.in_memory(inputs.transformed_examples(fn_args.train_files, transform_output)),
-        train_config.validation_fraction,
-        train_config.seed,
-    )
-    evaluation = inputs.in_memory(inputs.transformed_examples(fn_args.eval_files, transform_output))
     tf.keras.utils.set_random_seed(train_config.seed)
-    data = sparse_sharing.Datasets.from_columns(
-        train, validation, train_config.batch_size, train_config.seed, training.batch_streams(network_config), strategy
+    data = sparse_sharing.Datasets.from_split(
+        inputs.TransformedSplit.from_patterns(fn_args.train_files, transform_output),
+        train_config,
+        training.batch_streams(network_config),
+        strategy,
     )
     start: dict[str, str] = {}
     with strategy.scope():
         model = network.RankingNetwork(feature_config, network_config)
         model.build_for(next(iter(data.validation)))
-        model.start_at_base_rates(training.base_rates(train))  # a restored start overwrites it
+        model.start_at_base_rates(data.base_rates)  # a restored start overwrites it
         trainer = training.MultiTaskTrainer(model, train_config, strategy)
         base = _restore_base_model(model, fn_args.base_model) if fn_args.base_model else None
         if model.masked:
@@ -87,7 +84,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             masks_uri = None
             phases = trainer.fit(data.train, data.validation, network_config.variant, train_config.epochs, train_config.seed, data.steps)
 
-    result = training.evaluate(model, training.ordered_batches(evaluation, 4 * train_config.batch_size))
+    evaluation = inputs.TransformedSplit.from_patterns(fn_args.eval_files, transform_output)
+    result = training.evaluate(model, inputs.ordered_stream(evaluation, 4 * train_config.batch_size))
     logger.info("Eval split: %s", ", ".join(f"{k} {v:.5f}" for k, v in result.to_dict().items()))
 
     # Every replica writes (saving may need all of them); only the chief's outputs are kept.

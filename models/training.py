@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, masks, metrics, network
+from lt4rec.models import features, inputs, masks, metrics, network
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ class TrainConfig:
     # after `patience` passes without a better validation loss, keeping its best pass.
     validation_fraction: float = 0.1
     patience: int = 1
+    # Where the train split is read from (`inputs.py`): "memory" (columns, gathered from on
+    # every pass), "streaming" (the files through tf.data, memory bounded by the shuffle
+    # buffer), or "auto": in memory when the columns take at most `in_memory_limit_gb`.
+    input_mode: str = inputs.AUTO
+    in_memory_limit_gb: float = 2.0
+    shuffle_buffer: int = 32_768  # examples per shuffled block of each task stream (memory: a few blocks)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -65,6 +71,15 @@ class TrainConfig:
             raise ValueError(f"validation_fraction {self.validation_fraction} is not in (0, 1)")
         if self.patience < 1 or self.epochs < 1:
             raise ValueError("epochs and patience must be at least 1")
+        if self.input_mode not in inputs.INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {inputs.INPUT_MODES}, not {self.input_mode!r}")
+        if self.shuffle_buffer < 1 or self.in_memory_limit_gb < 0:
+            raise ValueError("shuffle_buffer must be at least 1 and in_memory_limit_gb at least 0")
+
+    @property
+    def holdout(self) -> tuple[float, int]:
+        """(fraction, seed) of the validation share `inputs.held_out` sets aside."""
+        return self.validation_fraction, self.seed
 
     @property
     def loss_weight(self) -> dict[str, float]:
@@ -163,10 +178,8 @@ Columns = Mapping[str, "np.ndarray | tf.Tensor"]  # transformed examples in memo
 def task_columns(columns: Columns, task: str) -> dict[str, tf.Tensor]:
     """The examples of a task: CTR all impressions, CVR the clicked ones only."""
     columns = {name: tf.convert_to_tensor(values) for name, values in columns.items()}
-    if task == "cvr":
-        clicked = tf.equal(tf.reshape(columns[CLICK], [-1]), 1)
-        return {name: tf.boolean_mask(values, clicked) for name, values in columns.items()}
-    return columns
+    rows = inputs.task_examples(columns, task)
+    return {name: tf.boolean_mask(values, rows) for name, values in columns.items()}
 
 
 def task_batches(
@@ -223,6 +236,11 @@ def task_steps(columns: Columns, task: str, batch_size: int, strategy: tf.distri
     """How many steps a pass of `distributed_task_batches` takes (whole global batches only when distributed)."""
     click = np.reshape(np.asarray(columns[CLICK]), [-1])
     rows = int(click.size if task != "cvr" else np.count_nonzero(click == 1))
+    return steps_per_pass(rows, batch_size, strategy)
+
+
+def steps_per_pass(rows: int, batch_size: int, strategy: tf.distribute.Strategy | None = None) -> int:
+    """Batches of `batch_size` in `rows` examples: whole global batches only when distributed."""
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         return rows // batch_size
     return -(-rows // batch_size)
@@ -260,14 +278,12 @@ def base_rates(columns: Columns) -> dict[str, float]:
 
 
 def hold_out(columns: Columns, fraction: float, seed: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-    """(kept, held out): a seeded random `fraction` of the rows set aside, e.g. for validation."""
-    rows = int(tf.shape(columns[CLICK])[0])
-    held = max(1, round(rows * fraction))
-    order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed=[seed, 0])
-    kept_rows, held_rows = tf.sort(order[held:]), tf.sort(order[:held])
+    """(kept, held out): the rows `inputs.held_out` sets aside (a seeded `fraction`, by content), in order."""
+    columns = {name: tf.convert_to_tensor(values) for name, values in columns.items()}
+    held = inputs.held_out(columns, fraction, seed)
     return (
-        {name: tf.gather(values, kept_rows) for name, values in columns.items()},
-        {name: tf.gather(values, held_rows) for name, values in columns.items()},
+        {name: tf.boolean_mask(values, tf.logical_not(held)) for name, values in columns.items()},
+        {name: tf.boolean_mask(values, held) for name, values in columns.items()},
     )
 
 

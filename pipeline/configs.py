@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from lt4rec import errors
 from lt4rec.components import artifacts
-from lt4rec.models import features, network, sparse_sharing, training
+from lt4rec.models import features, inputs, network, sparse_sharing, training
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 # None: Beam's DirectRunner, in memory. (With any argument set, TFX also packages itself
@@ -196,6 +196,7 @@ class PipelineSettings:
                 schema_file=env.get("LT4REC_SCHEMA_FILE") or SCHEMA_PATH,
                 masks=env.get("LT4REC_MASKS") or SEARCH_MASKS,
                 **select_model(env.get("LT4REC_MODEL") or S_WEIGHT),
+                train=training.TrainConfig(input_mode=env.get("LT4REC_INPUT_MODE") or inputs.AUTO),
                 beat_no_skill=_env_flag("LT4REC_BEAT_NO_SKILL", True),
                 beat_incumbent=_env_flag("LT4REC_BEAT_INCUMBENT", True),
                 vertex_training=VertexTraining(
@@ -209,6 +210,8 @@ class PipelineSettings:
             )
         except KeyError as missing:
             raise errors.UserFacingError(f"environment variable {missing.args[0]} is not set") from None
+        except ValueError as error:
+            raise errors.UserFacingError(f"LT4REC_* environment variables: {error}") from None
 
 
 def select_model(

@@ -1,5 +1,6 @@
 """The Trainer as two replicas on loopback, each one the TFX executor under TF_CONFIG, in the
-topology Vertex AI's training job gives them (a `chief` and a `worker`)."""
+topology Vertex AI's training job gives them (a `chief` and a `worker`), streaming the
+train split (each worker its own share of the records) as it would at scale."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from lt4rec.pipeline import trainer_cluster
 
 @pytest.fixture(scope="module")
 def two_workers(finished_run, tmp_path_factory):
-    """The tiny run's Trainer execution, rerun as chief 0 and worker 0."""
+    """The tiny run's Trainer execution, rerun as chief 0 and worker 0, streaming its input."""
     root = tmp_path_factory.mktemp("two_workers")
-    execution = trainer_cluster.TrainerExecution.recorded(finished_run.metadata_sqlite)
+    execution = trainer_cluster.TrainerExecution.recorded(finished_run.metadata_sqlite).with_custom_config(
+        train={"input_mode": "streaming", "shuffle_buffer": 1000}
+    )
     workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"), chief=True)
     return execution, str(root / "out" / "model"), workers
 
@@ -32,6 +35,7 @@ def test_both_workers_hold_the_same_weights_and_masks(two_workers):
     for worker in workers:
         log = open(worker.log).read()
         assert f"Training as {worker.name} of 2 workers (MultiWorkerMirroredStrategy, 2 replicas in sync)" in log
+        assert "held out for validation; streamed" in log
 
 
 def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_searched_masks(two_workers):

@@ -100,16 +100,21 @@ def test_cvr_batches_hold_clicked_impressions_only():
     assert first == second  # reproducible from the seed
 
 
-def test_hold_out_splits_rows_disjointly_and_reproducibly():
-    examples = random_transformed(500, 5)
-    examples["row"] = np.arange(500)
+def test_hold_out_splits_rows_disjointly_and_reproducibly_by_content():
+    examples = random_transformed(2000, 5)
+    examples["row"] = np.arange(2000)
     kept, held = training.hold_out(examples, 0.1, seed=3)
     kept_rows, held_rows = kept["row"].numpy(), held["row"].numpy()
-    assert len(held_rows) == 50 and len(kept_rows) == 450
-    assert sorted(np.concatenate([kept_rows, held_rows]).tolist()) == list(range(500))
+    assert 150 <= len(held_rows) <= 250  # 10% of 2,000 (binomial: 200 +- 13)
+    assert sorted(np.concatenate([kept_rows, held_rows]).tolist()) == list(range(2000))
     np.testing.assert_array_equal(held["FEA_UID"].numpy(), examples["FEA_UID"][held_rows])
     assert held_rows.tolist() == training.hold_out(examples, 0.1, seed=3)[1]["row"].numpy().tolist()
     assert held_rows.tolist() != training.hold_out(examples, 0.1, seed=4)[1]["row"].numpy().tolist()
+    # The rows held out are chosen by what they hold, not where they are: the order a
+    # sharded or shuffled read yields them in does not change which are held out.
+    order = np.random.default_rng(0).permutation(2000)
+    shuffled = {name: values[order] for name, values in examples.items()}
+    assert sorted(training.hold_out(shuffled, 0.1, seed=3)[1]["row"].numpy().tolist()) == held_rows.tolist()
 
 
 def _adam_rows(weights, gradients, steps_rows, lr=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7):

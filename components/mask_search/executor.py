@@ -29,9 +29,9 @@ SETTINGS = "settings"
 TRAIN_SPLIT = "train"
 
 
-def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> dict[str, tf.Tensor]:
+def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> inputs.TransformedSplit:
     uri = artifact_utils.get_split_uri(examples_artifacts, split)
-    return inputs.in_memory(inputs.transformed_examples(io_utils.all_files_pattern(uri), transform_output))
+    return inputs.TransformedSplit.from_patterns(io_utils.all_files_pattern(uri), transform_output)
 
 
 class Executor(base_executor.BaseExecutor):
@@ -43,21 +43,13 @@ class Executor(base_executor.BaseExecutor):
         search_config = sparse_sharing.SearchConfig(**settings["search"])
 
         transform_output = tft.TFTransformOutput(artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH]))
-        train, validation = training.hold_out(
-            split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output),
-            train_config.validation_fraction,
-            train_config.seed,
-        )
-        logger.info(
-            "Mask search data: %d train rows, %d held out for choosing the rounds",
-            int(train[features.CLICK_LABEL].shape[0]), int(validation[features.CLICK_LABEL].shape[0]),
-        )
-
         tf.keras.utils.set_random_seed(train_config.seed)
-        data = sparse_sharing.Datasets.from_columns(train, validation, train_config.batch_size, train_config.seed, network_config.tasks)
+        data = sparse_sharing.Datasets.from_split(
+            split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output), train_config, network_config.tasks
+        )
         model = network.RankingNetwork(feature_config, network_config)
         model.build_for(next(iter(data.validation)))
-        model.start_at_base_rates(training.base_rates(train))
+        model.start_at_base_rates(data.base_rates)
         algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config)
         logger.info(
             "Mask search: %d rounds per task, q=%.3f (%.0f%% left after the last), %s %s pruning, rewinding to %s",
