@@ -61,6 +61,7 @@ setup(
         "matplotlib>=3.8",
         "numpy>=1.26,<2",
         "google-crc32c>=1.5",
+        "isal>=1.6",  # ISA-L's DEFLATE: `lt4rec generate` compresses logs 4x faster than zlib
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["lt4rec=lt4rec.cli:main"]},

@@ -36,7 +36,7 @@ def main() -> None:
         parser.error("--epochs must be at least 2 (the first pass includes tracing)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    execution = trainer_cluster.TrainerExecution.recorded(os.path.join(args.pipeline_root, "metadata.sqlite"))
+    execution = trainer_cluster.RecordedExecution.recorded(os.path.join(args.pipeline_root, "metadata.sqlite"))
     execution = execution.with_custom_config(train={"epochs": args.epochs})
     out = args.out or tempfile.mkdtemp(prefix="lt4rec-multi-worker-")
     results = {}

@@ -91,8 +91,8 @@ def log_records(world: world_lib.World, impressions: world_lib.Impressions) -> I
             "FEA_CP": provider_id(int(world.video_provider[video])),
             "FEA_ICAT1": category1(int(world.video_category1[video])),
             "FEA_ICAT2": category2(int(world.video_category2[video])),
-            "FEA_IKEYWORD": [keyword(k) for k in world.video_keywords[video, : world.video_keyword_count[video]]],
-            "FEA_IXFTAG": [tag(t) for t in world.video_tags[video, : world.video_tag_count[video]]],
+            "FEA_IKEYWORD": [keyword(k) for k in world.video_keywords(video)[: world.video_keyword_count[video]]],
+            "FEA_IXFTAG": [tag(t) for t in world.video_tags(video)[: world.video_tag_count[video]]],
             "FEA_DURATION": str(int(world_lib.duration_bucket(world.video_seconds[video]))),
             "FEA_COVERQUALITY": str(world.video_cover_quality[video]),
             "FEA_ALGID": str(int(impressions.algorithm[i]) + 1),
@@ -107,8 +107,8 @@ def log_records(world: world_lib.World, impressions: world_lib.Impressions) -> I
                     "FEA_SCP": provider_id(int(world.video_provider[source])),
                     "FEA_SICAT1": category1(int(world.video_category1[source])),
                     "FEA_SICAT2": category2(int(world.video_category2[source])),
-                    "FEA_SIKEYWORD": [keyword(k) for k in world.video_keywords[source, :keyword_count]],
-                    "FEA_STAG": [tag(t) for t in world.video_tags[source, :tag_count]],
+                    "FEA_SIKEYWORD": [keyword(k) for k in world.video_keywords(source)[:keyword_count]],
+                    "FEA_STAG": [tag(t) for t in world.video_tags(source)[:tag_count]],
                 }
             )
         else:

@@ -65,6 +65,7 @@ N_RECALL_ALGORITHMS = 12
 N_COVER_QUALITIES = 5
 MAX_REQUEST_SIZE = 10
 MAX_VIDEOS = 5_000_000
+DAY_MS = 86_400_000
 
 NO_SOURCE_RATE = 0.03  # requests not made from a video page: no source video at all (4% of rows)
 # Share of examples whose value is the `-1` placeholder. With the rows that have no source
@@ -194,20 +195,40 @@ def _lengths(rng: np.random.Generator, n: int, shape: tuple[int, float]) -> np.n
     return maximum - np.minimum(rng.geometric(p, size=n) - 1, maximum - 1)
 
 
-def _distinct_from_topic(
+def _topic_walks(
     rng: np.random.Generator, topic_members: np.ndarray, topic: np.ndarray, width: int
-) -> np.ndarray:
-    """[n, width] distinct members of each row's topic (a coprime stride walk)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct members of each row's topic (a coprime stride walk from a random start), as
+    (every walk: [topics * per_topic, width], each row's walk). Millions of videos then
+    cost an index each, not a row of members made at start-up."""
     per_topic = topic_members.shape[1]
     start = rng.integers(0, per_topic, size=len(topic))
-    offsets = (start[:, None] + 7 * np.arange(width)[None, :]) % per_topic
-    return topic_members[topic[:, None], offsets]
+    offsets = (np.arange(per_topic)[:, None] + 7 * np.arange(width)[None, :]) % per_topic
+    return topic_members[:, offsets].reshape(-1, width), topic * per_topic + start
+
+
+def _walk_means(vectors: np.ndarray, walks: np.ndarray) -> np.ndarray:
+    """`_masked_mean` of the vectors of every walk's first c members, c = 0..width, at row
+    walk * (width + 1) + c: made once, so that a video's mean is a lookup (the same
+    numbers: each row is the same einsum of the same values)."""
+    width = walks.shape[1]
+    present = np.arange(width)[None, :] < np.arange(width + 1)[:, None]  # [count, member]
+    return _masked_mean_of(vectors, np.repeat(walks, width + 1, axis=0), np.tile(present, (len(walks), 1)))
 
 
 def _masked_mean(vectors: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Mean over axis 1 of [n, k, ...] vectors where present[n, k]."""
     weights = present / np.maximum(present.sum(axis=1, keepdims=True), 1)
     return np.einsum("nk,nk...->n...", weights, vectors)
+
+
+def _masked_mean_of(table: np.ndarray, members: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """`_masked_mean(table[members], present)` a few thousand rows at a time: the same numbers
+    (each row is the same einsum), but the gathered vectors stay in cache, not in fresh memory."""
+    block = 4096
+    return np.concatenate(
+        [_masked_mean(table[members[start : start + block]], present[start : start + block]) for start in range(0, len(members), block)]
+    )
 
 
 class World:
@@ -247,16 +268,18 @@ class World:
             np.minimum(rng.zipf(1.5, size=n) - 1, self.n_providers - 1),
             rng.integers(0, self.n_providers, size=n),
         )
-        self.video_keywords = _distinct_from_topic(rng, self.topic_keywords, self.video_category2, KEYWORD_LENGTH[0])
+        # A video's keywords (tags) are row video_keyword_walk[v] of keyword_walks (tag_...),
+        # of which the first video_keyword_count[v] (video_tag_count[v]) are its own.
+        self.keyword_walks, self.video_keyword_walk = _topic_walks(rng, self.topic_keywords, self.video_category2, KEYWORD_LENGTH[0])
         self.video_keyword_count = _lengths(rng, n, KEYWORD_LENGTH)
-        self.video_tags = _distinct_from_topic(rng, self.topic_tags, self.video_category2, TAG_LENGTH[0])
+        self.tag_walks, self.video_tag_walk = _topic_walks(rng, self.topic_tags, self.video_category2, TAG_LENGTH[0])
         self.video_tag_count = _lengths(rng, n, TAG_LENGTH)
         self.video_seconds = np.clip(np.exp(rng.normal(np.log(150.0), 0.9, size=n)), 5.0, 3600.0)
         self.video_cover_quality = rng.integers(0, N_COVER_QUALITIES, size=n)
         self._category1_vec = category1_vec
         self._category2_vec = category2_vec
-        self._keyword_vec = keyword_vec
-        self._tag_vec = tag_vec
+        self._keyword_walk_means = _walk_means(keyword_vec, self.keyword_walks)
+        self._tag_walk_means = _walk_means(tag_vec, self.tag_walks)
         self._provider_vec = provider_vec
         # The idiosyncratic part of a video's vector comes from a hash of its index, so that
         # vectors need only be computed for the videos drawn (catalogues reach millions).
@@ -275,7 +298,7 @@ class World:
         self.user_coarse_vec = (
             group_vec[self.user_group]
             + age_vec[self.user_age]
-            + 1.5 * _masked_mean(category1_vec[self.user_categories], category_present)
+            + 1.5 * _masked_mean_of(category1_vec, self.user_categories, category_present)
         )
         self.user_vec = self.user_coarse_vec + _latent(rng, self.n_users, dim, config.user_own_scale)
 
@@ -303,8 +326,8 @@ class World:
         production_logit = self._production_logit(calibration, production_rng.normal(0.0, 1.0, size=len(p)))
         self.production_bias = _solve_increasing(lambda b: _sigmoid(b + production_logit).mean(), TARGET_CTR)
 
-    def _draw(self, rng: np.random.Generator, rows: int, request_start: int) -> dict[str, np.ndarray]:
-        """Requests of impressions with their context; no labels yet."""
+    def _requests(self, rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(size, user, time) of the requests that hold `rows` impressions: `_draw`'s first draws."""
         sizes = []
         total = 0
         while total < rows:
@@ -315,8 +338,13 @@ class World:
         size = size[: int(np.searchsorted(np.cumsum(size), rows)) + 1]
         n_requests = len(size)
         request_user = rng.choice(self.n_users, size=n_requests, p=self.user_activity)
-        day_ms = 86_400_000
-        request_time = rng.integers(0, self.config.days * day_ms, size=n_requests)
+        request_time = rng.integers(0, self.config.days * DAY_MS, size=n_requests)
+        return size, request_user, request_time
+
+    def _draw(self, rng: np.random.Generator, rows: int, request_start: int) -> dict[str, np.ndarray]:
+        """Requests of impressions with their context; no labels yet."""
+        size, request_user, request_time = self._requests(rng, rows)
+        n_requests = len(size)
         has_source = rng.random(n_requests) >= NO_SOURCE_RATE
         request_source = np.where(has_source, self._popular_videos(rng, n_requests), -1)
 
@@ -352,17 +380,25 @@ class World:
     def video_vectors(self, video: np.ndarray) -> np.ndarray:
         """Latent vectors [n, 3, dim] of videos: their attributes' plus their own."""
         dim = self.config.latent_dim
-        keyword_present = np.arange(KEYWORD_LENGTH[0])[None, :] < self.video_keyword_count[video, None]
-        tag_present = np.arange(TAG_LENGTH[0])[None, :] < self.video_tag_count[video, None]
+        keyword_mean = self._keyword_walk_means[self.video_keyword_walk[video] * (KEYWORD_LENGTH[0] + 1) + self.video_keyword_count[video]]
+        tag_mean = self._tag_walk_means[self.video_tag_walk[video] * (TAG_LENGTH[0] + 1) + self.video_tag_count[video]]
         own = _hashed_normal(self._video_noise_seed, video, (3, dim)) * (self.config.video_own_scale / np.sqrt(dim))
         return (
             self._category1_vec[self.video_category1[video]]
             + self._category2_vec[self.video_category2[video]]
-            + _masked_mean(self._keyword_vec[self.video_keywords[video]], keyword_present)
-            + _masked_mean(self._tag_vec[self.video_tags[video]], tag_present)
+            + keyword_mean
+            + tag_mean
             + self._provider_vec[self.video_provider[video]]
             + own
         )
+
+    def video_keywords(self, video: np.ndarray | int) -> np.ndarray:
+        """The keyword walks of videos ([..., KEYWORD_LENGTH[0]]); a video's own are the first video_keyword_count."""
+        return self.keyword_walks[self.video_keyword_walk[video]]
+
+    def video_tags(self, video: np.ndarray | int) -> np.ndarray:
+        """The tag walks of videos ([..., TAG_LENGTH[0]]); a video's own are the first video_tag_count."""
+        return self.tag_walks[self.video_tag_walk[video]]
 
     def _distinct_per_request(self, rng: np.random.Generator, request: np.ndarray) -> np.ndarray:
         """Videos for impressions, never the same video twice in one request."""
@@ -418,9 +454,18 @@ class World:
         interaction = np.stack([self.config.production_interaction * z, np.zeros_like(z)], axis=1)
         return self._ctr_logit(interaction, draw) + self.config.production_noise * noise
 
+    def chunk_layout(self, rows: int, chunk: int) -> tuple[int, np.ndarray]:
+        """(requests, impressions per day) of `sample(rows, chunk)` from its first draws only:
+        what a writer needs to number a chunk's requests and place its rows before drawing it."""
+        size, _, request_time = self._requests(self._chunk_rng(chunk), rows)
+        return len(size), np.bincount(np.repeat(request_time // DAY_MS, size)[:rows], minlength=self.config.days)
+
+    def _chunk_rng(self, chunk: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(1, chunk)))
+
     def sample(self, rows: int, chunk: int = 0, request_start: int = 0) -> Impressions:
         """Draw `rows` impressions; chunk k of a seed is always the same."""
-        rng = np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(1, chunk)))
+        rng = self._chunk_rng(chunk)
         draw = self._draw(rng, rows, request_start)
         z = draw["z"] / self._z_scale
         p_click = _sigmoid(self.ctr_bias + self._ctr_logit(z, draw))
@@ -462,7 +507,7 @@ class World:
 
     def day_of(self, time_ms: np.ndarray) -> np.ndarray:
         """The day index (0-based from `start_day`) of unix-ms timestamps."""
-        return (time_ms - self.start_ms()) // 86_400_000
+        return (time_ms - self.start_ms()) // DAY_MS
 
     def start_ms(self) -> int:
         start = dt.datetime.combine(self.config.start_day, dt.time(), tzinfo=dt.timezone.utc)
@@ -475,16 +520,22 @@ def duration_bucket(seconds: np.ndarray) -> np.ndarray:
 
 
 def _hashed_normal(seed: int, keys: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normals of `shape` per key, a pure function of (seed, key): splitmix64 + Box-Muller."""
-    width = int(np.prod(shape))
-    counters = (keys.astype(np.uint64)[:, None] * np.uint64(2 * width) + np.arange(2 * width, dtype=np.uint64)[None, :])
-    x = counters + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    uniform = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-    u1, u2 = uniform[:, :width], uniform[:, width:]
-    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    """Standard normals of `shape` per key, a pure function of (seed, key): splitmix64 + Box-Muller,
+    a few thousand keys at a time (their integers stay in cache: 1.5x faster)."""
+    width, block = int(np.prod(shape)), 2048
+    normal = np.empty((len(keys), width))
+    for start in range(0, len(keys), block):
+        x = keys[start : start + block].astype(np.uint64)[:, None] * np.uint64(2 * width) + np.arange(2 * width, dtype=np.uint64)[None, :]
+        x += np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        x >>= np.uint64(11)
+        uniform = (x.astype(np.float64) + 0.5) / float(1 << 53)
+        u1, u2 = uniform[:, :width], uniform[:, width:]
+        normal[start : start + block] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
     return normal.reshape((len(keys),) + shape)
 
 

@@ -100,6 +100,11 @@ def cli(verbose: bool) -> None:
     help="Shape of the catalogues: 'sample' like LOG_SCHEMA.md's real sample (~6.5 impressions per user, "
     "8 videos per impression); 'paper' like the paper's Table 1 (~30 impressions per user, ~27 per video).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes that make training logs (default: one per CPU; the output is the same for any number).",
+)
 def generate(
     out_dir: str,
     rows: int,
@@ -112,6 +117,7 @@ def generate(
     raw_format: str,
     no_faults: bool,
     catalogue: str,
+    workers: int | None,
 ) -> None:
     """Write synthetic Tencent-style logs with known ground truth.
 
@@ -140,6 +146,7 @@ def generate(
         raw_format=raw_format,
         faults=generator.FaultRates.none() if no_faults else None,
         catalogue=catalogue,
+        workers=workers,
     )
     click.echo(f"Wrote {rows} impressions over {days} days to {out_dir}: {manifest['counts']}")
 
@@ -428,13 +435,17 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
 @click.option("--training-workers", type=click.IntRange(min=1), default=None,
               help="Train as a Vertex AI job of this many replicas (MultiWorkerMirroredStrategy); "
                    "default: in the pipeline's own container.")
+@click.option("--parameter-servers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --training-workers: this many parameter servers in the job besides them (ParameterServerStrategy, "
+                   "the id tables split by rows over them; the chief coordinates, so at least 2 training workers).")
 @click.option("--training-machine-type", default=None, help="Machine type of every training replica (default n1-highmem-16).")
 @click.option("--gcp-project", default=None, help="The GCP project of the Vertex AI training job.")
 @click.option("--gcp-region", default=None, help="The region of the Vertex AI training job.")
 @click.option("--training-cpus", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
               help="vCPUs of MaskSearch's and the Trainer's containers.")
 @click.option("--training-memory-gb", type=click.FloatRange(min=0, min_open=True), default=64, show_default=True,
-              help="Memory of MaskSearch's and the Trainer's containers (they hold the train split in memory).")
+              help="Memory of MaskSearch's and the Trainer's containers (the train split is held in memory up to "
+                   "--in-memory-limit-gb, else streamed).")
 @click.option("--cpus", type=click.FloatRange(min=0, min_open=True), default=4, show_default=True,
               help="vCPUs of every other component's container.")
 @click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True,
@@ -447,6 +458,7 @@ def pipeline_compile(
     image: str,
     schema_file: str | None,
     training_workers: int | None,
+    parameter_servers: int,
     training_machine_type: str | None,
     gcp_project: str | None,
     gcp_region: str | None,
@@ -465,15 +477,20 @@ def pipeline_compile(
     spec: e.g. --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp
     (Dataflow's workers then run in --image, which has the project installed: it is added
     as --sdk_container_image; --setup_file is refused). With --training-workers N
-    the Trainer runs as a Vertex AI training job of N replicas (a chief and N-1 workers,
-    in --image), which train together under MultiWorkerMirroredStrategy.
+    MaskSearch and the Trainer run as Vertex AI training jobs of N replicas (a chief and
+    N-1 workers, in --image), which train together under MultiWorkerMirroredStrategy, or,
+    with --parameter-servers M, under ParameterServerStrategy with M parameter servers.
     """
     from lt4rec.pipeline import configs, kubeflow_runner
 
     vertex_training = None
     if training_workers:
         machine = {"machine_type": training_machine_type} if training_machine_type else {}
-        vertex_training = configs.VertexTraining(training_workers, gcp_project or "", gcp_region or "", **machine)
+        vertex_training = configs.VertexTraining(
+            training_workers, gcp_project or "", gcp_region or "", parameter_servers=parameter_servers, **machine
+        )
+    elif parameter_servers:
+        raise click.BadParameter("parameter servers train with --training-workers (a Vertex AI job)", param_hint="--parameter-servers")
     settings = _pipeline_settings(ctx, options, schema_file=schema_file or configs.SCHEMA_PATH, vertex_training=vertex_training)
     resources = kubeflow_runner.Resources(cpus, memory_gb, training_cpus, training_memory_gb)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image, resources))

@@ -56,11 +56,12 @@ class TransformedSplit:
     def batches(
         self,
         input_context: tf.distribute.InputContext | None = None,
-        shuffle_seed: int | None = None,
+        shuffle: bool = False,
+        seed: int | None = None,
         repeat: bool = False,
     ) -> tf.data.Dataset:
-        """Parsed examples in batches of up to READ_BATCH: in file order, file after file, or, given a
-        `shuffle_seed`, from several files at once, in an order of files reshuffled each pass.
+        """Parsed examples in batches of up to READ_BATCH: in file order, file after file, or
+        (`shuffle`) from several files at once, in an order of files reshuffled each pass.
 
         Given the `input_context` of a multi-worker strategy, only this worker's share: every
         `num_input_pipelines`-th file from its own, or, with fewer files than workers, every
@@ -73,8 +74,8 @@ class TransformedSplit:
         if pipelines > 1 and not shard_records:
             files = files[pipeline::pipelines]
         names = tf.data.Dataset.from_tensor_slices(files)
-        if shuffle_seed is not None:
-            names = names.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if shuffle:
+            names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             names = names.repeat()
 
@@ -84,7 +85,7 @@ class TransformedSplit:
 
         spec = dict(self.feature_spec)
         return names.interleave(
-            read, cycle_length=min(len(files), 4) if shuffle_seed is not None else 1, num_parallel_calls=tf.data.AUTOTUNE
+            read, cycle_length=min(len(files), 4) if shuffle else 1, num_parallel_calls=tf.data.AUTOTUNE
         ).map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -175,7 +176,7 @@ def task_stream(
     split: TransformedSplit,
     task: str,
     batch_size: int,
-    seed: int,
+    seed: int | None,
     holdout: tuple[float, int],
     shuffle_buffer: int,
     input_context: tf.distribute.InputContext | None = None,
@@ -188,11 +189,12 @@ def task_stream(
     pass is the trainer's step count (`SplitCounts`), not the end of the files: the files
     repeat. Given the `input_context` of a multi-worker strategy, this worker's share of
     the files, in batches of its replicas' share of the global `batch_size` (the global
-    batch, and so the task mix, is the same for any number of workers).
+    batch, and so the task mix, is the same for any number of workers). `seed` None: an
+    order of its own on every read (the workers of a ParameterServerStrategy).
     """
     fraction, holdout_seed = holdout
     per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    worker_seed = seed + 7919 * (input_context.input_pipeline_id if input_context else 0)  # examples: each its own
+    worker_seed = None if seed is None else seed + 7919 * (input_context.input_pipeline_id if input_context else 0)
 
     def train_rows(batch):
         return _select(batch, tf.logical_not(held_out(batch, fraction, holdout_seed)) & task_examples(batch, task))
@@ -202,7 +204,7 @@ def task_stream(
         return {name: tf.gather(values, order) for name, values in block.items()}
 
     blocks = (
-        split.batches(input_context, shuffle_seed=seed, repeat=True)  # files alike on every worker
+        split.batches(input_context, shuffle=True, seed=seed, repeat=True)  # files alike on every worker
         .map(train_rows, num_parallel_calls=tf.data.AUTOTUNE)
         .rebatch(shuffle_buffer)
     )

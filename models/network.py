@@ -283,3 +283,9 @@ class RankingNetwork(tf.keras.Model):
         """Create every variable by one call per task."""
         for task in self.config.tasks:
             self(example_batch, task=task)
+
+
+def id_table_shapes(feature_config: features.FeatureConfig, config: NetworkConfig) -> set[tuple[int, int]]:
+    """The shapes of the network's id tables (`layers.FieldEmbeddings`), e.g. to split them over parameter servers."""
+    dims = [config.embedding_dim] + ([config.multi_view_dim] if config.multi_view_dim else [])
+    return {(table.size, dim) for table in feature_config.tables for dim in dims}

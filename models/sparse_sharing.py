@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import inputs, masks, metrics, network, training
+from lt4rec.models import distribution, inputs, masks, metrics, network, training
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +147,16 @@ class Datasets:
         tasks: Iterable[str],
         strategy: tf.distribute.Strategy | None = None,
     ):
-        """Transform's train split, less its held-out share: in memory or streamed (`TrainConfig.input_mode`)."""
+        """Transform's train split, less its held-out share: in memory or streamed (`TrainConfig.input_mode`).
+
+        Under ParameterServerStrategy it is always streamed, every worker reading the whole
+        split in its own random order (its steps are scheduled, the workers cannot tell
+        themselves apart).
+        """
         strategy = strategy or tf.distribute.get_strategy()
+        coordinator = distribution.coordinator(strategy)
         counts = inputs.count(split, *config.holdout)
-        mode = inputs.choose_mode(config.input_mode, counts, split, int(config.in_memory_limit_gb * 2**30))
+        mode = inputs.STREAMING if coordinator else inputs.choose_mode(config.input_mode, counts, split, int(config.in_memory_limit_gb * 2**30))
         logger.info(
             "Train split: %d files, %d examples (%d clicked), %d held out for validation; %s (%.2f GB as columns)",
             len(split.files), counts.rows, counts.clicks, counts.held_rows,
@@ -160,16 +166,20 @@ class Datasets:
             train, validation = training.hold_out(inputs.in_memory(split.batches()), *config.holdout)
             return cls.from_columns(train, validation, config.batch_size, config.seed, tasks, strategy)
 
-        def stream(task: str, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-            return inputs.task_stream(split, task, config.batch_size, config.seed, config.holdout, config.shuffle_buffer, input_context)
+        def stream(task: str, input_context: tf.distribute.InputContext | None = None, seed: int | None = config.seed) -> tf.data.Dataset:
+            return inputs.task_stream(split, task, config.batch_size, seed, config.holdout, config.shuffle_buffer, input_context)
+
+        def train(task: str):
+            if coordinator:
+                return coordinator.create_per_worker_dataset(
+                    lambda: strategy.distribute_datasets_from_function(lambda context: stream(task, context, seed=None))
+                )
+            if strategy.num_replicas_in_sync > 1:
+                return strategy.distribute_datasets_from_function(lambda context: stream(task, context))
+            return stream(task)
 
         return cls(
-            train={
-                task: stream(task)
-                if strategy.num_replicas_in_sync == 1
-                else strategy.distribute_datasets_from_function(lambda context, task=task: stream(task, context))
-                for task in tasks
-            },
+            train={task: train(task) for task in tasks},
             validation=inputs.held_out_stream(split, 4 * config.batch_size, config.holdout),
             steps={task: training.steps_per_pass(counts.task_rows(task), config.batch_size, strategy) for task in tasks},
             base_rates=counts.base_rates,

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -56,11 +58,15 @@ def training_folder(serving_model_dir: str) -> str:
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     replica = distribution.Replica.from_env()
-    strategy = distribution.training_strategy(replica)  # first: before any TensorFlow op runs
+    if replica.serves:  # a worker or parameter server: the chief schedules the training
+        distribution.serve(replica)
     config = fn_args.custom_config or {}
     feature_config = features.FeatureConfig.from_dict(config[FEATURES])
     network_config = network.NetworkConfig.from_dict(config[NETWORK])
     train_config = training.TrainConfig.from_dict(config[TRAIN])
+    # Before any TensorFlow op runs: collectives are configured when the runtime starts.
+    strategy = distribution.training_strategy(replica, network.id_table_shapes(feature_config, network_config))
+    coordinator = distribution.coordinator(strategy)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
     tf.keras.utils.set_random_seed(train_config.seed)
@@ -85,6 +91,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             phases = trainer.fit(data.train, data.validation, network_config.variant, train_config.epochs, train_config.seed, data.steps)
 
     evaluation = inputs.TransformedSplit.from_patterns(fn_args.eval_files, transform_output)
+    if coordinator is not None:  # the weights are on the parameter servers: export and score a plain copy
+        model = plain_copy(model, next(iter(data.validation)))
     result = training.evaluate(model, inputs.ordered_stream(evaluation, 4 * train_config.batch_size))
     logger.info("Eval split: %s", ", ".join(f"{k} {v:.5f}" for k, v in result.to_dict().items()))
 
@@ -109,9 +117,23 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         _write_json(os.path.join(folder, METRICS_FILE), result.to_dict())
         _write_json(os.path.join(folder, PHASES_FILE), [phase.to_dict() for phase in phases])
         export.export_serving_model(model, transform_output, serving_model_dir)
-    if replica.distributed:
+    if replica.distributed and coordinator is None:
         write_replica_fingerprint(fn_args.serving_model_dir, replica, model, start)
         distribution.barrier(strategy)  # the chief's model exists when any replica returns
+
+
+def plain_copy(model: network.RankingNetwork, sample: dict) -> network.RankingNetwork:
+    """The network, weights and masks, outside any strategy: restored from its checkpoint,
+    as export and serving restore it (the id tables' shards join into whole tables)."""
+    folder = tempfile.mkdtemp(prefix="lt4rec-plain-")
+    try:
+        path = tf.train.Checkpoint(network=model).write(os.path.join(folder, "checkpoint"))
+        plain = network.RankingNetwork(model.feature_config, model.config)
+        plain.build_for({name: sample[name] for name in features.FEATURE_NAMES})
+        tf.train.Checkpoint(network=plain).read(path).assert_existing_objects_matched()
+        return plain
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _restore_base_model(model: network.RankingNetwork, base_model: str) -> dict:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, inputs, masks, metrics, network
+from lt4rec.models import distribution, features, inputs, masks, metrics, network
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,8 @@ Columns = Mapping[str, "np.ndarray | tf.Tensor"]  # transformed examples in memo
 def task_columns(columns: Columns, task: str) -> dict[str, tf.Tensor]:
     """The examples of a task: CTR all impressions, CVR the clicked ones only."""
     columns = {name: tf.convert_to_tensor(values) for name, values in columns.items()}
+    if task != "cvr":
+        return columns  # as they are: no copy
     rows = inputs.task_examples(columns, task)
     return {name: tf.boolean_mask(values, rows) for name, values in columns.items()}
 
@@ -185,17 +187,19 @@ def task_columns(columns: Columns, task: str) -> dict[str, tf.Tensor]:
 def task_batches(
     columns: Columns, task: str, batch_size: int, seed: int, input_context: tf.distribute.InputContext | None = None
 ) -> tf.data.Dataset:
-    """Shuffled batches of one task, reshuffled each pass (reproducibly from the seed).
+    """Shuffled whole batches of one task, reshuffled each pass (reproducibly from the seed).
 
     Shuffles row indices and gathers whole batches, which is many times faster than
-    shuffling examples one by one. Given the `input_context` of a multi-worker strategy,
-    the batches are this worker's replicas' slices of each global batch of `batch_size`.
+    shuffling examples one by one. The last, partial batch of a pass is dropped (unless it
+    is the only one), so that one worker and several train on the same global batches:
+    given the `input_context` of a multi-worker strategy, the batches are this worker's
+    replicas' slices of each global batch of `batch_size`.
     """
     columns = task_columns(columns, task)
     rows = int(columns[CLICK].shape[0])
     order = tf.data.Dataset.range(rows).shuffle(rows, seed=seed, reshuffle_each_iteration=True)
     if input_context is None or input_context.num_replicas_in_sync == 1:
-        indices = order.batch(batch_size)
+        indices = order.batch(batch_size, drop_remainder=rows >= batch_size)
     else:
         indices = replica_slices(order, batch_size, input_context)
     return indices.map(lambda indices: {name: tf.gather(values, indices) for name, values in columns.items()}).prefetch(
@@ -233,17 +237,17 @@ def distributed_task_batches(
 
 
 def task_steps(columns: Columns, task: str, batch_size: int, strategy: tf.distribute.Strategy | None = None) -> int:
-    """How many steps a pass of `distributed_task_batches` takes (whole global batches only when distributed)."""
+    """How many steps a pass of `distributed_task_batches` takes."""
     click = np.reshape(np.asarray(columns[CLICK]), [-1])
     rows = int(click.size if task != "cvr" else np.count_nonzero(click == 1))
     return steps_per_pass(rows, batch_size, strategy)
 
 
 def steps_per_pass(rows: int, batch_size: int, strategy: tf.distribute.Strategy | None = None) -> int:
-    """Batches of `batch_size` in `rows` examples: whole global batches only when distributed."""
+    """Whole batches of `batch_size` in `rows` examples (one partial batch for fewer rows, unless distributed)."""
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         return rows // batch_size
-    return -(-rows // batch_size)
+    return max(rows // batch_size, min(rows, 1))
 
 
 def batch_streams(config: network.NetworkConfig) -> tuple[str, ...]:
@@ -339,13 +343,15 @@ class MultiTaskTrainer:
     kernels (and biases) only inside mask k. Under a multi-worker `strategy` (the model
     built in its scope, batches from `distributed_task_batches`) each step runs on every
     replica and the optimizer applies the all-reduced gradients; a batch's loss is its
-    replica's share of the global mean.
+    replica's share of the global mean. Under ParameterServerStrategy (batches: per-worker
+    datasets) the coordinator schedules each step on a worker (`scheduled_step`).
     """
 
     def __init__(self, model: network.RankingNetwork, config: TrainConfig, strategy: tf.distribute.Strategy | None = None):
         self.model = model
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.coordinator = distribution.coordinator(self.strategy)  # ParameterServerStrategy: steps are scheduled
         with self.strategy.scope():
             self.optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
             self.optimizer.build(model.trainable_variables)
@@ -397,6 +403,14 @@ class MultiTaskTrainer:
 
         return step
 
+    def scheduled_step(self, task: str, iterator) -> "tf.distribute.experimental.coordinator.RemoteValue":
+        """ParameterServerStrategy: one step of `task` scheduled on a worker, on its next batch."""
+        key = ("scheduled", task)
+        if key not in self._steps:
+            step = self.replica_step(task)
+            self._steps[key] = tf.function(lambda worker_iterator: self.strategy.run(step, args=(next(worker_iterator),)))
+        return self.coordinator.schedule(self._steps[key], args=(iterator,))
+
     def train_step(self, task: str, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """One step on one task's batch; the loss (per replica, under a multi-worker strategy)."""
         if task not in self._steps:
@@ -422,14 +436,21 @@ class MultiTaskTrainer:
         examples = {task: 0 for task in batches}
         losses: dict[str, list[float]] = {task: [] for task in batches}
         start = time.perf_counter()
-        for task in interleave(steps, seed):
-            batch = next(iterators[task])
-            local_losses = self.strategy.experimental_local_results(self.train_step(task, batch))
-            local_batches = self.strategy.experimental_local_results(batch[CLICK])
-            losses[task].append(float(np.mean([float(loss) for loss in local_losses])))
-            # All replicas' slices are equally long: the global batch is the local ones scaled up.
-            replicas_per_local = self.strategy.num_replicas_in_sync // len(local_batches)
-            examples[task] += replicas_per_local * sum(int(tf.shape(labels)[0]) for labels in local_batches)
+        if self.coordinator is not None:  # the steps run on the workers, asynchronously, on whole batches
+            scheduled = [(task, self.scheduled_step(task, iterators[task])) for task in interleave(steps, seed)]
+            self.coordinator.join()
+            for task, loss in scheduled:
+                losses[task].append(float(loss.fetch()))
+                examples[task] += self.config.batch_size
+        else:
+            for task in interleave(steps, seed):
+                batch = next(iterators[task])
+                local_losses = self.strategy.experimental_local_results(self.train_step(task, batch))
+                local_batches = self.strategy.experimental_local_results(batch[CLICK])
+                losses[task].append(float(np.mean([float(loss) for loss in local_losses])))
+                # All replicas' slices are equally long: the global batch is the local ones scaled up.
+                replicas_per_local = self.strategy.num_replicas_in_sync // len(local_batches)
+                examples[task] += replicas_per_local * sum(int(tf.shape(labels)[0]) for labels in local_batches)
         stats = PhaseStats(
             phase=phase,
             examples=examples,

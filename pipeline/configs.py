@@ -50,10 +50,12 @@ _DAY = re.compile(r"^\d{8}$")
 
 @dataclasses.dataclass(frozen=True)
 class VertexTraining:
-    """The Trainer as a Vertex AI CustomJob of `workers` replicas, not in the pipeline's pod.
+    """MaskSearch and the Trainer as Vertex AI CustomJobs of `workers` replicas, not in the pipeline's pod.
 
     One chief and `workers - 1` workers, all in the pipeline image; Vertex gives each
-    replica a `TF_CONFIG`, under which `run_fn` trains with MultiWorkerMirroredStrategy.
+    replica a `TF_CONFIG`, under which they train with MultiWorkerMirroredStrategy, or,
+    with `parameter_servers` (a third worker pool), with ParameterServerStrategy: the
+    chief coordinates, the workers train, the id tables are split over the servers.
     """
 
     workers: int
@@ -61,12 +63,15 @@ class VertexTraining:
     region: str
     machine_type: str = "n1-highmem-16"
     image: str | None = None  # the pipeline image; the Kubeflow runner sets it
+    parameter_servers: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise errors.UserFacingError(f"training workers must be at least 1, not {self.workers}")
         if not self.project or not self.region:
             raise errors.UserFacingError("training on Vertex AI needs a GCP project and region")
+        if self.parameter_servers and self.workers < 2:
+            raise errors.UserFacingError("parameter servers need at least 2 training replicas: the chief coordinates, workers train")
 
     def custom_config(self) -> dict:
         """The Trainer's custom_config entries that TFX's Vertex training executor reads."""
@@ -79,6 +84,8 @@ class VertexTraining:
         pools = [{**pool, "replica_count": 1}]  # the chief
         if self.workers > 1:
             pools.append({**pool, "replica_count": self.workers - 1})
+        if self.parameter_servers:  # Vertex names the third pool's replicas `ps` in TF_CONFIG
+            pools.append({**pool, "replica_count": self.parameter_servers})
         return {
             constants.ENABLE_VERTEX_KEY: True,
             constants.VERTEX_REGION_KEY: self.region,
@@ -204,6 +211,7 @@ class PipelineSettings:
                     project=env.get("LT4REC_GCP_PROJECT", ""),
                     region=env.get("LT4REC_GCP_REGION", ""),
                     machine_type=env.get("LT4REC_TRAINING_MACHINE_TYPE") or VertexTraining.machine_type,
+                    parameter_servers=int(env.get("LT4REC_PARAMETER_SERVERS") or 0),
                 )
                 if env.get("LT4REC_TRAINING_WORKERS")
                 else None,

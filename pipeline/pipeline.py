@@ -80,11 +80,17 @@ def create_components(settings: configs.PipelineSettings) -> list:
     # with (its checkpoint holds them), so weights and masks come from one lineage.
     masks_source, masks = None, None
     if settings.network.masked and settings.masks == configs.SEARCH_MASKS:
-        masks_source = MaskSearch(
+        search_class, search_config = MaskSearch, None
+        if settings.vertex_training:  # on the same training job launcher as the Trainer
+            from lt4rec.components.mask_search.vertex import VertexMaskSearch as search_class
+
+            search_config = settings.vertex_training.custom_config()
+        masks_source = search_class(
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             settings=settings.model_settings,
-        )
+            custom_config=search_config,
+        ).with_id("MaskSearch")  # one id wherever it runs
         masks = masks_source.outputs["masks"]
     latest_blessed_model, base_model, baseline_model = None, None, None
     if not settings.import_base_model:

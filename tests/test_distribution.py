@@ -109,10 +109,7 @@ def mirrored_against_one_device(optimizer: str) -> None:
         batches = {
             task: training.distributed_task_batches(columns, task, config.batch_size, 1, strategy)
             if strategy.num_replicas_in_sync > 1
-            # One device, the same global batches: all but the last, partial one.
-            else training.task_batches(columns, task, config.batch_size, 1).filter(
-                lambda batch: tf.shape(batch[training.CLICK])[0] == config.batch_size
-            )
+            else training.task_batches(columns, task, config.batch_size, 1)  # one device: the same whole batches
             for task in ("ctr", "cvr")
         }
         clicked = int(np.count_nonzero(np.asarray(columns[training.CLICK]) == 1))

@@ -164,7 +164,7 @@ def test_cli_generate_and_bad_start_day(tmp_path):
 
 
 @pytest.mark.parametrize("catalogue", ["sample", "paper"])
-def test_fast_examples_are_the_records_codecs(catalogue):
+def test_fast_examples_are_the_records_codecs(catalogue, tmp_path):
     # The TFRecord writer encodes examples itself; they must be exactly what
     # records.to_example makes of records.log_records (missing values and rows without a
     # source video included), and the truth lines exactly _truth_line's.
@@ -173,16 +173,56 @@ def test_fast_examples_are_the_records_codecs(catalogue):
     world = world_lib.World(world_lib.world_config(catalogue, rows=3000, days=2, seed=6))
     impressions = world.sample(3000)
     assert (impressions.source_video < 0).any() and all(flags.any() for flags in impressions.missing.values())
-    encoded, truth_lines = generator.ExampleEncoder(world).encode(impressions)
+    rows = generator.ExampleEncoder(world).encode(impressions)
+    path = str(tmp_path / "examples.tfrecord")
+    with open(path, "wb") as handle:
+        handle.write(rows.tfrecords(0, 3000).tobytes())
+    examples = _read_uncompressed(path)  # TensorFlow checks the framing and the CRCs
+    truth_lines = rows.truth(0, 3000).decode().splitlines(keepends=True)
+    assert len(examples) == len(truth_lines) == 3000
     for i, record in enumerate(records.log_records(world, impressions)):
-        assert tf_example(encoded[i]) == records.to_example(record), i
+        assert examples[i] == records.to_example(record), i
         assert truth_lines[i] == generator._truth_line(record, impressions.p_click[i], impressions.expected_watch_ratio[i])
+    assert rows.tfrecords(0, 1000).tobytes() + rows.tfrecords(1000, 3000).tobytes() == rows.tfrecords(0, 3000).tobytes()
+    assert rows.truth(0, 1000) + rows.truth(1000, 3000) == rows.truth(0, 3000)
 
 
-def tf_example(serialized: bytes):
-    from tensorflow.core.example import example_pb2
+def _read_uncompressed(path: str) -> list:
+    import tensorflow as tf
 
-    return example_pb2.Example.FromString(serialized)
+    return [tf.train.Example.FromString(record) for record in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+
+
+def test_chunks_in_parallel_make_the_records_of_the_chunks(tmp_path, monkeypatch):
+    # Many chunks (each cut at day and file boundaries, compressed apart in worker processes
+    # and appended in order) give the files that one process gives, and in them exactly the
+    # examples of records.log_records, chunk by chunk, day by day.
+    from lt4rec.logs import world as world_lib
+
+    monkeypatch.setattr(generator, "CHUNK_ROWS", 700)
+    rows, rows_per_file = 3000, 600
+    outputs = [str(tmp_path / f"workers-{workers}") for workers in (1, 2)]
+    for out, workers in zip(outputs, (1, 2)):
+        manifest = generator.generate(out, rows=rows, days=2, seed=5, rows_per_file=rows_per_file, workers=workers)
+    files = sorted(os.path.relpath(os.path.join(d, f), outputs[0]) for d, _, names in os.walk(outputs[0]) for f in names)
+    for name in files:
+        with open(os.path.join(outputs[0], name), "rb") as one, open(os.path.join(outputs[1], name), "rb") as two:
+            assert one.read() == two.read(), name
+
+    world = world_lib.World(world_lib.world_config("sample", rows=rows, days=2, seed=5))
+    expected: dict[str, list] = {}
+    for impressions in generator._chunks(world, rows):
+        for i, record in enumerate(records.log_records(world, impressions)):
+            expected.setdefault(records.day_folder(int(impressions.time_ms[i])), []).append(record)
+    assert manifest["counts"]["examples_per_day"] == {day: len(day_records) for day, day_records in expected.items()}
+    for day, day_records in expected.items():
+        parts = [day_records[start : start + rows_per_file] for start in range(0, len(day_records), rows_per_file)]
+        assert sorted(name for name in files if name.startswith(day + os.sep + "part-")) == [
+            os.path.join(day, f"part-{part:05d}.gz") for part in range(len(parts))
+        ]
+        for part, part_records in enumerate(parts):
+            examples = read_examples(os.path.join(outputs[0], day, f"part-{part:05d}.gz"))
+            assert examples == [records.to_example(record) for record in part_records], (day, part)
 
 
 def test_manifest_records_the_catalogue(tmp_path):

@@ -108,7 +108,7 @@ def test_datasets_from_a_split_memory_or_streamed_agree_on_steps_rates_and_valid
     data = sparse_sharing.Datasets.from_split(split, config, ("ctr", "cvr"))
     kept, held = training.hold_out(columns, *HOLDOUT)
     assert data.mode == mode
-    assert data.steps == {task: -(-len(training.task_columns(kept, task)["row"]) // 64) for task in ("ctr", "cvr")}
+    assert data.steps == {task: len(training.task_columns(kept, task)["row"]) // 64 for task in ("ctr", "cvr")}  # whole batches
     assert data.base_rates == pytest.approx(training.base_rates(kept), rel=1e-6)
     assert rows_of(data.validation) == held["row"].numpy().tolist()
     trained = [row for task in ("ctr", "cvr") for row in rows_of(data.train[task], limit=data.steps[task] * 64)]

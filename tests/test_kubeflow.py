@@ -264,7 +264,7 @@ def test_tfx_cli_compiles_the_runner_file(tmp_path):
 
 
 def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
-    """--training-workers: the Trainer launches a Vertex AI CustomJob; Vertex sets TF_CONFIG."""
+    """--training-workers: the Trainer and MaskSearch launch Vertex AI CustomJobs; Vertex sets TF_CONFIG."""
     out = tmp_path / "vertex.json"
     result = subprocess.run(
         [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, *ROOT_ARGS,
@@ -283,6 +283,22 @@ def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     assert [pool["replica_count"] for pool in job["worker_pool_specs"]] == [1, 2]  # a chief and two workers
     assert {pool["container_spec"]["image_uri"] for pool in job["worker_pool_specs"]} == {IMAGE}
     assert training.TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train  # run_fn still gets it
+    # MaskSearch runs on the same launcher, the same job (its replicas run the search executor).
+    search = json_format.MessageToDict(spec.deployment_spec)["executors"]["MaskSearch_executor"]["container"]
+    assert search["args"][search["args"].index("--executor_class_path") + 1] == "lt4rec.components.mask_search.vertex.VertexExecutor"
+    search_config = json.loads(_parameter(spec, "MaskSearch", "custom_config"))
+    assert search_config["ai_platform_training_args"] == job and search_config["ai_platform_enable_vertex"] is True
+
+    with_ps = subprocess.run(
+        [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, *ROOT_ARGS, "--training-workers", "3",
+         "--parameter-servers", "2", "--gcp-project", "p", "--gcp-region", "europe-west4", *BEAM_ARGS],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert with_ps.returncode == 0, with_ps.stderr
+    _, spec = _load(str(out))
+    for node in ("SparseSharingTrainer", "MaskSearch"):  # Vertex's pools: chief, workers, parameter servers
+        pools = json.loads(_parameter(spec, node, "custom_config"))["ai_platform_training_args"]["worker_pool_specs"]
+        assert [pool["replica_count"] for pool in pools] == [1, 2, 2]
 
     missing = subprocess.run(
         [LT4REC, "pipeline", "compile", "--out", str(out), *ROOT_ARGS,

@@ -18,7 +18,7 @@ from lt4rec.pipeline import trainer_cluster
 def two_workers(finished_run, tmp_path_factory):
     """The tiny run's Trainer execution, rerun as chief 0 and worker 0, streaming its input."""
     root = tmp_path_factory.mktemp("two_workers")
-    execution = trainer_cluster.TrainerExecution.recorded(finished_run.metadata_sqlite).with_custom_config(
+    execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite).with_custom_config(
         train={"input_mode": "streaming", "shuffle_buffer": 1000}
     )
     workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"), chief=True)
@@ -72,3 +72,34 @@ def test_every_replica_took_the_same_whole_slices_of_each_pass(two_workers, fini
     assert shared["phase"] == "shared training epoch 1"
     assert all(count > 0 and count % batch == 0 for count in shared["examples"].values())
     assert os.path.exists(os.path.join(model_uri, "Format-Serving", "saved_model.pb"))
+
+
+@pytest.fixture(scope="module")
+def two_worker_search(finished_run, tmp_path_factory):
+    """The tiny run's MaskSearch, rerun as chief 0 and worker 0; and the masks its one process found."""
+    root = tmp_path_factory.mktemp("two_worker_search")
+    execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite, trainer_cluster.MASK_SEARCH_NODE)
+    workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"), chief=True)
+    (one_worker,) = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite).inputs["masks"]
+    return one_worker.uri, str(root / "out" / "masks"), workers
+
+
+def test_two_workers_search_the_masks_one_worker_finds(two_worker_search):
+    one_worker, two_workers, workers = two_worker_search
+    for worker in workers:
+        assert f"Training as {worker.name} of 2 workers (MultiWorkerMirroredStrategy" in open(worker.log).read()
+    one, two = sparse_sharing.read_report(one_worker), sparse_sharing.read_report(two_workers)
+    assert two["workers"] == 2
+    one_masks = masks.load_masks(os.path.join(one_worker, sparse_sharing.MASKS_FILE))
+    two_masks = masks.load_masks(os.path.join(two_workers, sparse_sharing.MASKS_FILE))
+    for task in masks.TASKS:
+        # The same global batches, gradients summed over two replicas instead of one: equal
+        # up to the order of floating-point sums, so the same rounds score alike and win.
+        assert two["tasks"][task]["best_round"] == one["tasks"][task]["best_round"]
+        for one_round, two_round in zip(one["tasks"][task]["rounds"], two["tasks"][task]["rounds"], strict=True):
+            assert two_round["remaining"] == pytest.approx(one_round["remaining"], abs=1e-3)
+            assert two_round["value"] == pytest.approx(one_round["value"], rel=1e-3)
+        for name, mask in one_masks[task].items():
+            assert np.mean(two_masks[task][name] == mask) > 0.999, (task, name)
+    assert 0.0 < masks.remaining_fraction(two_masks["ctr"]) < 1.0  # a real search: masks pruned, not all ones
+    assert os.path.exists(os.path.join(two_workers, sparse_sharing.SNET_INIT_CHECKPOINT + ".index"))

@@ -1,10 +1,15 @@
 """Id tables sharded over parameter servers (the README's placement for production tables).
 
 In a fresh process, an in-process cluster (one worker, two parameter servers) builds the
-network under ParameterServerStrategy with a size partitioner, and a ClusterCoordinator
+network under ParameterServerStrategy with the Trainer's id-table partitioner, and a ClusterCoordinator
 schedules the trainer's own CTR step on the worker. Then, here: every hashed id table was
 split by rows over both parameter servers, the masked update rule held, and the
 checkpoint restores into the plain network that export and serving use, scoring the same.
+
+And the Trainer's own `run_fn` on a loopback cluster as Vertex AI would start it (a chief,
+two workers, two parameter servers, each the TFX executor under its TF_CONFIG): the chief
+coordinates, the workers train the searched masks from sNET_init, and the exported model
+scores as the trained network.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import pytest
 import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs in a fresh process)
 import tensorflow as tf
 
-from lt4rec.models import features, masks, network, training
-from tests.conftest import run_in_fresh_process
+from lt4rec.models import distribution, features, masks, network, sparse_sharing, trainer, training
+from lt4rec.pipeline import trainer_cluster
+from tests.conftest import read_examples, run_in_fresh_process
 
 HASHED_TABLES = ("user", "video", "content_provider", "tag")
 FEATURE_CONFIG_SCALE = 0.01
@@ -38,7 +44,7 @@ def train_on_parameter_servers(out: str) -> None:
     servers += [tf.distribute.Server(cluster, job_name="ps", task_index=index, protocol="grpc") for index in range(len(ps))]
     strategy = tf.distribute.ParameterServerStrategy(
         tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc"),
-        variable_partitioner=tf.distribute.experimental.partitioners.MinSizePartitioner(min_shard_bytes=16 << 10, max_shards=len(ps)),
+        variable_partitioner=distribution.id_table_partitioner(network.id_table_shapes(features.scaled_config(FEATURE_CONFIG_SCALE), NETWORK), len(ps)),
     )
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     columns = random_transformed(512, seed=1)
@@ -76,6 +82,7 @@ def train_on_parameter_servers(out: str) -> None:
         table: [(shard.shape.as_list(), shard.device) for shard in model.embeddings.tables[table].variables]
         for table in model.embeddings.tables
     }
+    placement["masked kernels"] = [[list(layer.layer.kernel.shape), layer.layer.kernel.device] for layer in masks.masked_layers(model)]
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump({"placement": placement, "losses": [float(loss.fetch()) for loss in losses], "ps": ps}, f)
 
@@ -97,6 +104,8 @@ def test_hashed_id_tables_are_split_by_rows_over_both_parameter_servers(ps_run):
         assert len(shards) == 2, table
         assert sum(shape[0] for shape, _ in shards) == sizes[table] and {shape[1] for shape, _ in shards} == {8}
         assert sorted(device.split("/device")[0] for _, device in shards) == ["/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"]
+    kernels = report["placement"]["masked kernels"]  # whole, each on one parameter server: masked updates need them so
+    assert len(kernels) == len(NETWORK.hidden_units) and all(device.startswith("/job:ps/") for _, device in kernels)
     assert all(np.isfinite(report["losses"])) and len(report["losses"]) == STEPS
 
 
@@ -119,3 +128,74 @@ def test_the_checkpoint_restores_into_the_plain_network_and_scores_the_same(ps_r
         np.testing.assert_allclose(scores.numpy(), arrays[f"scores/{task}"], rtol=1e-5, atol=1e-6)
     for name, mask in masks.get_masks(model, "ctr").items():
         assert np.array_equal(mask, arrays[f"ctr_mask/{name}"])
+
+
+@pytest.fixture(scope="module")
+def ps_trainer(finished_run, tmp_path_factory):
+    """The tiny run's Trainer execution, rerun on a chief, two workers and two parameter servers."""
+    root = tmp_path_factory.mktemp("ps_trainer")
+    execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite).with_custom_config(
+        train={"shuffle_buffer": 1000}
+    )
+    workers = trainer_cluster.run_workers(execution, str(root / "out"), 3, str(root / "logs"), chief=True, parameter_servers=2)
+    return execution, str(root / "out" / "model"), workers
+
+
+def test_the_chief_coordinates_while_workers_and_parameter_servers_serve(ps_trainer):
+    _, model_uri, (chief,) = ps_trainer
+    assert "coordinator of 2 workers and 2 parameter servers (ParameterServerStrategy" in open(chief.log).read()
+    logs = os.path.dirname(chief.log)
+    for server in ("worker-0", "worker-1", "ps-0", "ps-1"):
+        assert f"Serving as {server} of a cluster of 2 parameter servers" in open(os.path.join(logs, f"{server}.log")).read()
+    with open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.PHASES_FILE)) as f:
+        phases = json.load(f)
+    assert all(count > 0 for phase in phases for count in phase["examples"].values())
+
+
+def test_parameter_server_training_moves_only_what_the_searched_masks_keep_from_snet_init(ps_trainer):
+    execution, model_uri, _ = ps_trainer
+    model, _ = trainer.load_trained(model_uri)
+    (masks_artifact,) = execution.inputs["masks"]
+    snet_init = network.RankingNetwork(model.feature_config, model.config)
+    snet_init.build_for({spec.name: np.zeros([1, spec.max_values], np.int64) for spec in features.FEATURES})
+    searched = sparse_sharing.load_search(masks_artifact.uri, snet_init)
+    assert 0.0 < masks.remaining_fraction(searched["ctr"]) < 1.0  # the masks of a real search
+    initial_kernels = masks.get_kernels(snet_init)
+    for task in masks.TASKS:
+        assert all(np.array_equal(masks.get_masks(model, task)[name], searched[task][name]) for name in searched[task])
+    for name, kernel in masks.get_kernels(model).items():
+        kept = np.maximum(searched["ctr"][name], searched["cvr"][name]) == 1
+        assert np.abs(kernel[kept] - initial_kernels[name][kept]).max() > 1e-4  # trained from sNET_init
+        assert not kernel[~kept].any()  # what no task keeps stays pruned
+
+
+def test_the_exported_model_scores_as_the_trained_network(ps_trainer, tiny_logs):
+    import glob
+
+    import tensorflow_transform as tft
+
+    execution, model_uri, _ = ps_trainer
+    model, _ = trainer.load_trained(model_uri)
+    raw = [example.SerializeToString() for example in read_examples(sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))[-1])][:200]
+    (transform_graph,) = execution.inputs["transform_graph"]
+    transform_output = tft.TFTransformOutput(transform_graph.uri)
+    transformed = transform_output.transform_features_layer()(tf.io.parse_example(tf.constant(raw), transform_output.raw_feature_spec()))
+    expected = model({name: transformed[name] for name in features.FEATURE_NAMES})
+    served = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures["serving_default"](examples=tf.constant(raw))
+    for task in masks.TASKS:
+        np.testing.assert_allclose(served[task].numpy().reshape(-1), expected[task].numpy().reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+
+def test_mask_search_runs_on_parameter_servers_too(finished_run, tmp_path):
+    """MaskSearch under the same strategy: the chief coordinates the warmup and every round."""
+    execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite, trainer_cluster.MASK_SEARCH_NODE)
+    (chief,) = trainer_cluster.run_workers(execution, str(tmp_path / "out"), 3, str(tmp_path / "logs"), chief=True, parameter_servers=2)
+    log = open(chief.log).read()
+    assert "coordinator of 2 workers and 2 parameter servers" in log and "ctr search round 1" in log
+    report = sparse_sharing.read_report(str(tmp_path / "out" / "masks"))
+    searched = masks.load_masks(str(tmp_path / "out" / "masks" / sparse_sharing.MASKS_FILE))
+    for task in masks.TASKS:
+        rounds = report["tasks"][task]["rounds"]
+        assert [r["remaining"] for r in rounds] == sorted((r["remaining"] for r in rounds), reverse=True)
+        assert masks.remaining_fraction(searched[task]) == pytest.approx(rounds[report["tasks"][task]["best_round"]]["remaining"])

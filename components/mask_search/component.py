@@ -20,6 +20,8 @@ from lt4rec.components.mask_search import executor
 class MaskSearchSpec(component_spec.ComponentSpec):
     PARAMETERS = {
         executor.SETTINGS: component_spec.ExecutionParameter(type=str),  # JSON: features, network, train, search
+        # JSON: where it runs if elsewhere (a Vertex AI training job's `custom_config`, as the Trainer's)
+        executor.CUSTOM_CONFIG: component_spec.ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         executor.EXAMPLES: component_spec.ChannelParameter(type=standard_artifacts.Examples),
@@ -31,17 +33,26 @@ class MaskSearchSpec(component_spec.ComponentSpec):
 
 
 class MaskSearch(base_component.BaseComponent):
-    """Searches one mask per task (see `models/sparse_sharing.py`)."""
+    """Searches one mask per task (see `models/sparse_sharing.py`), under MultiWorkerMirroredStrategy
+    when `TF_CONFIG` names several workers, as the Trainer trains."""
 
     SPEC_CLASS = MaskSearchSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-    def __init__(self, examples: channel.BaseChannel, transform_graph: channel.BaseChannel, settings: Mapping):
-        """`settings`: {"features", "network", "train", "search"}, each the `to_dict()` of its config."""
+    def __init__(
+        self,
+        examples: channel.BaseChannel,
+        transform_graph: channel.BaseChannel,
+        settings: Mapping,
+        custom_config: Mapping | None = None,
+    ):
+        """`settings`: {"features", "network", "train", "search"}, each the `to_dict()` of its config;
+        `custom_config`: a Vertex AI training job's (`VertexMaskSearch`)."""
         spec = MaskSearchSpec(
             examples=examples,
             transform_graph=transform_graph,
             settings=json.dumps(settings, sort_keys=True),
+            custom_config=json.dumps(dict(custom_config), sort_keys=True) if custom_config else None,
             masks=channel.Channel(type=Masks),
         )
         super().__init__(spec=spec)
