@@ -18,13 +18,19 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 MODES = ("memory", "streaming")
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not carried over from the parent across exec)."""
+    with open("/proc/self/status") as f:
+        (line,) = [line for line in f if line.startswith("VmHWM:")]
+    return int(line.split()[1]) / 2**20
 
 
 def measure(transform_dir: str, files: list[str], mode: str, steps: int, warmup_steps: int, remaining: float, seed: int) -> dict:
@@ -40,7 +46,7 @@ def measure(transform_dir: str, files: list[str], mode: str, steps: int, warmup_
     split = inputs.TransformedSplit.from_patterns(files, tft.TFTransformOutput(transform_dir))
     data = sparse_sharing.Datasets.from_split(split, config, masks.TASKS)
     ready = time.perf_counter() - start
-    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_ready = peak_rss_gb()
     tf.keras.utils.set_random_seed(seed)
     model = network.RankingNetwork(features.scaled_config(0.1), network.NetworkConfig())
     model.build_for(next(iter(data.validation)))
@@ -64,7 +70,7 @@ def measure(transform_dir: str, files: list[str], mode: str, steps: int, warmup_
         "ready_seconds": ready,
         "examples_per_second": stats.examples_per_second,
         "peak_rss_gb_ready": rss_ready,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 

@@ -169,11 +169,6 @@ def transformed_files(
     file by file (memory does not grow with `rows`) and cached like `load`; the Transform
     graph is analysed on a tenth of the train files (the analysis is not what is measured).
     """
-    import pyarrow as pa
-    import tensorflow as tf
-    import tensorflow_transform as tft
-    from tfx_bsl.coders import example_coder
-
     folder = data_folder(rows, days, seed, table_scale, 0.5, cache, catalogue) + "-files"
     train_dir = os.path.join(folder, "transformed", "train")
     done = os.path.join(folder, "transformed", "DONE")
@@ -189,23 +184,50 @@ def transformed_files(
         for unfinished in (transform_dir, train_dir):  # of an interrupted preparation
             shutil.rmtree(unfinished, ignore_errors=True)
         offline_transform.analyze(train_logs[: max(1, len(train_logs) // 10)], features.scaled_config(table_scale), transform_dir)
-        output = tft.TFTransformOutput(transform_dir)
-        layer, spec = output.transform_features_layer(), output.raw_feature_spec()
-        names = (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL)
-        os.makedirs(train_dir, exist_ok=True)
-        for index, path in enumerate(train_logs):
-            out = os.path.join(train_dir, f"transformed_examples-{index:05d}-of-{len(train_logs):05d}.gz")
-            with tf.io.TFRecordWriter(out, options="GZIP") as writer:
-                for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(8192):
-                    transformed = layer(tf.io.parse_example(batch, spec))
-                    arrays = []
-                    for name in names:
-                        values = np.reshape(transformed[name].numpy(), [len(batch), -1])
-                        offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-                        arrays.append(pa.ListArray.from_arrays(offsets, values.ravel()))
-                    for record in example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(arrays, names)):
-                        writer.write(record)
+        _write_transformed(train_logs, transform_dir, train_dir)
         with open(done, "w") as f:
             json.dump({"rows": rows, "generate_seconds": generated, "seconds": time.perf_counter() - start}, f)
         logger.info("Prepared %s in %.0f s", folder, time.perf_counter() - start)
     return os.path.join(folder, "transform"), sorted(glob.glob(os.path.join(train_dir, "*.gz")))
+
+
+def transformed_eval_files(rows: int, days: int = 4, seed: int = 0, table_scale: float = 0.1, cache: str | None = None,
+                           catalogue: str = "sample") -> list[str]:
+    """The last day of `transformed_files`' logs through the same Transform graph: the eval split."""
+    transform_dir, _ = transformed_files(rows, days, seed, table_scale, cache, catalogue)
+    folder = os.path.dirname(transform_dir)
+    eval_dir = os.path.join(folder, "transformed", "eval")
+    done = os.path.join(eval_dir, "DONE")
+    if not os.path.exists(done):
+        logs = os.path.join(folder, "logs")
+        last_day = sorted(day for day in os.listdir(logs) if day.isdigit())[-1]
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        _write_transformed(sorted(glob.glob(os.path.join(logs, last_day, "part-*.gz"))), transform_dir, eval_dir)
+        open(done, "w").close()
+    return sorted(glob.glob(os.path.join(eval_dir, "*.gz")))
+
+
+def _write_transformed(log_files: list[str], transform_dir: str, out_dir: str) -> None:
+    """One GZIP TFRecord file of transformed tf.Examples per log file, file by file."""
+    import pyarrow as pa
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    from tfx_bsl.coders import example_coder
+
+    output = tft.TFTransformOutput(transform_dir)
+    layer, spec = output.transform_features_layer(), output.raw_feature_spec()
+    names = (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL)
+    os.makedirs(out_dir, exist_ok=True)
+    for index, path in enumerate(log_files):
+        out = os.path.join(out_dir, f"transformed_examples-{index:05d}-of-{len(log_files):05d}.gz")
+        with tf.io.TFRecordWriter(out, options="GZIP") as writer:
+            for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(8192):
+                transformed = layer(tf.io.parse_example(batch, spec))
+                arrays = []
+                for name in names:
+                    values = np.reshape(transformed[name].numpy(), [len(batch), -1])
+                    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+                    arrays.append(pa.ListArray.from_arrays(offsets, values.ravel()))
+                for record in example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(arrays, names)):
+                    writer.write(record)
+
