@@ -164,9 +164,9 @@ def transformed_files(
 ) -> tuple[str, list[str]]:
     """Generated logs through the project's Transform, written as Transform writes its output.
 
-    Returns the Transform graph's folder and the train split's files: one GZIP TFRecord
-    file of transformed `tf.train.Example`s per log file of every day but the last. Made
-    file by file (memory does not grow with `rows`) and cached like `load`; the Transform
+    Returns the Transform graph's folder and the train split's files: GZIP TFRecord files
+    of transformed `tf.train.Example`s of every day but the last. Made batch by batch
+    (memory does not grow with `rows`) and cached like `load`; the Transform
     graph is analysed on a tenth of the train files (the analysis is not what is measured).
     """
     folder = data_folder(rows, days, seed, table_scale, 0.5, cache, catalogue) + "-files"
@@ -207,27 +207,27 @@ def transformed_eval_files(rows: int, days: int = 4, seed: int = 0, table_scale:
     return sorted(glob.glob(os.path.join(eval_dir, "*.gz")))
 
 
-def _write_transformed(log_files: list[str], transform_dir: str, out_dir: str) -> None:
-    """One GZIP TFRecord file of transformed tf.Examples per log file, file by file."""
+def _write_transformed(log_files: list[str], transform_dir: str, out_dir: str, rows_per_file: int = 100_000) -> None:
+    """The log files' transformed tf.Examples as GZIP TFRecord files of about `rows_per_file` rows each, in order."""
     import pyarrow as pa
     import tensorflow as tf
-    import tensorflow_transform as tft
     from tfx_bsl.coders import example_coder
 
-    output = tft.TFTransformOutput(transform_dir)
-    layer, spec = output.transform_features_layer(), output.raw_feature_spec()
-    names = (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL)
     os.makedirs(out_dir, exist_ok=True)
-    for index, path in enumerate(log_files):
-        out = os.path.join(out_dir, f"transformed_examples-{index:05d}-of-{len(log_files):05d}.gz")
-        with tf.io.TFRecordWriter(out, options="GZIP") as writer:
-            for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(8192):
-                transformed = layer(tf.io.parse_example(batch, spec))
-                arrays = []
-                for name in names:
-                    values = np.reshape(transformed[name].numpy(), [len(batch), -1])
-                    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-                    arrays.append(pa.ListArray.from_arrays(offsets, values.ravel()))
-                for record in example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(arrays, names)):
-                    writer.write(record)
-
+    writer, written = None, 0
+    for batch in offline_transform.transformed_batches(log_files, transform_dir, batch_size=8192):
+        if writer is None or written >= rows_per_file:
+            if writer is not None:
+                writer.close()
+            writer = tf.io.TFRecordWriter(os.path.join(out_dir, f"transformed_examples-{len(os.listdir(out_dir)):05d}.gz"), options="GZIP")
+            written = 0
+        arrays = []
+        for values in batch.values():
+            values = np.reshape(values, [len(values), -1])
+            offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+            arrays.append(pa.ListArray.from_arrays(offsets, values.ravel()))
+        for record in example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(arrays, list(batch))):
+            writer.write(record)
+        written += len(arrays[0])
+    if writer is not None:
+        writer.close()

@@ -199,8 +199,8 @@ def task_stream(
     def train_rows(batch):
         return _select(batch, tf.logical_not(held_out(batch, fraction, holdout_seed)) & task_examples(batch, task))
 
-    def permuted(block, seed):
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block[features.CLICK_LABEL])[0]), seed=seed)
+    def permuted(block, block_seed):
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block[features.CLICK_LABEL])[0]), seed=block_seed)
         return {name: tf.gather(values, order) for name, values in block.items()}
 
     blocks = (

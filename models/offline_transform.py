@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -44,17 +45,22 @@ def analyze(train_files: list[str], feature_config: features.FeatureConfig, tran
     )
 
 
-def transform(files: list[str], transform_dir: str) -> dict[str, np.ndarray]:
-    """The transformed examples (feature ids and labels) of GZIP log files, as columns."""
+def transformed_batches(files: list[str], transform_dir: str, batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+    """The transformed examples (feature ids and labels) of GZIP log files, batch by batch, in order."""
     import tensorflow_transform as tft
 
     output = tft.TFTransformOutput(transform_dir)
     layer = output.transform_features_layer()
     spec = output.raw_feature_spec()
-    columns: dict[str, list[np.ndarray]] = {}
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
-    for batch in records:
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size):
         transformed = layer(tf.io.parse_example(batch, spec))
-        for name in (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL):
-            columns.setdefault(name, []).append(transformed[name].numpy())
+        yield {name: transformed[name].numpy() for name in (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL)}
+
+
+def transform(files: list[str], transform_dir: str) -> dict[str, np.ndarray]:
+    """The transformed examples of GZIP log files, as columns."""
+    columns: dict[str, list[np.ndarray]] = {}
+    for batch in transformed_batches(files, transform_dir):
+        for name, values in batch.items():
+            columns.setdefault(name, []).append(values)
     return {name: np.concatenate(values) for name, values in columns.items()}

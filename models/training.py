@@ -274,11 +274,10 @@ def interleave(steps: Mapping[str, int], seed: int) -> list[str]:
 
 
 def base_rates(columns: Columns) -> dict[str, float]:
-    """Each task's no-skill prediction on `columns`: the click rate, the mean watch ratio of clicks."""
-    click = np.reshape(np.asarray(columns[CLICK]), [-1])
+    """Each task's no-skill prediction on `columns` (`inputs.SplitCounts.base_rates`)."""
+    click = np.reshape(np.asarray(columns[CLICK]), [-1]) == 1
     ratio = np.reshape(np.asarray(columns[WATCH_RATIO]), [-1])
-    clicked = click == 1
-    return {"ctr": float(click.mean()), "cvr": float(ratio[clicked].mean()) if clicked.any() else 0.5}
+    return inputs.SplitCounts(rows=click.size, clicks=int(click.sum()), clicked_watch_ratio=float(ratio[click].sum()), held_rows=0).base_rates
 
 
 def hold_out(columns: Columns, fraction: float, seed: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:

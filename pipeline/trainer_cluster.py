@@ -122,7 +122,7 @@ def tf_configs(workers: int, chief: bool = False, parameter_servers: int = 0) ->
 
 def run_workers(
     execution: RecordedExecution,
-    model_uri: str,
+    out_uri: str,
     workers: int,
     log_dir: str,
     timeout: float = 900,
@@ -132,7 +132,7 @@ def run_workers(
 ) -> list[Worker]:
     """Run the execution's executor as `workers` processes (plain, without TF_CONFIG, for 1).
 
-    Writes its outputs under `model_uri`, one folder per output key (the Trainer's `model`
+    Writes its outputs under `out_uri`, one folder per output key (the Trainer's `model`
     and `model_run`, MaskSearch's `masks`); raises naming the worker and its log if any
     worker fails. `env` adds to every worker's environment; `chief`: Vertex AI's topology
     (a chief and workers, `tf_configs`). With `parameter_servers`, the workers and
@@ -142,7 +142,7 @@ def run_workers(
     outputs = {}
     for key, artifact_type in output_types.items():
         outputs[key] = [artifact_type()]
-        outputs[key][0].uri = os.path.join(model_uri, key)
+        outputs[key][0].uri = os.path.join(out_uri, key)
     arguments = [
         sys.executable, "-m", "tfx.scripts.run_executor",
         "--executor_class_path", f"{executor_class.__module__}.{executor_class.__name__}",
