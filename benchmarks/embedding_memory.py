@@ -82,7 +82,7 @@ def measure(sizes: dict[str, int], steps: int, optimizer: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(optimizer: str, runs: list[dict], all_table_runs: int) -> None:
+def report(optimizer: str, runs: list[dict], all_table_runs: int) -> dict:
     print(f"\n{optimizer}:")
     print(f"{'id table rows':>28} {'embeddings':>11} {'Adam slots':>11} {'MLP+masks':>10} {'RSS built':>10} {'peak RSS':>9} {'step':>8}")
     for run in runs:
@@ -101,6 +101,7 @@ def report(optimizer: str, runs: list[dict], all_table_runs: int) -> None:
     held_per_row = (large["embedding_bytes"] + large["optimizer_bytes"] - small["embedding_bytes"] - small["optimizer_bytes"]) / added_rows
     print(f"per id-table row: {held_per_row:.0f} B of variables, {rss_per_row:.0f} B resident after building, "
           f"{peak_per_row:.0f} B at peak while training, {step_per_row * 1e9:.1f} ns of step time")  # fmt: skip
+    per_row = {"variable_bytes": held_per_row, "rss_built_bytes": rss_per_row, "peak_rss_bytes": peak_per_row, "step_seconds": step_per_row}
     for rows in (10_000_000, 15_000_000):
         total = rows * len(ID_TABLES)
         step = large["step_seconds"] + step_per_row * (total - sum(large["rows"].values()))
@@ -109,6 +110,7 @@ def report(optimizer: str, runs: list[dict], all_table_runs: int) -> None:
             f"{total * held_per_row / GB:.1f} GB of variables, ~{total * peak_per_row / GB:.1f} GB peak RSS, "
             f"~{step * 1000:,.0f} ms per step (extrapolated from the slope)"
         )
+    return {"runs": runs, "per_row": per_row}
 
 
 def main() -> None:
@@ -118,10 +120,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per run (the median is reported).")
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=list(OPTIMIZERS),
                         help="The task optimizers to compare (TrainConfig.optimizer).")  # fmt: skip
+    parser.add_argument("--out", default=None, help="Write every run and the per-row figures as JSON here too.")
     args = parser.parse_args()
     if len(args.rows) < 2:
         parser.error("--rows needs at least two sizes (the per-row figures are a slope)")
 
+    figures = {}
     for optimizer in args.optimizers:
         runs = [measure({table: rows for table in ID_TABLES}, args.steps, optimizer) for rows in args.rows]
         if args.production_table:
@@ -129,7 +133,10 @@ def main() -> None:
             # with it the production table is built only.
             steps = args.steps if optimizer == "lazy_adam" else 0
             runs.append(measure({"user": args.production_table, **{t: 250_000 for t in ID_TABLES[1:]}}, steps, optimizer))
-        report(optimizer, runs, len(args.rows))
+        figures[optimizer] = report(optimizer, runs, len(args.rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def main() -> None:
     figures = {
         "rows": args.rows,
         "input": data.mode,
+        "train": train_config.to_dict(),
+        "search": search_config.to_dict(),
         "examples_per_pass": {task: steps * train_config.batch_size for task, steps in data.steps.items()},
         "seconds": seconds,
         "wall_seconds": wall,

@@ -1,10 +1,18 @@
 """`lt4rec preprocess`: the Apache Beam job that joins raw events into training logs.
 
-Input: `RAW/{impressions,clicks,plays}/YYYYMMDD/<files>`, newline-delimited JSON (`.jsonl`,
-`.json`) or CSV (`.csv`, whose first line is a header that is skipped and checked), any of
-them possibly GZIP compressed (`.gz`). `file_format="auto"` decides by extension; a mix of
-formats or an unknown extension is a `DataError` naming the file, raised before Beam starts,
-as is a folder without impression files or a non-empty output folder.
+Input: `RAW/{impressions,clicks,plays}/YYYYMMDD/<files>` (files at any depth under a
+source's folder are read: an event's day is its `time_ms`, not its folder), newline-delimited
+JSON (`.jsonl`, `.json`) or CSV (`.csv`, whose first line is a header that is skipped and
+checked), any of them possibly GZIP compressed (`.gz`); a UTF-8 byte order mark is skipped.
+Marker files (names starting with `_` or `.`, like Hadoop's `_SUCCESS`) are skipped, counted
+and named, as the pipeline skips them. `file_format="auto"` decides by extension; a mix of
+formats, an unknown extension or a `.gz` file that is not GZIP is a `DataError` naming the
+file, raised before Beam starts, as is a folder without impression files or a non-empty
+output folder. A `.gz` file that ends before its GZIP stream does (truncated) or is damaged
+inside fails the job with a `DataError` naming it (after the job, naming every such file);
+with `allow_damaged_files` its lines up to the damage are used and its unreadable rest
+counts as one rejected line (`unreadable`).
+A failed job removes what it wrote, so the output folder can be used again.
 
 Output:
 - `OUT/YYYYMMDD/part-NNNNN-of-MMMMM.gz`: GZIP TFRecord files of `tf.train.Example` in the
@@ -33,7 +41,9 @@ The contract, line by line:
 - Labels: `label` is 1 when a click joined, else 0. `cvrlabel` is the sum of the joined
   plays' watched_seconds over their video_seconds (the largest, should they differ),
   clipped to [0, 1]; 0 without a click or without a play. Clipped ratios and clicks
-  without a play are counted, not rejected.
+  without a play are counted, not rejected. Each play's seconds are finite, watched >= 0
+  and length > 0 (else `bad_value`); a sum beyond the float range is above any length, so
+  clipped to 1.
 - Accounting: for each source, lines read = lines used + lines rejected, where an
   impression line is used when it becomes an example, a click line when it joins as the
   click of an impression, a play line when it joins into a watch ratio. CSV headers are
@@ -47,11 +57,13 @@ module-level classes, so they pickle for multi-process and remote workers.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import math
 import os
 import uuid
+import zlib
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
@@ -78,10 +90,13 @@ DUPLICATE_CLICK = "duplicate_click"
 CLICK_WITHOUT_IMPRESSION = "click_without_impression"
 PLAY_WITHOUT_IMPRESSION = "play_without_impression"
 PLAY_WITHOUT_CLICK = "play_without_click"
+UNREADABLE = "unreadable"  # the rest of a damaged file, with allow_damaged_files
 
 # Counter names (Beam metrics of namespace COUNTER_NAMESPACE). Per-source and per-day
 # counters append "/<source>" or "/<YYYYMMDD>"; rejections are "rejected/<source>/<reason>".
 COUNTER_NAMESPACE = "lt4rec.preprocess"
+FILES_READ = "files_read"
+FILES_SKIPPED = "files_skipped"  # "/<source>/<reason>": counted before the job starts
 LINES_READ = "lines_read"
 EXAMPLES_WRITTEN = "examples_written"
 CLICKS_JOINED = "clicks_joined"
@@ -93,9 +108,13 @@ CLICKS_WITHOUT_PLAY = "clicks_without_play"
 FILE_FORMATS = ("auto",) + raw_events.FORMATS
 REJECTED_PREFIX = "_rejected"
 COUNTERS_FILE = "_counters.json"
+SKIPPED_FILES_FILE = "_skipped_files.json"  # [{"source", "file", "reason"}], when files were skipped
 EXAMPLE_FILE_PREFIX = "part"
 
 _EXTENSION_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = "\ufeff".encode("utf-8")
+MARKER_FILE = "marker_file"  # the reason a `_` or `.` file is skipped
 _MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last day with a YYYYMMDD folder
 
 
@@ -137,6 +156,45 @@ def _rejection(source: str, reason: str, detail: str, file_name: str, line: byte
 
 def _reject_parsed(source: str, reason: str, detail: str, parsed: ParsedLine) -> beam.pvalue.TaggedOutput:
     return _rejection(source, reason, detail, parsed.file_name, parsed.line)
+
+
+def _open_raw(path: str):
+    """The file's bytes, decompressed when its name ends in `.gz`.
+
+    Python's gzip reader, not Beam's: Beam's stops quietly where a truncated stream ends,
+    gzip raises EOFError, so a damaged file cannot pass for a short one.
+    """
+    handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return gzip.GzipFile(fileobj=handle, mode="rb") if path.lower().endswith(".gz") else handle
+
+
+class ReadLinesFn(beam.DoFn):
+    """A raw file's path -> (path, line bytes) per line, without the line end.
+
+    Skips a CSV file's header and a byte order mark. Of a damaged file, yields its lines up
+    to the damage and one rejection (`unreadable`) naming the line it broke after.
+    """
+
+    def __init__(self, source: str, skip_header: bool) -> None:
+        self._source = source
+        self._skip_header = skip_header
+
+    def process(self, path: str) -> Iterator[Any]:
+        _count(f"{FILES_READ}/{self._source}")
+        number = 0
+        try:
+            with _open_raw(path) as handle:
+                for number, line in enumerate(handle, 1):
+                    if number == 1:
+                        line = line.removeprefix(_BOM)
+                        if self._skip_header:
+                            continue
+                    yield path, line.rstrip(b"\r\n")
+        except (EOFError, OSError, zlib.error) as error:  # truncated, not GZIP, or corrupt inside
+            # Not raised here: a worker's traceback would bury the file's name; `run` fails
+            # the job after it, naming every damaged file, unless they are allowed.
+            _count(f"{LINES_READ}/{self._source}")
+            yield _rejection(self._source, UNREADABLE, f"{path} is damaged after line {number}: {error}", path, b"")
 
 
 class ParseLineFn(beam.DoFn):
@@ -234,9 +292,12 @@ class JoinFn(beam.DoFn):
     @staticmethod
     def _watch_ratio(plays: Sequence[ParsedLine]) -> float:
         """Watched seconds over the video's length, clipped to 1 (counted): logs overshoot."""
-        watched = math.fsum(play.event["watched_seconds"] for play in plays)  # fsum: order-independent
+        try:
+            watched = math.fsum(play.event["watched_seconds"] for play in plays)  # fsum: order-independent
+        except OverflowError:  # beyond the float range, so beyond any length: clipped below
+            watched = math.inf
         length = max(play.event["video_seconds"] for play in plays)
-        ratio = watched / length
+        ratio = watched / length  # finite / positive: inf at worst, never NaN
         if ratio > 1.0:
             _count(WATCH_RATIOS_CLIPPED)
             return 1.0
@@ -305,21 +366,35 @@ def _rejection_json(record: Mapping[str, str]) -> str:
 
 
 def _raw_file_pattern(raw_dir: str, source: str) -> str:
-    return FileSystems.join(raw_dir, source, "*", "*")
+    return FileSystems.join(raw_dir, source, "**")
 
 
-def _raw_files(raw_dir: str) -> dict[str, list[str]]:
-    """The files of each source's day folders; a DataError when there are no impressions."""
-    files = {}
+def _raw_files(raw_dir: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each source's files to read, and its skipped marker files; a DataError when there are no impressions."""
+    files, markers = {}, {}
     for source in raw_events.SOURCES:
         match = FileSystems.match([_raw_file_pattern(raw_dir, source)])[0]
-        files[source] = sorted(metadata.path for metadata in match.metadata_list)
+        paths = sorted(metadata.path for metadata in match.metadata_list)
+        # Hadoop's `_SUCCESS`, `.crc` files, and whatever is in a `_temporary/` folder.
+        root = FileSystems.join(raw_dir, source)
+        is_marker = {path: any(part.startswith(("_", ".")) for part in os.path.relpath(path, root).split(os.sep)) for path in paths}
+        markers[source] = [path for path in paths if is_marker[path]]
+        files[source] = [path for path in paths if not is_marker[path]]
     if not files[raw_events.IMPRESSIONS]:
         where = raw_dir if FileSystems.exists(raw_dir) else f"{raw_dir} (which does not exist)"
         raise DataError(
-            f"no raw impression files in {where}: expected {_raw_file_pattern(raw_dir, raw_events.IMPRESSIONS)}"
+            f"no raw impression files in {where}: expected {FileSystems.join(raw_dir, raw_events.IMPRESSIONS, 'YYYYMMDD', '<files>')}"
         )
-    return files
+    return files, markers
+
+
+def _check_gzip(files: Mapping[str, Sequence[str]]) -> None:
+    """A `.gz` file that does not start as GZIP does is named now, not deep in the job."""
+    for path in (path for paths in files.values() for path in paths if path.lower().endswith(".gz")):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            start = handle.read(2)
+        if start and start != _GZIP_MAGIC:
+            raise DataError(f"{path}: named .gz but not a GZIP file (it starts with {start!r})")
 
 
 def _format_of(path: str) -> str:
@@ -372,7 +447,6 @@ def _check_output_empty(out_dir: str) -> None:
 
 def build_pipeline(
     pipeline: beam.Pipeline,
-    raw_dir: str,
     files: Mapping[str, Sequence[str]],
     out_dir: str,
     file_format: str,
@@ -382,15 +456,15 @@ def build_pipeline(
     parsed_by_source = {}
     rejections = []
     for source in raw_events.SOURCES:
-        if files[source]:
-            lines = pipeline | f"Read {source}" >> beam.io.ReadFromTextWithFilename(
-                _raw_file_pattern(raw_dir, source),
-                coder=beam.coders.BytesCoder(),
-                skip_header_lines=1 if file_format == "csv" else 0,
-            )
-        else:
-            lines = pipeline | f"No {source}" >> beam.Create([])
-        parsed = lines | f"Parse {source}" >> beam.ParDo(ParseLineFn(source, file_format)).with_outputs(
+        read = (
+            pipeline
+            | f"List {source}" >> beam.Create(files[source])
+            | f"Spread {source} files" >> beam.Reshuffle()  # one file per worker at a time, not one bundle
+            | f"Read {source}"
+            >> beam.ParDo(ReadLinesFn(source, skip_header=file_format == "csv")).with_outputs(REJECTED, main="lines")
+        )
+        rejections.append(read[REJECTED])
+        parsed = read.lines | f"Parse {source}" >> beam.ParDo(ParseLineFn(source, file_format)).with_outputs(
             REJECTED, main="parsed"
         )
         parsed_by_source[source] = parsed.parsed
@@ -423,7 +497,7 @@ def build_pipeline(
 
 def _query_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     """The job's counters by name, summed over steps; the fixed ones present even when 0."""
-    counters = {f"{LINES_READ}/{source}": 0 for source in raw_events.SOURCES}
+    counters = {f"{name}/{source}": 0 for name in (FILES_READ, LINES_READ) for source in raw_events.SOURCES}
     counters.update({name: 0 for name in (EXAMPLES_WRITTEN, CLICKS_JOINED, PLAYS_JOINED, WATCH_RATIOS_CLIPPED, CLICKS_WITHOUT_PLAY)})
     for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -437,32 +511,83 @@ def _write_counters(out_dir: str, counters: Mapping[str, int]) -> None:
         handle.write(json.dumps(counters, indent=2, sort_keys=True).encode("utf-8") + b"\n")
 
 
-def run(raw_dir: str, out_dir: str, file_format: str = "auto", beam_args: Sequence[str] | None = None) -> dict[str, int]:
-    """Runs the job to the end; returns its counters (also written to OUT/_counters.json)."""
-    files = _raw_files(raw_dir)
+def run(
+    raw_dir: str,
+    out_dir: str,
+    file_format: str = "auto",
+    beam_args: Sequence[str] | None = None,
+    allow_damaged_files: bool = False,
+) -> dict[str, int]:
+    """Runs the job to the end; returns its counters (also written to OUT/_counters.json).
+
+    A job that fails removes what it wrote to `out_dir` (empty when it started) and its
+    temporary folder; so does one that found damaged files (unless `allow_damaged_files`),
+    which ends with a `DataError` naming each.
+    """
+    files, markers = _raw_files(raw_dir)
     file_format = resolve_format(files, file_format)
+    _check_gzip(files)
     if file_format == "csv":
         _check_csv_headers(files)
     _check_output_empty(out_dir)
     for source in raw_events.SOURCES:
-        _LOGGER.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, _raw_file_pattern(raw_dir, source))
+        _LOGGER.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, FileSystems.join(raw_dir, source))
+        for path in markers[source]:
+            _LOGGER.warning("Skipping %s: a marker file (its name or folder starts with _ or .)", path)
     _LOGGER.info("Writing day partitions of examples to %s, rejected lines to %s-*.jsonl", out_dir, FileSystems.join(out_dir, REJECTED_PREFIX))
 
     options = PipelineOptions(list(beam_args or []))
-    # WriteToFiles' temporary files go to a folder of this run, removed once it succeeds.
+    # WriteToFiles' temporary files go to a folder of this run, removed once it ends.
     temp_root = options.view_as(GoogleCloudOptions).temp_location or out_dir
     temp_dir = FileSystems.join(temp_root, f"_preprocess-tmp-{uuid.uuid4().hex}")
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, raw_dir, files, out_dir, file_format, temp_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
+    build_pipeline(pipeline, files, out_dir, file_format, temp_dir)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception:
+        _remove_output(out_dir, temp_dir)
+        raise
     if FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
 
     counters = _query_counters(result)
+    if not allow_damaged_files and any(name.endswith(f"/{UNREADABLE}") for name in counters):
+        damaged = [record["detail"] for record in _read_rejections(out_dir) if record["reason"] == UNREADABLE]
+        _remove_output(out_dir, temp_dir)
+        raise DataError(
+            f"{len(damaged)} damaged raw file(s): " + "; ".join(sorted(damaged))
+            + " (pass --allow-damaged-files to use their lines before the damage)"
+        )
+    for source in raw_events.SOURCES:
+        if markers[source]:
+            counters[f"{FILES_SKIPPED}/{source}/{MARKER_FILE}"] = len(markers[source])
+    counters = dict(sorted(counters.items()))
     _write_counters(out_dir, counters)
-    _LOGGER.info("Counters (also in %s):\n%s", FileSystems.join(out_dir, COUNTERS_FILE), format_counters(counters))
+    skipped = [{"source": source, "file": path, "reason": MARKER_FILE} for source in raw_events.SOURCES for path in markers[source]]
+    if skipped:
+        with FileSystems.create(FileSystems.join(out_dir, SKIPPED_FILES_FILE)) as handle:
+            handle.write(json.dumps(skipped, indent=2).encode("utf-8") + b"\n")
+    _LOGGER.info("Counters written to %s", FileSystems.join(out_dir, COUNTERS_FILE))
     return counters
+
+
+def _read_rejections(out_dir: str) -> Iterator[dict]:
+    for metadata in FileSystems.match([FileSystems.join(out_dir, f"{REJECTED_PREFIX}-*")])[0].metadata_list:
+        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            yield from (json.loads(text) for text in handle if text.strip())
+
+
+def _remove_output(out_dir: str, temp_dir: str) -> None:
+    """Everything a failed run wrote: `out_dir` was empty (or missing) when it started."""
+    written = [metadata.path for metadata in FileSystems.match([FileSystems.join(out_dir, "**")])[0].metadata_list]
+    for path in [temp_dir, *written]:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    for path in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:  # empty day folders, locally
+        if os.path.isdir(os.path.join(out_dir, path)) and not os.listdir(os.path.join(out_dir, path)):
+            os.rmdir(os.path.join(out_dir, path))
+    _LOGGER.warning("The job failed; removed what it wrote to %s", out_dir)
 
 
 def format_counters(counters: Mapping[str, int]) -> str:
@@ -481,6 +606,11 @@ def format_counters(counters: Mapping[str, int]) -> str:
         if reasons:
             line += " (" + ", ".join(f"{reason} {value}" for reason, value in sorted(reasons.items())) + ")"
         lines.append(line)
+    files = ", ".join(f"{source} {counters.get(f'{FILES_READ}/{source}', 0)}" for source in raw_events.SOURCES)
+    skipped = {name[len(FILES_SKIPPED) + 1 :]: value for name, value in counters.items() if name.startswith(f"{FILES_SKIPPED}/")}
+    lines.append(f"files read: {files}" + (
+        "; skipped: " + ", ".join(f"{name} {value}" for name, value in sorted(skipped.items())) + f" (named in {SKIPPED_FILES_FILE})"
+        if skipped else ""))  # fmt: skip
     day_prefix = f"{EXAMPLES_WRITTEN}/"
     days = {name[len(day_prefix):]: value for name, value in counters.items() if name.startswith(day_prefix)}
     lines.append("examples per day: " + (", ".join(f"{day} {value}" for day, value in sorted(days.items())) or "none"))

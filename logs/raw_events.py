@@ -149,11 +149,11 @@ def _typed(source: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             if spec.multivalued:
                 if isinstance(value, str):
                     value = [value]
-                if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+                if not isinstance(value, list) or not all(_is_id(v) for v in value):
                     raise RawEventError(BAD_VALUE, f"{name} is not a list of strings: {value!r}")
                 event[name] = [str(v) for v in value]
             else:
-                if not isinstance(value, (str, int)):
+                if not _is_id(value):
                     raise RawEventError(BAD_VALUE, f"{name} is not a string: {value!r}")
                 event[name] = str(value)
     elif source == PLAYS:
@@ -168,13 +168,18 @@ def _typed(source: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _is_id(value: Any) -> bool:
+    """A feature value: a string, or an integer id (JSON's true and false are not ids)."""
+    return isinstance(value, str) or isinstance(value, int) and not isinstance(value, bool)
+
+
 def _text(raw: Mapping[str, Any], key: str, default: str | None = None) -> str:
     value = raw.get(key)
     if value in (None, ""):
         if default is None:
             raise RawEventError(MISSING_FIELD, f"no {key!r}")
         return default
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
+    if not _is_id(value):
         raise RawEventError(BAD_VALUE, f"{key} is not a string: {value!r}")
     return str(value)
 

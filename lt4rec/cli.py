@@ -162,8 +162,11 @@ def generate(
     type=click.Choice(["auto", "json", "csv"]),
     help="Format of the raw files; auto goes by their extension.",
 )
+@click.option("--allow-damaged-files", is_flag=True,
+              help="Use a damaged (e.g. truncated) .gz file's lines up to the damage and count its unreadable rest "
+                   "as one rejected line, instead of failing.")  # fmt: skip
 @click.pass_context
-def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str) -> None:
+def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str, allow_damaged_files: bool) -> None:
     """Join raw impression, click and play events into training logs (an Apache Beam job).
 
     Writes OUT/YYYYMMDD/part-*.gz (GZIP TFRecord, tf.Example, the log format of the
@@ -174,7 +177,7 @@ def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str)
     """
     from lt4rec.logs import preprocess as preprocess_lib
 
-    counters = preprocess_lib.run(raw_dir, out_dir, file_format=file_format, beam_args=list(ctx.args))
+    counters = preprocess_lib.run(raw_dir, out_dir, file_format=file_format, beam_args=list(ctx.args), allow_damaged_files=allow_damaged_files)
     click.echo(preprocess_lib.format_counters(counters))
 
 
@@ -261,8 +264,9 @@ _MODEL_OPTIONS = [
     click.option("--shuffle-buffer", default=32_768, show_default=True, type=click.IntRange(min=1),
                  help="Streaming: examples of a task permuted together (a block; memory holds a few per task)."),
     click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
-    click.option("--optimizer", type=click.Choice(["adam", "lazy_adam"]), default="adam", show_default=True,
-                 help="lazy_adam updates only the embedding rows each batch uses (for large id tables)."),
+    click.option("--optimizer", type=click.Choice(["adam", "lazy_adam"]), default="lazy_adam", show_default=True,
+                 help="lazy_adam updates only the embedding rows each batch uses (its step cost does not grow with "
+                      "the id tables); adam decays every row's moments on every step."),
     click.option("--ctr-loss-weight", default=0.7, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_ctr."),
     click.option("--cvr-loss-weight", default=0.3, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_cvr."),
     click.option("--conflict-weight", default=0.0, show_default=True, type=click.FloatRange(min=0.0),

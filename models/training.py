@@ -50,9 +50,10 @@ class TrainConfig:
     conflict_weight: float = 0.0
     conflict_threshold: float = 0.2
     seed: int = 0
-    # "adam", or "lazy_adam": Adam that updates only the embedding rows a batch used
-    # (its step cost no longer grows with the tables; see `LazyAdam`).
-    optimizer: str = "adam"
+    # "lazy_adam": Adam that updates only the embedding rows a batch used, so a step's cost
+    # does not grow with the id tables (`LazyAdam`; needed at production table sizes, and
+    # it learned better in benchmarks/comparison.py); or "adam", tf_keras' Adam.
+    optimizer: str = "lazy_adam"
     # Early stopping: a seeded share of the train split is held out, and every phase stops
     # after `patience` passes without a better validation loss, keeping its best pass.
     validation_fraction: float = 0.1

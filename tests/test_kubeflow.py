@@ -222,7 +222,7 @@ def test_lt4rec_pipeline_compile(tmp_path):
     result = subprocess.run(
         [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, "--pipeline-name", "daily",
          "--data-root", "gs://b/logs", "--pipeline-root", "gs://b/pipeline", "--serving-dir", "gs://b/serving",
-         "--span", "latest", "--masks", "reuse", "--table-scale", "2", "--optimizer", "lazy_adam", *BEAM_ARGS],
+         "--span", "latest", "--masks", "reuse", "--table-scale", "2", "--optimizer", "adam", *BEAM_ARGS],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -233,7 +233,7 @@ def test_lt4rec_pipeline_compile(tmp_path):
     assert tuple(args[-len(DATAFLOW_ARGS) :]) == DATAFLOW_ARGS
     scaled = configs.PipelineSettings(**ROOTS, table_scale=2.0).feature_config.to_dict()
     trainer_config = json.loads(_parameter(spec, "SparseSharingTrainer", "custom_config"))
-    assert trainer_config["features"] == scaled and trainer_config["train"]["optimizer"] == "lazy_adam"
+    assert trainer_config["features"] == scaled and trainer_config["train"]["optimizer"] == "adam"
     assert "range_config" in spec.root.dag.tasks["LogExampleGen"].inputs.parameters  # daily mode: the latest span
 
 

@@ -178,6 +178,8 @@ NON_UTF8_LINE = line(IMPRESSIONS, impression("non-utf8")).replace(b"user-1", b"u
 MALFORMED_LINE = line(IMPRESSIONS, impression("malformed"))[:-40]
 MISSING_FIELD_LINE = json.dumps({k: v for k, v in impression("missing-field").items() if k != "user_id"}).encode()
 BAD_TIME_LINE = line(IMPRESSIONS, impression("bad-time", time_ms=10**17))
+BOOLEAN_FEATURE_LINE = line(IMPRESSIONS, impression("boolean-feature", FEA_CP=True))
+UTF8_BOM = "\ufeff".encode("utf-8")
 
 CRAFTED_JSON: dict[str, dict[str, list[bytes]]] = {
     # source -> file name (under day folder 20201011 unless it says otherwise) -> lines
@@ -198,8 +200,13 @@ CRAFTED_JSON: dict[str, dict[str, list[bytes]]] = {
             NON_UTF8_LINE,
             MISSING_FIELD_LINE,
             BAD_TIME_LINE,
+            line(IMPRESSIONS, impression("huge-plays")),
+            BOOLEAN_FEATURE_LINE,
         ],
         "20201011/b.json": [line(IMPRESSIONS, CONFLICT_KEPT)],
+        "20201011/bom.jsonl": [UTF8_BOM + line(IMPRESSIONS, impression("byte-order-mark"))],
+        "20201011/_SUCCESS": [],  # Hadoop's marker: skipped, as the pipeline skips it
+        "loose.jsonl": [line(IMPRESSIONS, impression("outside-day-folder"))],  # the day comes from time_ms
         "20201012/c.jsonl": [line(IMPRESSIONS, impression("second-day", time_ms=DAY2_MS))],
     },
     CLICKS: {
@@ -214,6 +221,7 @@ CRAFTED_JSON: dict[str, dict[str, list[bytes]]] = {
             line(CLICKS, click("split-play")),
             line(CLICKS, click("lengths-differ")),
             line(CLICKS, click("click-without-play")),
+            line(CLICKS, click("huge-plays")),
         ],
     },
     PLAYS: {
@@ -228,9 +236,12 @@ CRAFTED_JSON: dict[str, dict[str, list[bytes]]] = {
             line(PLAYS, play("split-play", 20.0, 100.0, DAY1_MS + 7_000)),
             line(PLAYS, play("lengths-differ", 30.0, 100.0, DAY1_MS + 6_000)),
             line(PLAYS, play("lengths-differ", 20.0, 80.0, DAY1_MS + 7_000)),
+            line(PLAYS, play("huge-plays", 1e308, 100.0, DAY1_MS + 6_000)),  # their sum is beyond the float range
+            line(PLAYS, play("huge-plays", 1e308, 100.0, DAY1_MS + 7_000)),
         ],
     },
 }
+MARKER_FILES = {IMPRESSIONS: ["20201011/_SUCCESS"]}
 
 
 def write_crafted(raw_dir: Path, crafted: dict[str, dict[str, list[bytes]]]) -> None:
@@ -331,7 +342,35 @@ def test_play_without_click_is_rejected_and_ratio_is_zero(crafted_json: dict) ->
 
 def test_play_longer_than_video_is_clipped_and_counted(crafted_json: dict) -> None:
     assert_case(crafted_json, "long-play", expected_record(impression("long-play"), 1, 1.0), [])
-    assert crafted_json["counters"][preprocess.WATCH_RATIOS_CLIPPED] == 1  # the only ratio above 1 here
+    assert crafted_json["counters"][preprocess.WATCH_RATIOS_CLIPPED] == 2  # long-play and huge-plays
+
+
+def test_watched_seconds_beyond_the_float_range_are_clipped_not_a_crash(crafted_json: dict) -> None:
+    assert_case(crafted_json, "huge-plays", expected_record(impression("huge-plays"), 1, 1.0), [])
+
+
+def test_boolean_feature_value_is_a_bad_value(crafted_json: dict) -> None:
+    assert_case(crafted_json, "boolean-feature", None, [(IMPRESSIONS, "bad_value", BOOLEAN_FEATURE_LINE)])
+
+
+def test_byte_order_mark_is_skipped(crafted_json: dict) -> None:
+    assert_case(crafted_json, "byte-order-mark", expected_record(impression("byte-order-mark"), 0, 0.0), [])
+
+
+def test_files_outside_day_folders_are_read_and_markers_skipped_by_name(crafted_json: dict) -> None:
+    assert_case(crafted_json, "outside-day-folder", expected_record(impression("outside-day-folder"), 0, 0.0), [])
+    counters = crafted_json["counters"]
+    data_files = {source: [name for name in files if name not in MARKER_FILES.get(source, [])] for source, files in CRAFTED_JSON.items()}
+    assert {source: counters[f"{preprocess.FILES_READ}/{source}"] for source in raw_events.SOURCES} == {
+        source: len(data_files[source]) for source in raw_events.SOURCES
+    }
+    assert counters[f"{preprocess.FILES_SKIPPED}/{IMPRESSIONS}/{preprocess.MARKER_FILE}"] == 1
+    with open(crafted_json["out"] / preprocess.SKIPPED_FILES_FILE, encoding="utf-8") as handle:
+        skipped = json.load(handle)
+    assert [(item["source"], Path(item["file"]).relative_to(crafted_json["out"].parent / "raw" / IMPRESSIONS).as_posix(), item["reason"]) for item in skipped] == [
+        (IMPRESSIONS, "20201011/_SUCCESS", preprocess.MARKER_FILE)
+    ]
+    assert "skipped: impressions/marker_file 1" in preprocess.format_counters(counters)
 
 
 def test_two_distinct_plays_add_up(crafted_json: dict) -> None:
@@ -378,9 +417,9 @@ def test_crafted_accounting(crafted_json: dict) -> None:
     counters = crafted_json["counters"]
     for source, files in CRAFTED_JSON.items():
         assert counters[f"{preprocess.LINES_READ}/{source}"] == sum(len(lines) for lines in files.values())
-    assert counters[preprocess.EXAMPLES_WRITTEN] == 11
-    assert counters[preprocess.CLICKS_JOINED] == 7
-    assert counters[preprocess.PLAYS_JOINED] == 8
+    assert counters[preprocess.EXAMPLES_WRITTEN] == 14
+    assert counters[preprocess.CLICKS_JOINED] == 8
+    assert counters[preprocess.PLAYS_JOINED] == 10
     assert_accounting(counters)
     assert_outputs_match_counters(crafted_json["out"], counters)
 
@@ -545,6 +584,79 @@ def test_non_empty_output_dir_is_a_data_error(tmp_path: Path) -> None:
         preprocess.run(str(tmp_path / "raw"), str(tmp_path / "out"))
 
 
+# --- damaged files and failed jobs ----------------------------------------------------------
+
+
+def write_truncated_gzip(path: Path, lines: list[bytes]) -> int:
+    """A GZIP file cut at half its bytes, as an interrupted copy leaves it; returns the lines before the cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    whole = gzip.compress(b"".join(item + b"\n" for item in lines), compresslevel=1, mtime=0)
+    path.write_bytes(whole[: len(whole) // 2])
+    readable = 0
+    with gzip.open(path, "rb") as handle:
+        try:
+            for _ in handle:
+                readable += 1
+        except EOFError:
+            pass
+    return readable
+
+
+def many_impressions(prefix: str, count: int) -> list[bytes]:
+    # Distinct random-looking ids, so that GZIP cannot shrink the lines to nothing.
+    return [line(IMPRESSIONS, impression(f"{prefix}-{i:04d}-{os.urandom(6).hex()}")) for i in range(count)]
+
+
+def test_truncated_gzip_file_fails_the_job_by_name_and_leaves_the_output_reusable(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_lines(raw / IMPRESSIONS / "20201011" / "a.jsonl", [line(IMPRESSIONS, impression("intact"))])
+    truncated = raw / IMPRESSIONS / "20201011" / "b.jsonl.gz"
+    assert 0 < write_truncated_gzip(truncated, many_impressions("cut", 400)) < 400
+    with pytest.raises(DataError, match=re.escape(str(truncated))):
+        preprocess.run(str(raw), str(out))
+    assert not out.exists() or not list(out.rglob("*")), list(out.rglob("*"))
+    truncated.unlink()
+    counters = preprocess.run(str(raw), str(out))  # the same output folder, after fixing the input
+    assert counters[preprocess.EXAMPLES_WRITTEN] == 1
+
+
+def test_allow_damaged_files_uses_the_lines_before_the_damage_and_rejects_the_rest(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    truncated = raw / IMPRESSIONS / "20201011" / "b.jsonl.gz"
+    readable = write_truncated_gzip(truncated, many_impressions("cut", 400))
+    counters = preprocess.run(str(raw), str(out), allow_damaged_files=True)
+    assert counters[preprocess.EXAMPLES_WRITTEN] == readable
+    assert rejected_counts(counters) == Counter({(IMPRESSIONS, preprocess.UNREADABLE): 1})
+    assert_accounting(counters)
+    assert_outputs_match_counters(out, counters)
+    (rejection,) = read_rejected(out)
+    assert rejection["file"] == str(truncated) and f"after line {readable}" in rejection["detail"]
+
+
+def cli_error(args: list[str]) -> str:
+    """The command's one error line; fails on a traceback or a zero exit."""
+    completed = subprocess.run([LT4REC, *args], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1, (completed.stdout, completed.stderr[-3000:])
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    errors = [text for text in completed.stderr.splitlines() if text.startswith("lt4rec: error:")]
+    assert len(errors) == 1, completed.stderr[-3000:]
+    return errors[0]
+
+
+def test_cli_names_a_gz_file_that_is_not_gzip(tmp_path: Path) -> None:
+    fake = tmp_path / "raw" / IMPRESSIONS / "20201011" / "a.jsonl.gz"
+    write_lines(fake, [line(IMPRESSIONS, impression("plain-text"))])
+    assert str(fake) in cli_error(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out")])
+
+
+def test_cli_names_a_truncated_file_found_by_a_worker_process(tmp_path: Path) -> None:
+    truncated = tmp_path / "raw" / IMPRESSIONS / "20201011" / "b.jsonl.gz"
+    write_truncated_gzip(truncated, many_impressions("cut", 400))
+    error = cli_error(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+                       "--direct_num_workers=2", "--direct_running_mode=multi_processing"])  # fmt: skip
+    assert str(truncated) in error and "--allow-damaged-files" in error
+
+
 def test_format_counters_reports_the_accounting() -> None:
     counters = {
         "lines_read/impressions": 5,
@@ -587,7 +699,7 @@ def test_cli_end_to_end_multi_processing(tmp_path: Path) -> None:
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "lines read" in completed.stdout
+    assert (completed.stdout + completed.stderr).count("lines read =") == len(raw_events.SOURCES)  # the report, once
     entries = sorted(os.listdir(tmp_path / "out"))
     assert [e for e in entries if not e.startswith(preprocess.REJECTED_PREFIX)] == sorted(["20201011", "20201012", preprocess.COUNTERS_FILE])
     assert any(e.startswith(preprocess.REJECTED_PREFIX) and e.endswith(".jsonl") for e in entries)
