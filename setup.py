@@ -63,6 +63,13 @@ setup(
         "google-crc32c>=1.5",
         "isal>=1.6",  # ISA-L's DEFLATE: `lt4rec generate` compresses logs 4x faster than zlib
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": [
+            "pytest>=8",
+            # Property-based tests; 6.168.5 is the last release for Python 3.10.
+            "hypothesis==6.170.17; python_version >= '3.11'",
+            "hypothesis==6.168.5; python_version < '3.11'",
+        ]
+    },
     entry_points={"console_scripts": ["lt4rec=lt4rec.cli:main"]},
 )

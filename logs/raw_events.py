@@ -99,7 +99,22 @@ def parse_event(source: str, line: bytes | str, file_format: str) -> dict[str, A
     for key in _REQUIRED[source]:
         if raw.get(key) in (None, ""):
             raise RawEventError(MISSING_FIELD, f"{source} event has no {key!r}")
-    return _typed(source, raw)
+    event = _typed(source, raw)
+    if "\\u" in line or not line.isascii():  # a JSON \u escape, or the text itself, may hold a lone surrogate
+        _check_utf8(event)
+    return event
+
+
+def _check_utf8(event: Mapping[str, Any]) -> None:
+    """Every text UTF-8 can hold: JSON's \\ud800-\\udfff escapes decode to lone surrogates,
+    which it cannot, and one would crash the job where it shuffles or writes the event."""
+    for key, value in event.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise RawEventError(BAD_VALUE, f"{key} is not UTF-8 text (it has a lone surrogate): {text!r}") from None
 
 
 def _parse_json(source: str, line: str) -> dict[str, Any]:

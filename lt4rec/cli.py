@@ -545,31 +545,33 @@ def score(target: str, logs_pattern: str, request_id: str | None, a: float, b: f
 @cli.command(name="serve")
 @click.option("--model-base-path", required=True, help="Folder of models: MODEL_BASE_PATH/<model>/<version>/saved_model.pb.")
 @click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one, logged).")
+@click.option("--rest-api-port", default=None, type=click.IntRange(0, 65535),
+              help="Also answer TF Serving's REST API on this port (TF Serving's --rest_api_port; 0: pick a free one).")
 @click.option("--num-versions", default=1, show_default=True, type=click.IntRange(min=1), help="Latest versions served per model.")
 @click.option("--poll-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
               help="How often to look for new versions (TF Serving's --file_system_poll_wait_seconds).")
 @click.option("--max-batch-size", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Most examples per request; larger ones get RESOURCE_EXHAUSTED.")
+@click.option("--max-request-bytes", default=32 << 20, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request; larger ones get RESOURCE_EXHAUSTED.")
+@click.option("--max-values-per-feature", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Most values in one feature of one example; more get INVALID_ARGUMENT.")
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1), help="Threads answering RPCs.")
-def serve_command(model_base_path: str, port: int, num_versions: int, poll_seconds: float, max_batch_size: int, workers: int) -> None:
-    """Serve the models over TF Serving's gRPC PredictionService, in the foreground.
+@click.option("--grace-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="On SIGTERM, the time to drain: every request received is answered within it.")
+def serve_command(model_base_path: str, port: int, grace_seconds: float, **options) -> None:
+    """Serve the models over TF Serving's gRPC APIs (and optionally its REST API), in the foreground.
 
-    For machines without `tensorflow_model_server`: Predict, GetModelMetadata, Classify and
-    Regress, on the latest --num-versions of every model under --model-base-path; new versions
-    are loaded as they appear, without failing requests. SIGTERM or Ctrl-C stops it cleanly.
+    For machines without `tensorflow_model_server`: Predict, GetModelMetadata, Classify,
+    Regress and GetModelStatus, on the latest --num-versions of every model under
+    --model-base-path; new versions are loaded as they appear, without failing requests.
+    SIGTERM or Ctrl-C drains (every request received is answered) and stops.
     """
     if not os.path.isdir(model_base_path):  # before TensorFlow's slow import
         raise errors.DataError(f"model base path {model_base_path} does not exist or is not a folder")
     from lt4rec.serving import server
 
-    server.serve(
-        model_base_path,
-        port,
-        num_versions=num_versions,
-        poll_seconds=poll_seconds,
-        max_batch_size=max_batch_size,
-        workers=workers,
-    )
+    server.serve(model_base_path, port, grace=grace_seconds, **options)
 
 
 def main() -> None:

@@ -56,12 +56,15 @@ from concurrent import futures
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    get_model_status_pb2,
     model_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
@@ -79,7 +82,13 @@ DEFAULT_POLL_SECONDS = 2.0
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_WORKERS = 8
 DEFAULT_GRACE_SECONDS = 5.0
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's message limit to INT32_MAX too
+DRAIN_QUIET_SECONDS = 0.2  # a drain ends once no RPC has been in flight for this long
+# What one request may cost: its bytes (gRPC answers RESOURCE_EXHAUSTED above them) and the
+# values of one feature of one example (INVALID_ARGUMENT). TF Serving allows INT32_MAX bytes;
+# a ranking request of 1,000 candidates of a few KB each is far below these.
+DEFAULT_MAX_REQUEST_BYTES = 32 << 20
+DEFAULT_MAX_VALUES_PER_FEATURE = 4096
+MAX_RESPONSE_BYTES = 2**31 - 1
 
 _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 # Output dtypes and the TensorProto field TF Serving writes them to (Tensor::AsProtoField).
@@ -249,6 +258,7 @@ class ModelRegistry:
         self._poll_lock = threading.Lock()  # one poll at a time (the poller, or a caller)
         self._models: dict[str, dict[int, Servable]] = {}
         self._failed: dict[tuple[str, int], tuple] = {}  # (model, version) -> folder fingerprint at failure
+        self._folders: dict[tuple[str, int], str] = {}  # (model, version) -> its folder's name, e.g. "007"; per scan
         self._reported: dict[tuple, str] = {}  # what was last logged per subject, to log changes only
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -313,11 +323,16 @@ class ModelRegistry:
         if not os.path.isdir(self.base_path):
             raise FileNotFoundError(f"model base path {self.base_path} does not exist or is not a folder")
         on_disk = {}
+        self._folders = {}
         for model in sorted(os.listdir(self.base_path)):
             model_dir = os.path.join(self.base_path, model)
             if model.startswith(".") or not os.path.isdir(model_dir):
                 continue
-            versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry))]
+            # TF Serving reads a version folder's name as a number: `007` is version 7.
+            folders = sorted(entry for entry in os.listdir(model_dir) if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry)))
+            for entry in folders:
+                self._folders.setdefault((model, int(entry)), entry)  # of `007` and `7`, the first by name
+            versions = sorted({int(entry) for entry in folders})
             self._report(
                 ("empty", model),
                 logging.WARNING,
@@ -328,7 +343,7 @@ class ModelRegistry:
 
     def _try_load(self, model: str, version: int) -> Servable | None:
         """Loads a version, or logs why it cannot be loaded yet and returns None (retried next poll)."""
-        path = os.path.join(self.base_path, model, str(version))
+        path = os.path.join(self.base_path, model, self._folders.get((model, version), str(version)))
         subject = ("load", model, version)
         if not os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
             self._report(subject, logging.INFO, f"{model} version {version}: no {SAVED_MODEL_FILE} in {path} yet; will retry")
@@ -468,9 +483,15 @@ def _rpc(method: Callable) -> Callable:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, GetModelMetadata, Classify and Regress over a `ModelRegistry`."""
 
-    def __init__(self, registry: ModelRegistry, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
+    ):
         self.registry = registry
         self.max_batch_size = max_batch_size
+        self.max_values_per_feature = max_values_per_feature
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -480,8 +501,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self.registry.get(request.model_spec)
 
     def _check_batch(self, rows: int, what: str) -> None:
-        if rows == 0:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has 0 rows: send at least one example")
+        """An empty batch is fine (its outputs are empty, as TF Serving answers); a large one is not."""
         if rows > self.max_batch_size:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -534,6 +554,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     f"got {_dtype_name(proto.dtype)}",
                 )
             shape = [dim.size for dim in proto.tensor_shape.dim]
+            if any(size < 0 for size in shape):
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias!r} of {where} has a negative dimension: {_shape_text(shape)}")
             if spec.shape.rank is not None and (
                 len(shape) != spec.shape.rank or any(want is not None and want != got for want, got in zip(spec.shape, shape))
             ):
@@ -547,6 +569,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs of {where} differ in batch size (dimension 0): {batch_sizes}")
         if batch_sizes:
             self._check_batch(next(iter(batch_sizes.values())), f"the request to {where}")
+        if signature.examples_input is not None:
+            self._check_examples(inputs[signature.examples_input].string_val, f"input {signature.examples_input!r} of {where}")
         tensors = {}
         for alias, proto in inputs.items():
             try:
@@ -554,6 +578,30 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             except Exception as error:  # noqa: BLE001 - any malformed TensorProto is the client's error
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}: {error}") from error
         return tensors
+
+    def _check_examples(self, serialized: Sequence[bytes], what: str) -> None:
+        """No feature of a serialized tf.Example over `max_values_per_feature` values.
+
+        Every value takes at least a byte, so only an example longer than the limit in bytes
+        can break it: those alone are parsed here (the model parses all of them anyway).
+        Named tensors are bounded by the signature's shapes.
+        """
+        for index, example in enumerate(serialized):
+            if len(example) <= self.max_values_per_feature:
+                continue
+            try:
+                parsed = example_pb2.Example.FromString(example)
+            except Exception:  # noqa: BLE001 - the model's parser says what is wrong with it
+                continue
+            for name, feature in parsed.features.feature.items():
+                kind = feature.WhichOneof("kind")
+                count = len(getattr(feature, kind).value) if kind else 0
+                if count > self.max_values_per_feature:
+                    raise RpcError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"example {index} of {what} has {count} values in feature {name!r}, over this server's limit of "
+                        f"{self.max_values_per_feature} (--max-values-per-feature)",
+                    )
 
     # --- the RPCs -------------------------------------------------------------------------
 
@@ -622,6 +670,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if not serialized:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
         self._check_batch(len(serialized), f"the {method} request")
+        self._check_examples(serialized, f"the {method} request")
         outputs = self._run(servable, signature, {examples_input: tf.constant(serialized, dtype=tf.string)})
         scores = np.reshape(outputs[score_output].numpy(), [-1])
         if scores.shape[0] != len(serialized):
@@ -661,6 +710,74 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by lt4rec serve: use Predict")
 
 
+class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """`tensorflow.serving.ModelService/GetModelStatus`, which readiness checks call.
+
+    Every loaded version is AVAILABLE, or UNLOADING once the server drains (after SIGTERM);
+    a model or version that is not loaded is NOT_FOUND, with TF Serving's messages.
+    HandleReloadConfigRequest stays UNIMPLEMENTED: versions follow the folders.
+    """
+
+    def __init__(self, registry: ModelRegistry, draining: threading.Event):
+        self.registry = registry
+        self.draining = draining
+
+    @_rpc
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        spec = request.model_spec
+        if spec.WhichOneof("version_choice") == "version_label":
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+        versions = self.registry.loaded().get(spec.name)
+        if not versions:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+        if spec.HasField("version"):
+            if spec.version.value not in versions:
+                raise RpcError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}")
+            versions = [spec.version.value]
+        state = get_model_status_pb2.ModelVersionStatus.UNLOADING if self.draining.is_set() else get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version in sorted(versions, reverse=True):
+            response.model_version_status.add(version=version, state=state).status.SetInParent()  # error_code OK, as TF Serving sets it
+        return response
+
+
+class _RequestsInFlight(grpc.ServerInterceptor):
+    """Counts the RPCs received and not yet answered, queued ones included.
+
+    gRPC calls interceptors when an RPC arrives, before it waits for a worker thread, so a
+    draining server knows what it has received but not begun.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.last_arrival = time.monotonic()
+
+    def _done(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def intercept_service(self, continuation, handler_call_details):
+        with self._lock:
+            self.count += 1
+            self.last_arrival = time.monotonic()
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            self._done()
+            return handler
+        behavior = handler.unary_unary
+
+        def counted(request, context):
+            try:
+                return behavior(request, context)
+            finally:
+                self._done()
+
+        return handler._replace(unary_unary=counted)
+
+
 def _dtype_name(enum: int) -> str:
     try:
         return types_pb2.DataType.Name(enum)
@@ -694,7 +811,7 @@ def _serialized_examples(request_input) -> list[bytes]:
 
 
 class ModelServer:
-    """The registry, its poller and the gRPC server, started and stopped together."""
+    """The registry, its poller, the gRPC server and the optional REST API, started and stopped together."""
 
     def __init__(
         self,
@@ -704,21 +821,31 @@ class ModelServer:
         num_versions: int = 1,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
         workers: int = DEFAULT_WORKERS,
+        rest_api_port: int | None = None,
         host: str = "[::]",
     ):
         self.base_path = base_path
         self.requested_port = port
         self.host = host
         self.poll_seconds = poll_seconds
+        self.max_request_bytes = max_request_bytes
         self.registry = ModelRegistry(base_path, num_versions)
-        self.servicer = PredictionServicer(self.registry, max_batch_size)
+        self.servicer = PredictionServicer(self.registry, max_batch_size, max_values_per_feature)
+        self.draining = threading.Event()
+        self.status_servicer = ModelStatusServicer(self.registry, self.draining)
         self.workers = workers
+        self.requested_rest_port = rest_api_port
         self.port: int | None = None
+        self.rest_api_port: int | None = None
         self._server: grpc.Server | None = None
+        self._rest = None
+        self._in_flight = _RequestsInFlight()
 
     def start(self) -> int:
-        """Loads the models (DataError if none loads), listens, starts polling; returns the port."""
+        """Loads the models (DataError if none loads), listens, starts polling; returns the gRPC port."""
         if not os.path.isdir(self.base_path):
             raise errors.DataError(f"model base path {self.base_path} does not exist or is not a folder")
         self.registry.poll()
@@ -730,23 +857,31 @@ class ModelServer:
             )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rpc"),
+            interceptors=[self._in_flight],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", self.max_request_bytes),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.so_reuseport", 0),  # a port already in use is an error, not a shared port
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.status_servicer, server)
         port = self._bind(server, self.host) or (self.host == "[::]" and self._bind(server, "0.0.0.0"))  # IPv4-only hosts
         if not port:
             raise errors.UserFacingError(f"cannot listen on port {self.requested_port} (is it in use?)")
+        if self.requested_rest_port is not None:
+            from lt4rec.serving import rest
+
+            self._rest = rest.RestApi(self.servicer, self.status_servicer, self.requested_rest_port, self.max_request_bytes)
+            self.rest_api_port = self._rest.start()
         server.start()
         self._server, self.port = server, port
         self.registry.start_polling(self.poll_seconds)
         logger.info(
-            "serving PredictionService on port %d: %s (polling %s every %g s)",
-            port, "; ".join(f"{model} versions {versions}" for model, versions in loaded.items()), self.base_path, self.poll_seconds,
-        )
+            "serving PredictionService on port %d%s: %s (polling %s every %g s)",
+            port, f" and the REST API on port {self.rest_api_port}" if self._rest else "",
+            "; ".join(f"{model} versions {versions}" for model, versions in loaded.items()), self.base_path, self.poll_seconds,
+        )  # fmt: skip
         return port
 
     def _bind(self, server: grpc.Server, host: str) -> int:
@@ -757,11 +892,30 @@ class ModelServer:
             logger.debug("cannot bind %s:%d: %s", host, self.requested_port, error)
             return 0
 
-    def stop(self, grace: float | None = DEFAULT_GRACE_SECONDS) -> None:
-        """Stops taking RPCs, lets those in flight finish (up to `grace` s), stops the poller."""
+    def stop(self, grace: float | None = DEFAULT_GRACE_SECONDS, quiet: float = DRAIN_QUIET_SECONDS) -> None:
+        """Drains, then stops: within `grace` seconds, every RPC received is answered.
+
+        Draining: GetModelStatus says UNLOADING (readiness checks fail, load balancers turn
+        away), and RPCs are still served until none has been in flight for `quiet` seconds
+        (or half the grace is gone). Only then does gRPC stop taking RPCs (new ones get
+        UNAVAILABLE) and give those in flight the rest of the grace. Stopping gRPC at once
+        would cancel the RPCs it had received but not yet handed to a worker thread.
+        """
         if self._server is None:
             return
-        stopped = self._server.stop(grace)
+        start = time.monotonic()
+        self.draining.set()
+        if grace:
+            while time.monotonic() - start < grace / 2:
+                idle = time.monotonic() - self._in_flight.last_arrival
+                if self._in_flight.count == 0 and idle >= quiet:
+                    break
+                time.sleep(0.01)
+        remaining = None if grace is None else max(grace - (time.monotonic() - start), 0.0)
+        logger.info("drained in %.2f s; stopping (%s RPCs in flight)", time.monotonic() - start, self._in_flight.count)
+        stopped = self._server.stop(remaining)
+        if self._rest is not None:
+            self._rest.stop()
         self.registry.stop_polling()
         stopped.wait()
         self._server = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import collections
+import json
 import os
 import re
 import shutil
@@ -9,6 +12,8 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -17,6 +22,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
@@ -31,13 +38,18 @@ BATCH = 64
 
 
 @pytest.fixture(scope="module")
-def stub(served_models):
-    """A stub of a server in this process on the fixture's models (read only)."""
-    server, port = serving_server.start_server(served_models.base_path, max_batch_size=500)
-    channel = grpc.insecure_channel(f"localhost:{port}")
+def running(served_models):
+    """A server in this process on the fixture's models (read only), with its REST API: (server, gRPC port)."""
+    server, port = serving_server.start_server(served_models.base_path, max_batch_size=500, rest_api_port=0)
+    yield server, port
+    server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="module")
+def stub(running):
+    channel = grpc.insecure_channel(f"localhost:{running[1]}")
     yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
     channel.close()
-    server.stop(grace=1.0)
 
 
 def predict_request(model: str, examples: list[bytes], version: int | None = None, signature: str = "") -> predict_pb2.PredictRequest:
@@ -169,6 +181,11 @@ def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         return request
 
+    def negative_dimension() -> predict_pb2.PredictRequest:
+        request = predict_request("ctr", raw)
+        request.inputs["examples"].tensor_shape.dim[0].size = -7
+        return request
+
     missing = predict_request("ctr", raw)
     del missing.inputs["examples"]
     corrupt = list(raw[:2]) + [b"not a tf.Example"]
@@ -181,7 +198,7 @@ def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models
         (with_input(extra=tf.constant([b"x"])), grpc.StatusCode.INVALID_ARGUMENT, r"Sent extra: \{extra\}"),
         (with_input(tf.constant([0.5, 0.7])), grpc.StatusCode.INVALID_ARGUMENT, r"'examples' .* must be DT_STRING, got DT_FLOAT"),
         (with_input(tf.constant([[b"a"], [b"b"]])), grpc.StatusCode.INVALID_ARGUMENT, r"must have shape \[-1\], got \[2, 1\]"),
-        (with_input(tf.constant([], dtype=tf.string)), grpc.StatusCode.INVALID_ARGUMENT, r"0 rows"),
+        (negative_dimension(), grpc.StatusCode.INVALID_ARGUMENT, r"'examples' .* negative dimension: \[-7\]"),
         (with_input(tf.constant([raw[0]] * 501)), grpc.StatusCode.RESOURCE_EXHAUSTED, r"501 rows, over .* max batch size of 500"),
         (with_input(tf.constant(corrupt)), grpc.StatusCode.INVALID_ARGUMENT, r"Could not parse example input, value: 'not a tf.Example'"),
         (with_input(tf.constant([b"\xff\xfe\x00garbage"])), grpc.StatusCode.INVALID_ARGUMENT, r"corrupt"),
@@ -216,6 +233,127 @@ def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models
     with pytest.raises(grpc.RpcError) as raised:
         stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "ctr"}, metadata_field=["nope"]))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope is not supported" in raised.value.details()
+
+
+def test_an_empty_batch_gets_empty_outputs_as_from_tf_serving(stub):
+    for task in TASKS:
+        response = stub.Predict(predict_request(task, []), timeout=10)
+        assert tf.make_ndarray(response.outputs[task]).shape == (0,)
+        assert response.model_spec.version.value == 1
+
+
+def test_get_model_status_answers_as_tf_serving(running):
+    with grpc.insecure_channel(f"localhost:{running[1]}") as channel:
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "ctr"}), timeout=10)
+        (version,) = status.model_version_status
+        assert (version.version, version.state, version.status.error_code) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
+        for spec, message in [({"name": "nope"}, "Could not find any versions of model nope"),
+                              ({"name": "ctr", "version": {"value": 9}}, "Could not find version 9 of model ctr")]:  # fmt: skip
+            with pytest.raises(grpc.RpcError) as raised:
+                models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=spec), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND and raised.value.details() == message
+
+
+def rest(running, method: str, path: str, body=None) -> tuple[int, dict]:
+    """One call of the server's REST API: (HTTP status, JSON body)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(f"http://localhost:{running[0].rest_api_port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def raw_feature_rows(stub, served_models, raw: list[bytes]) -> dict[str, list[list[bytes]]]:
+    """serving_raw's inputs for `raw`: each feature's values per example, padded with "" to the input's width."""
+    _, signatures = metadata(stub, "ctr")
+    examples = [tf.train.Example.FromString(record) for record in raw]
+    rows = {}
+    for name, info in signatures.signature_def["serving_raw"].inputs.items():
+        width = info.tensor_shape.dim[1].size
+        rows[name] = [list(e.features.feature[name].bytes_list.value) + [b""] * (width - len(e.features.feature[name].bytes_list.value)) for e in examples]
+    return rows
+
+
+def test_rest_api_answers_as_grpc_number_for_number(running, stub, served_models):
+    raw = served_models.raw_examples[:16]
+    b64 = [{"b64": base64.b64encode(record).decode("ascii")} for record in raw]
+    rows = raw_feature_rows(stub, served_models, raw)
+    for task in TASKS:
+        scores = list(stub.Predict(predict_request(task, raw), timeout=10).outputs[task].float_val)
+        assert rest(running, "POST", f"/v1/models/{task}:predict", {"instances": b64}) == (200, {"predictions": scores})
+        columnar = {"signature_name": "serving_default", "inputs": {"examples": b64}}
+        assert rest(running, "POST", f"/v1/models/{task}/versions/1:predict", columnar) == (200, {"outputs": scores})
+        raw_request = predict_pb2.PredictRequest()
+        raw_request.model_spec.name, raw_request.model_spec.signature_name = task, "serving_raw"
+        for name, values in rows.items():
+            raw_request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+        raw_scores = list(stub.Predict(raw_request, timeout=10).outputs[task].float_val)
+        instances = [{name: [value.decode("utf-8") for value in values[i]] for name, values in rows.items()} for i in range(len(raw))]
+        assert rest(running, "POST", f"/v1/models/{task}:predict", {"signature_name": "serving_raw", "instances": instances}) == (
+            200, {"predictions": raw_scores})  # fmt: skip
+        np.testing.assert_allclose(raw_scores, served_models.expected(task, raw), atol=1e-5)
+
+    ok = {"error_code": "OK", "error_message": ""}
+    assert rest(running, "GET", "/v1/models/ctr") == (200, {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ok}]})
+    assert rest(running, "GET", "/v1/models/ctr/versions/1")[1] == rest(running, "GET", "/v1/models/ctr")[1]
+    status, body = rest(running, "GET", "/v1/models/cvr/metadata")
+    assert status == 200 and body["model_spec"] == {"name": "cvr", "version": "1"}
+    assert set(body["metadata"]["signature_def"]["signature_def"]) == {"serving_default", "serving_raw"}
+    assert rest(running, "POST", "/v1/models/ctr:predict", {"instances": []}) == (200, {"predictions": []})
+    for method, path, body, code, message in [
+        ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
+        ("POST", "/v1/models/nope:predict", {"instances": b64}, 404, "Servable not found for request: Latest(nope)"),
+        ("POST", "/v1/models/ctr:predict", b"{not json", 400, "not JSON"),
+        ("POST", "/v1/models/ctr:predict", {"instances": [0.5]}, 400, "expected strings"),
+        ("POST", "/v1/models/ctr:predict", {"instances": [{"b64": "!!"}]}, 400, "not base64"),
+        ("POST", "/v1/models/ctr:predict", {"instances": ["not a tf.Example"]}, 400, "Could not parse example input"),
+        ("POST", "/v1/models/ctr:predict", {"signature_name": "nope", "instances": b64}, 400, 'Serving signature key "nope" not found'),
+        ("GET", "/v2/elsewhere", None, 404, "Malformed request"),
+    ]:
+        answered = rest(running, method, path, body)
+        assert answered[0] == code and message in answered[1]["error"], (path, answered)
+
+
+def test_version_folders_with_leading_zeros_load_as_their_number(served_models, tmp_path):
+    shutil.copytree(os.path.join(served_models.base_path, "ctr", "1"), tmp_path / "ctr" / "007")
+    server, port = serving_server.start_server(str(tmp_path))
+    try:
+        assert server.registry.loaded() == {"ctr": [7]}
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            raw = served_models.raw_examples[:4]
+            response = stub.Predict(predict_request("ctr", raw, version=7), timeout=10)
+        assert response.model_spec.version.value == 7
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["ctr"]), served_models.expected("ctr", raw), atol=1e-5)
+    finally:
+        server.stop(grace=1.0)
+
+
+def test_what_one_request_may_cost_is_bounded(served_models):
+    server, port = serving_server.start_server(served_models.base_path, max_request_bytes=64 << 10, max_values_per_feature=100)
+    raw = served_models.raw_examples[:4]
+    example = tf.train.Example.FromString(raw[0])
+    keywords = example.features.feature["FEA_IKEYWORD"].bytes_list.value
+    keywords.extend([b"k"] * (101 - len(keywords)))
+    try:
+        with grpc.insecure_channel(f"localhost:{port}", options=[("grpc.max_send_message_length", 1 << 30)]) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            too_large = predict_request("ctr", [*raw, b"x" * (64 << 10)])
+            cases = [
+                (too_large, grpc.StatusCode.RESOURCE_EXHAUSTED, r"larger than max"),
+                (predict_request("ctr", [raw[0], example.SerializeToString()]), grpc.StatusCode.INVALID_ARGUMENT,
+                 r"example 1 of input 'examples' .* 101 values in feature 'FEA_IKEYWORD', over .* limit of 100"),
+            ]  # fmt: skip
+            for request, code, message in cases:
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.Predict(request, timeout=10)
+                assert raised.value.code() == code and re.search(message, raised.value.details()), raised.value.details()
+                assert stub.Predict(predict_request("ctr", raw), timeout=10).outputs["ctr"].float_val
+    finally:
+        server.stop(grace=1.0)
 
 
 def test_unexpected_errors_are_internal_and_logged(stub, served_models, monkeypatch, caplog):
@@ -310,9 +448,9 @@ def test_start_fails_clearly_without_loadable_models(tmp_path):
         serving_server.start_server(str(tmp_path / "base"))
 
 
-def test_lt4rec_serve_answers_and_stops_on_sigterm(served_models):
+def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
     process = subprocess.Popen(
-        [LT4REC, "serve", "--model-base-path", served_models.base_path, "--port", "0", "--poll-seconds", "1"],
+        [LT4REC, "serve", "--model-base-path", served_models.base_path, "--port", "0", "--poll-seconds", "1", "--workers", "2"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -326,17 +464,37 @@ def test_lt4rec_serve_answers_and_stops_on_sigterm(served_models):
                 port = int(found.group(1))
                 break
         assert port, "".join(lines)
-        raw = served_models.raw_examples[:8]
-        with grpc.insecure_channel(f"localhost:{port}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            response = stub.Predict(predict_request("cvr", raw), timeout=10)
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["cvr"]), served_models.expected("cvr", raw), atol=1e-5)
+        raw = served_models.raw_examples[:BATCH]
+        expected = served_models.expected("cvr", raw)
+        signalled = threading.Event()
+        sent_before: list[str] = []  # the outcome of every request sent before the signal
+
+        def send_until_signalled() -> None:
+            with grpc.insecure_channel(f"localhost:{port}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                while not signalled.is_set():
+                    try:
+                        response = stub.Predict(predict_request("cvr", raw), timeout=30)
+                        np.testing.assert_allclose(tf.make_ndarray(response.outputs["cvr"]), expected, atol=1e-5)
+                        sent_before.append("OK")
+                    except grpc.RpcError as error:
+                        sent_before.append(error.code().name)
+
+        # 16 clients on 2 worker threads: most requests wait in gRPC's queue at the signal.
+        senders = [threading.Thread(target=send_until_signalled) for _ in range(16)]
+        for sender in senders:
+            sender.start()
+        time.sleep(3.0)
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        signalled.set()  # what a sender sends after this is not counted (the loop ends)
+        for sender in senders:
+            sender.join()
         _, log = process.communicate(timeout=20)
         assert process.returncode == 0, log
-        assert time.monotonic() - start < 10
-        assert "SIGTERM received" in log and "stopped serving" in log
+        assert time.monotonic() - start < 5.0 + 2.0  # the grace, and the process's exit
+        assert len(sent_before) > 16 and set(sent_before) == {"OK"}, collections.Counter(sent_before)
+        assert "SIGTERM received" in log and "drained in" in log and "stopped serving" in log
     finally:
         if process.poll() is None:
             process.kill()
