@@ -297,7 +297,11 @@ def merge_saved(pieces: list[str], out: str) -> tuple[list[dict], argparse.Names
     return [by_seed[seed] for seed in sorted(by_seed)], args
 
 
-def main() -> None:
+TABLE_SCALE = 0.25  # hashed table sizes, times DEFAULT_TABLES'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also the settings other benchmarks train with: `parse_args([])`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="A few minutes: 200k impressions, seed 0, at most 2 epochs.")
     parser.add_argument("--rows", type=int, default=1_000_000, help="Generated impressions per seed.")
@@ -307,7 +311,7 @@ def main() -> None:
                         help="The generator's rho: the share of the click and watch-ratio interaction the tasks share.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(configs.MODELS), default=DEFAULT_MODELS)
-    parser.add_argument("--table-scale", type=float, default=0.25, help="Hashed table sizes, times DEFAULT_TABLES'.")
+    parser.add_argument("--table-scale", type=float, default=TABLE_SCALE, help="Hashed table sizes, times DEFAULT_TABLES'.")
     parser.add_argument("--epochs", type=int, default=3, help="At most this many epochs per phase (early stopping).")
     parser.add_argument("--warmup-epochs", type=float, default=sparse_sharing.SearchConfig.warmup_epochs)
     parser.add_argument("--patience", type=int, default=training.TrainConfig.patience)
@@ -327,7 +331,11 @@ def main() -> None:
     parser.add_argument("--report", nargs="+", metavar="JSON", help="Train nothing: the table and plot of runs saved by earlier "
                         "runs (e.g. one per seed or per machine), merged; their settings must agree (the mask search's "
                         "only between pieces with sparse sharing). FILE.json:m1,m2 takes only those models of a file.")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.report:
         runs, args = merge_saved(args.report, args.out)
         with open(f"{args.out}.json", "w") as f:

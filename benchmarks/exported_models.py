@@ -1,6 +1,6 @@
 """Exported CTR and CVR models: latency per request of 200 candidates, and size, against dense.
 
-Runs Algorithm 1 (`comparison.train_sparse_sharing`) on generated logs for S-Weight
+Runs Algorithm 1 (`comparison.train_model`, its settings) on generated logs for S-Weight
 (connection masks) and S-Neuron (unit masks), choosing only rounds at least
 --min-sparsity sparse, then exports each task three ways, from the same weights:
 - dense: the unpruned network (full masks), i.e. a single-task model of the same shape;
@@ -33,8 +33,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from comparison import TABLE_SCALE, train_sparse_sharing
-from lt4rec.models import export, masks, sparse_sharing, training
+import comparison
+from comparison import TABLE_SCALE
+from lt4rec.models import export, features, masks
+from lt4rec.pipeline import configs
 from transformed_logs import data_folder, load
 
 KINDS = ("dense", "folded", "compacted")
@@ -51,10 +53,13 @@ def raw_requests(rows: int, seed: int, size: int = CANDIDATES) -> list[list[byte
 
 
 def trained_model(rows: int, granularity: str, min_sparsity: float, seed: int):
+    """S-Weight (connection masks) or S-Neuron (unit masks), trained as comparison.py trains it."""
+    args = comparison.build_parser().parse_args(["--min-sparsity", str(min_sparsity)])
     splits = load(rows, seed=seed, table_scale=TABLE_SCALE)
-    search = sparse_sharing.SearchConfig(min_sparsity=min_sparsity)
-    model, phases = train_sparse_sharing(granularity, splits, training.TrainConfig(seed=seed), search)
-    return model, phases
+    train, test = comparison._merged(splits), splits["test"]
+    build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
+    name = configs.S_WEIGHT if granularity == masks.CONNECTION else configs.S_NEURON
+    return comparison.train_model(name, train, args, seed, build_batch)
 
 
 def task_networks(model, task: str) -> dict[str, export.TaskNetwork]:

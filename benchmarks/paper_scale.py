@@ -137,7 +137,8 @@ def main() -> None:
             speed = workers * step_compute / step  # workers' worth of one worker's examples/s
             search, training = one_worker["search"] / speed, one_worker["training"] / speed
             total = search + training + one_worker["count"] / workers + eval_seconds
-            print(f"{strategy:<22} {workers:>7} {servers or '-':>4} {worker_gb:>10.1f} {ps_gb or float('nan'):>7.1f} "
+            ps_text = f"{ps_gb:.1f}" if servers else "-"
+            print(f"{strategy:<22} {workers:>7} {servers or '-':>4} {worker_gb:>10.1f} {ps_text:>7} "
                   f"{step * 1000:>8.0f} {search / 3600:>9.1f} {training / 3600:>10.1f} {total / 3600:>8.1f}")  # fmt: skip
     print("total: search, training, the counting pass (split over the workers) and the eval of one day on one worker.")
 

@@ -156,12 +156,15 @@ def main() -> None:
     start = time.monotonic()
     for thread in threads:
         thread.start()
-    swaps = 0
+    swaps, samples = 0, []  # (seconds, resident MB) every 10 s
+    next_swap = start + args.swap_seconds
     while time.monotonic() - start < args.seconds:
-        time.sleep(min(args.swap_seconds, max(args.seconds - (time.monotonic() - start), 0.1)))
-        if time.monotonic() - start < args.seconds - 5:
+        time.sleep(10.0)
+        samples.append((time.monotonic() - start, rss_mb(server.pid)))
+        if time.monotonic() >= next_swap and time.monotonic() - start < args.seconds - 5:
             swap()
             swaps += 1
+            next_swap += args.swap_seconds
     rss_end, rss_peak = rss_mb(server.pid), rss_mb(server.pid, "VmHWM")
     signalled_at.append(time.monotonic())
     server.send_signal(signal.SIGTERM)
@@ -180,7 +183,8 @@ def main() -> None:
     failed = sum(count for (kind, answer), count in outcomes.items() if kind.startswith("ranking") and answer != "OK")
     print(f"sent before the signal: {sum(outcomes.values())} requests, {good} good ({failed} failed), "
           f"{len(unexpected)} answered with an unexpected code {sorted(set(unexpected))[:5]}")
-    print(f"server resident memory: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end, peak {rss_peak:.0f} MB")
+    print(f"server resident memory: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end, peak {rss_peak:.0f} MB; "
+          "every 10 s: " + " ".join(f"{mb:.0f}" for _, mb in samples))  # fmt: skip
     print(f"SIGTERM: exit code {code} after {drain:.2f} s (server log: {log.name})")
 
 
