@@ -4,53 +4,44 @@
 prediction and the AUC of a score the logs carry (`pctr`), beside the model's, and the
 model's margin over them; see their docstrings and `components/evaluator/`.
 
-GAUC, so that the pipeline's Evaluator reports what `metrics.gauc` computes:
-
-It is a query-based metric, built like TFMA's own `NDCG` and `MinLabelPosition`: the
-MetricsSpec's `query_key` (the user id, `FEA_UID`) makes TFMA group the examples by user
-before the combiner sees them, so each `add_input` receives one whole user. The combiner
-then only needs two running sums (sum of AUC x impressions, and impressions) instead of
-keeping every (user, label, prediction) triple until the end. The per-user arithmetic is
-`metrics.gauc` itself, applied to one group, so the two can never drift apart.
+GAUC, so that the pipeline's Evaluator reports what `metrics.gauc` computes: each example
+brings its user id as a feature (`FEA_UID` by default), the combiner keeps the (user,
+label, prediction) of every example compactly (a 64-bit hash of the user, a float label, a
+double prediction: 20 bytes per example) and applies `metrics.gauc` itself at the end, so
+the two can never drift apart.
 
     tfma.MetricsSpec(
         metrics=[tfma.MetricConfig(class_name="GAUC", module="lt4rec.models.tfma_metrics")],
-        query_key="FEA_UID",
         output_names=["ctr"],
     )
 
-TFMA caveats: it keys each example by `str()` of its query value (bytes `b"u1"` ->
-`"b'u1'"`, int64 works too), and fails the run if an example's query feature does not hold
-exactly one value. Slicing happens after the grouping, so a user lands whole in every slice
-any of its impressions is in: slice GAUC only by user-level features. Example weights must
-be constant within a user (else TFMA raises); GAUC weights by impressions, so give its
-MetricsSpec `example_weights=tfma.ExampleWeightOptions(unweighted=True)` if the ModelSpec
-has an `example_weight_key`.
+It does not use TFMA's `query_key`: grouping by query merges every example's whole extract
+(features, labels, predictions) per user before the combiner sees it, which took most of
+the Evaluator's time. GAUC weighs users by impressions, whatever the example weights.
 """
 
 from __future__ import annotations
 
+import array
+import hashlib
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
-from lt4rec.models import metrics
+from lt4rec.models import features, metrics
 
 GAUC_NAME = "gauc"
 
 
 class GAUC(metric_types.Metric):
-    """Impression-weighted mean of per-query AUC; queries with one class only are skipped.
+    """Impression-weighted mean of per-user AUC; users with one class only are skipped."""
 
-    Needs `query_key` in its MetricsSpec (TFMA passes it to the computations).
-    """
-
-    def __init__(self, name: str = GAUC_NAME):
-        super().__init__(_gauc_computations, name=name)
+    def __init__(self, name: str = GAUC_NAME, feature: str = features.USER_ID):
+        super().__init__(_gauc_computations, name=name, feature=feature)
 
 
 metric_types.register_metric(GAUC)
@@ -58,6 +49,7 @@ metric_types.register_metric(GAUC)
 
 def _gauc_computations(
     name: str = GAUC_NAME,
+    feature: str = features.USER_ID,
     eval_config: Optional[config_pb2.EvalConfig] = None,
     model_names: Optional[list[str]] = None,
     output_names: Optional[list[str]] = None,
@@ -65,79 +57,110 @@ def _gauc_computations(
     query_key: str = "",
 ) -> metric_types.MetricComputations:
     """One computation per (model, output): each output has its own labels and predictions."""
-    if not query_key:
-        raise ValueError("GAUC needs a query_key (the user id feature) in its MetricsSpec")
+    if query_key:
+        raise ValueError(f"GAUC groups by its feature ({feature!r}) itself: remove query_key {query_key!r} from its MetricsSpec")
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
             key = metric_types.MetricKey(
                 name=name, model_name=model_name, output_name=output_name, example_weighted=example_weighted
             )
+            combiner = _GAUCCombiner(key, eval_config, feature)
             computations.append(
-                metric_types.MetricComputation(
-                    keys=[key], preprocessors=None, combiner=_GAUCCombiner(key, eval_config, example_weighted)
-                )
+                metric_types.MetricComputation(keys=[key], preprocessors=[_with_feature(feature, model_name, output_name)], combiner=combiner)
             )
     return computations
 
 
-class _GAUCAccumulator:
-    """Running sums, so that merging partial results is exact and order-free."""
+def _with_feature(feature: str, model_name: str, output_name: str) -> metric_types.StandardMetricInputsPreprocessor:
+    """The metric inputs of one model output, with one feature of the example beside them
+    ("" names the only model or output: no filter, which a name would be)."""
+    return metric_types.FeaturePreprocessor(
+        feature_keys=[feature], model_names=[model_name] if model_name else None, output_names=[output_name] if output_name else None
+    )
 
-    __slots__ = ["weighted_auc", "weight"]
+
+def _examples(
+    element: metric_types.StandardMetricInputs,
+    key: metric_types.MetricKey,
+    eval_config: Optional[config_pb2.EvalConfig],
+    example_weighted: bool,
+) -> list[tuple[float, float, float]]:
+    """(label, prediction, weight) of each value of `key`'s output in one example.
+
+    One model with one value per output (the pipeline's models) is read directly: TFMA's
+    general `to_label_prediction_example_weight` costs more than all the rest of these
+    metrics' work per example. Anything else goes through it.
+    """
+    name, label, prediction, weight = key.output_name, element.label, element.prediction, element.example_weight
+    if not key.model_name and isinstance(label, Mapping) == bool(name) == isinstance(prediction, Mapping):
+        if name:
+            label, prediction = label.get(name), prediction.get(name)
+            weight = weight.get(name) if isinstance(weight, Mapping) else weight
+        if label is not None and prediction is not None and np.size(label) == np.size(prediction) == 1:
+            weight = 1.0 if not example_weighted or weight is None else float(np.ravel(weight)[0])
+            return [(float(np.ravel(label)[0]), float(np.ravel(prediction)[0]), weight)]
+    examples = []
+    for labels, predictions, weights in metric_util.to_label_prediction_example_weight(
+        element, eval_config=eval_config, model_name=key.model_name, output_name=name, example_weighted=example_weighted, flatten=False
+    ):
+        labels, predictions, weights = np.ravel(labels).tolist(), np.ravel(predictions).tolist(), np.ravel(weights).tolist()
+        examples.extend(zip(labels, predictions, weights * len(labels) if len(weights) == 1 else weights))
+    return examples
+
+
+def user_hash(value: Any) -> int:
+    """A 64-bit id of a user id value (bytes, text or number): collisions are negligible
+    (about 3e-6 for 10M users), and it takes 8 bytes whatever the id's length."""
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+class _GAUCAccumulator:
+    """Every example's (user, label, prediction), in compact arrays; merging concatenates."""
+
+    __slots__ = ["users", "labels", "predictions"]
 
     def __init__(self) -> None:
-        self.weighted_auc = 0.0
-        self.weight = 0.0
+        self.users = array.array("q")
+        self.labels = array.array("f")
+        self.predictions = array.array("d")
 
 
 class _GAUCCombiner(beam.CombineFn):
-    """Adds one query (all impressions of one user) per input."""
-
-    def __init__(
-        self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], example_weighted: bool
-    ) -> None:
+    def __init__(self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], feature: str) -> None:
         self._key = key
         self._eval_config = eval_config
-        self._example_weighted = example_weighted
+        self._feature = feature
 
     def create_accumulator(self) -> _GAUCAccumulator:
         return _GAUCAccumulator()
 
     def add_input(self, accumulator: _GAUCAccumulator, element: metric_types.StandardMetricInputs) -> _GAUCAccumulator:
-        labels, predictions, example_weight = next(
-            metric_util.to_label_prediction_example_weight(
-                element,
-                eval_config=self._eval_config,
-                model_name=self._key.model_name,
-                output_name=self._key.output_name,
-                example_weighted=self._example_weighted,
-                flatten=False,
-                require_single_example_weight=True,  # one weight per query
-            )
-        )
-        labels, predictions = np.asarray(labels).reshape(-1), np.asarray(predictions).reshape(-1)
-        if labels.size != predictions.size:
-            raise ValueError(f"{self._key}: {labels.size} labels but {predictions.size} predictions in one query")
-        # `gauc` of a single group: that group's AUC, or NaN when the user has one class only.
-        value = metrics.gauc(labels, predictions, np.zeros(labels.size))
-        if not np.isnan(value):
-            weight = labels.size * np.asarray(example_weight, dtype=np.float64).item()
-            accumulator.weighted_auc += value * weight
-            accumulator.weight += weight
+        value = (element.features or {}).get(self._feature)
+        users = np.asarray(value, dtype=object).reshape(-1) if value is not None else np.empty(0, dtype=object)
+        if users.size != 1:
+            raise ValueError(f"{self._key}: GAUC needs exactly one {self._feature} per example, got {value!r}")
+        ((label, prediction, _),) = _examples(element, self._key, self._eval_config, False)
+        accumulator.users.append(user_hash(users[0]))
+        accumulator.labels.append(label)
+        accumulator.predictions.append(prediction)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[_GAUCAccumulator]) -> _GAUCAccumulator:
         accumulators = iter(accumulators)
         result = next(accumulators)
         for accumulator in accumulators:
-            result.weighted_auc += accumulator.weighted_auc
-            result.weight += accumulator.weight
+            result.users.extend(accumulator.users)
+            result.labels.extend(accumulator.labels)
+            result.predictions.extend(accumulator.predictions)
         return result
 
     def extract_output(self, accumulator: _GAUCAccumulator) -> dict[metric_types.MetricKey, Any]:
-        value = accumulator.weighted_auc / accumulator.weight if accumulator.weight else float("nan")
-        return {self._key: value}
+        users = np.frombuffer(accumulator.users, dtype=np.int64) if accumulator.users else np.empty(0, np.int64)
+        labels = np.frombuffer(accumulator.labels, dtype=np.float32) if accumulator.labels else np.empty(0, np.float32)
+        predictions = np.frombuffer(accumulator.predictions, dtype=np.float64) if accumulator.predictions else np.empty(0)
+        return {self._key: metrics.gauc(labels, predictions, users)}
 
 
 # --- Baselines a model must beat: no skill (a constant) and the incumbent (a logged score) ---
@@ -170,12 +193,13 @@ INCUMBENT_EXAMPLES = "incumbent_examples"
 AUC_ON_INCUMBENT_EXAMPLES = "auc_on_incumbent_examples"
 
 
-def _loss(loss: str, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    labels, predictions = np.asarray(labels, np.float64), np.asarray(predictions, np.float64)
+def _loss(loss: str, label: float, prediction: float) -> float:
+    """One example's loss, in plain floats: metrics add one example at a time, and NumPy on
+    one-element arrays costs more than the arithmetic (a third of the Evaluator's time)."""
     if loss == MSE:
-        return (labels - predictions) ** 2
-    p = np.clip(predictions, EPSILON, 1 - EPSILON)
-    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+        return (label - prediction) ** 2
+    p = min(max(prediction, EPSILON), 1 - EPSILON)
+    return -(label * math.log(p) + (1 - label) * math.log(1 - p))
 
 
 def parse_scores(values: Any) -> np.ndarray:
@@ -200,10 +224,6 @@ def histogram_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
         return float("nan")
     below = np.cumsum(negatives) - negatives
     return float(np.sum(positives * (below + 0.5 * negatives)) / (total_pos * total_neg))
-
-
-def _bucket(scores: np.ndarray) -> np.ndarray:
-    return np.minimum((np.asarray(scores, np.float64) * NUM_BUCKETS).astype(np.int64), NUM_BUCKETS - 1)
 
 
 def _keys(name: str, model_name: str, output_name: str, example_weighted: bool, *extra: str) -> list[metric_types.MetricKey]:
@@ -266,31 +286,20 @@ class _NoSkillCombiner(beam.CombineFn):
         self._loss = loss
         self._constant = constant
 
-    def create_accumulator(self) -> np.ndarray:
-        return np.zeros(3)  # weight, weighted no-skill loss, weighted model loss
+    def create_accumulator(self) -> list[float]:
+        return [0.0, 0.0, 0.0]  # weight, weighted no-skill loss, weighted model loss
 
-    def add_input(self, accumulator: np.ndarray, element: metric_types.StandardMetricInputs) -> np.ndarray:
-        key = self._keys[0]
-        for labels, predictions, weights in metric_util.to_label_prediction_example_weight(
-            element,
-            eval_config=self._eval_config,
-            model_name=key.model_name,
-            output_name=key.output_name,
-            example_weighted=self._example_weighted,
-            flatten=False,
-        ):
-            labels = np.asarray(labels, np.float64).reshape(-1)
-            predictions = np.asarray(predictions, np.float64).reshape(-1)
-            weights = np.broadcast_to(np.asarray(weights, np.float64).reshape(-1), labels.shape)
-            accumulator[0] += weights.sum()
-            accumulator[1] += np.sum(weights * _loss(self._loss, labels, np.full(labels.shape, self._constant)))
-            accumulator[2] += np.sum(weights * _loss(self._loss, labels, predictions))
+    def add_input(self, accumulator: list[float], element: metric_types.StandardMetricInputs) -> list[float]:
+        for label, prediction, weight in _examples(element, self._keys[0], self._eval_config, self._example_weighted):
+            accumulator[0] += weight
+            accumulator[1] += weight * _loss(self._loss, label, self._constant)
+            accumulator[2] += weight * _loss(self._loss, label, prediction)
         return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
-        return np.sum(list(accumulators), axis=0)
+    def merge_accumulators(self, accumulators: Iterable[list[float]]) -> list[float]:
+        return [math.fsum(values) for values in zip(*accumulators)]
 
-    def extract_output(self, accumulator: np.ndarray) -> dict[metric_types.MetricKey, Any]:
+    def extract_output(self, accumulator: list[float]) -> dict[metric_types.MetricKey, Any]:
         weight, no_skill, model = accumulator
         no_skill = no_skill / weight if weight else float("nan")
         model = model / weight if weight else float("nan")
@@ -333,11 +342,10 @@ def _incumbent_computations(
                 name, model_name, output_name, example_weighted,
                 INCUMBENT_AUC, INCUMBENT_LOG_LOSS, INCUMBENT_EXAMPLES, AUC_ON_INCUMBENT_EXAMPLES,
             )  # fmt: skip
-            preprocessor = metric_types.FeaturePreprocessor(
-                feature_keys=[feature], model_names=[model_name], output_names=[output_name]
-            )
             combiner = _IncumbentCombiner(keys, eval_config, example_weighted, feature)
-            computations.append(metric_types.MetricComputation(keys=keys, preprocessors=[preprocessor], combiner=combiner))
+            computations.append(
+                metric_types.MetricComputation(keys=keys, preprocessors=[_with_feature(feature, model_name, output_name)], combiner=combiner)
+            )
     return computations
 
 
@@ -370,28 +378,15 @@ class _IncumbentCombiner(beam.CombineFn):
         scores = parse_scores(value)
         if scores.size != 1 or np.isnan(scores[0]):
             return accumulator  # no single valid score: not an example of the incumbent's
-        key = self._keys[0]
-        label, prediction, weight = next(
-            metric_util.to_label_prediction_example_weight(
-                element,
-                eval_config=self._eval_config,
-                model_name=key.model_name,
-                output_name=key.output_name,
-                example_weighted=self._example_weighted,
-                flatten=False,
-            )
-        )
-        label = float(np.asarray(label, np.float64).reshape(-1)[0])
-        prediction = float(np.asarray(prediction, np.float64).reshape(-1)[0])
-        weight = float(np.asarray(weight, np.float64).reshape(-1)[0])
+        ((label, prediction, weight),) = _examples(element, self._keys[0], self._eval_config, self._example_weighted)
         score = scores[0]
-        incumbent_bucket, model_bucket = _bucket([score, prediction])
+        incumbent_bucket, model_bucket = (min(int(value * NUM_BUCKETS), NUM_BUCKETS - 1) for value in (score, prediction))
         accumulator.histograms[0, incumbent_bucket] += weight * label
         accumulator.histograms[1, incumbent_bucket] += weight * (1 - label)
         accumulator.histograms[2, model_bucket] += weight * label
         accumulator.histograms[3, model_bucket] += weight * (1 - label)
         accumulator.weight += weight
-        accumulator.log_loss += weight * float(_loss(LOG_LOSS, [label], [score])[0])
+        accumulator.log_loss += weight * _loss(LOG_LOSS, label, float(score))
         accumulator.examples += 1
         return accumulator
 

@@ -204,9 +204,8 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
                     baseline("IncumbentBaseline", settings.beat_incumbent, feature=features.PRODUCTION_PCTR),
                 ],
             ),
-            tfma.MetricsSpec(  # per-user AUC: TFMA groups the examples by user first
+            tfma.MetricsSpec(  # per-user AUC, users by FEA_UID
                 output_names=["ctr"],
-                query_key=features.USER_ID,
                 metrics=[tfma.MetricConfig(class_name="GAUC", module="lt4rec.models.tfma_metrics")],
                 example_weights=tfma.ExampleWeightOptions(unweighted=True),
             ),

@@ -62,36 +62,48 @@ def test_gauc_matches_numpy_under_the_ctr_output_of_a_two_output_model(logged, t
             )
         ],
         metrics_specs=[
-            tfma.MetricsSpec(metrics=[GAUC_CONFIG], query_key="FEA_UID", output_names=["ctr"]),
+            tfma.MetricsSpec(metrics=[GAUC_CONFIG], output_names=["ctr"]),
             tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="MeanSquaredError")], output_names=["cvr"]),
         ],
         slicing_specs=[tfma.SlicingSpec()],
     )
     values = _overall_metrics(eval_config, logged["path"], str(tmp_path))
 
-    expected = metrics.gauc(logged["clicks"], logged["ctr"], logged["users"])
+    expected = sklearn_gauc(logged["clicks"], logged["ctr"], logged["users"])
     assert values["ctr"][""]["gauc"]["doubleValue"] == pytest.approx(expected, abs=1e-6)
+    assert metrics.gauc(logged["clicks"], logged["ctr"], logged["users"]) == pytest.approx(expected, abs=1e-12)
     assert "gauc" not in values["cvr"][""]
     # The data does exercise the skipping: dropping the one-class users changes nothing.
     two_class = ~np.isin(logged["users"], [0, 1, 11])
-    assert metrics.gauc(logged["clicks"][two_class], logged["ctr"][two_class], logged["users"][two_class]) == expected
+    assert metrics.gauc(logged["clicks"][two_class], logged["ctr"][two_class], logged["users"][two_class]) == pytest.approx(expected)
     assert expected != pytest.approx(metrics.auc(logged["clicks"], logged["ctr"]), abs=1e-3)
 
 
 def test_gauc_of_a_single_output_model(logged, tmp_path):
     eval_config = tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(label_key="label", prediction_key="ctr_pred")],
-        metrics_specs=[tfma.MetricsSpec(metrics=[GAUC_CONFIG], query_key="FEA_UID")],
+        metrics_specs=[tfma.MetricsSpec(metrics=[GAUC_CONFIG])],
     )
     values = _overall_metrics(eval_config, logged["path"], str(tmp_path))
 
-    expected = metrics.gauc(logged["clicks"], logged["ctr"], logged["users"])
+    expected = sklearn_gauc(logged["clicks"], logged["ctr"], logged["users"])
     assert values[""][""]["gauc"]["doubleValue"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_gauc_needs_a_query_key():
-    with pytest.raises(ValueError, match="query_key"):
-        tfma_metrics.GAUC().computations(output_names=["ctr"])
+def test_gauc_groups_by_its_feature_not_a_query_key():
+    with pytest.raises(ValueError, match="remove query_key 'FEA_UID'"):
+        tfma_metrics.GAUC().computations(output_names=["ctr"], query_key="FEA_UID")
+
+
+def sklearn_gauc(clicks: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
+    """GAUC by scikit-learn's AUC per user with both classes, weighted by impressions."""
+    total = weight = 0.0
+    for user in np.unique(users):
+        member = users == user
+        if 0 < clicks[member].sum() < member.sum():
+            total += sk.roc_auc_score(clicks[member], scores[member]) * member.sum()
+            weight += member.sum()
+    return total / weight
 
 
 # --- The baselines a model must beat: no skill (a constant) and the incumbent (`pctr`) ---
