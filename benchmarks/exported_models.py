@@ -163,7 +163,7 @@ def main() -> None:
             paths[task] = {}
             for kind, task_network in networks.items():
                 path = os.path.join(out, granularity, task, kind)
-                export.ServingModule({task: task_network}, transform_output).save(path)
+                export.save_task_network(task_network, transform_output, path)
                 paths[task][kind] = path
             loaded = {kind: tf.saved_model.load(path) for kind, path in paths[task].items()}
             signatures = {kind: model_.signatures["serving_default"] for kind, model_ in loaded.items()}

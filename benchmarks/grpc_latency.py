@@ -1,16 +1,22 @@
 """gRPC end to end on loopback: ranking requests of 200 candidates against `lt4rec serve`.
 
-Trains S-Weight on generated logs (`exported_models.trained_model`), exports the CTR and
-CVR models as the pipeline pushes them (`<base>/ctr/1`, `<base>/cvr/1`), starts
+Trains S-Weight on generated logs (`exported_models.trained_model`), exports the CTR, CVR
+and joint rank models as the pipeline pushes them (`<base>/{ctr,cvr,rank}/1`), starts
 `lt4rec serve` on them in its own process, and sends ranking requests from client threads
-through `serving/client.py` (the tensorflow-serving-api stubs): each request is one
-Predict to `ctr` and one to `cvr`, concurrently, of 200 serialized raw tf.Examples. At
-each concurrency it runs for --seconds and prints p50/p99 latency, requests/s and errors.
-On a 2-core machine the client threads share the cores with the server, so these are
-figures of the whole loop, not of the server alone. Finally it stops the server with
-SIGTERM and prints its exit code.
+through `serving/client.py` (the tensorflow-serving-api stubs). A request is one user's:
+200 candidates of the test day with the first one's context features (user, source video)
+on all of them. Four ways of asking, measured side by side at each concurrency:
+- two models, whole examples (before the joint model): one Predict to `ctr` and one to
+  `cvr`, concurrently, each with 200 whole serialized raw tf.Examples (`serving_default`);
+- two models, context once: the same two Predicts to `serving_context`;
+- rank model, whole examples: one Predict to `rank` (`ctr`, `cvr`, `rankscore`);
+- rank model, context once: one Predict to `rank`'s `serving_context`.
+Each runs for --seconds per concurrency and prints p50/p99 latency, requests/s and errors;
+the ratios are against the first. On a 2-core machine the client threads share the cores
+with the server, so these are figures of the whole loop, not of the server alone. Finally
+it stops the server with SIGTERM and prints its exit code.
 
-    .venv/bin/python benchmarks/grpc_latency.py --seconds 30
+    .venv/bin/python benchmarks/grpc_latency.py --seconds 20
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import tensorflow as tf
 
 from comparison import TABLE_SCALE
 from exported_models import raw_requests, trained_model
-from lt4rec.models import export, masks
+from lt4rec.models import export, features, masks
 from lt4rec.pipeline.trainer_cluster import free_ports
 from lt4rec.serving import client
 from transformed_logs import data_folder
@@ -44,6 +50,7 @@ def wait_until_serving(target: str, deadline_s: float = 120.0) -> None:
             try:
                 probe.metadata("ctr")
                 probe.metadata("cvr")
+                probe.metadata(export.RANK_MODEL)
                 return
             except grpc.RpcError:
                 if time.perf_counter() - start > deadline_s:
@@ -51,19 +58,45 @@ def wait_until_serving(target: str, deadline_s: float = 120.0) -> None:
                 time.sleep(0.5)
 
 
-def load_test(target: str, requests: list[list[tf.train.Example]], concurrency: int, seconds: float) -> dict:
+MODES = {  # name: (rank model, context once)
+    "two models, whole examples": (None, False),
+    "two models, context once": (None, True),
+    "rank model, whole examples": (export.RANK_MODEL, False),
+    "rank model, context once": (export.RANK_MODEL, True),
+}
+
+
+def ranking_requests(records: list[list[bytes]]) -> list[tuple[tf.train.Example, list[tf.train.Example], list[tf.train.Example]]]:
+    """(context, candidates without it, whole candidates) per request: the first row's context on all rows."""
+    requests = []
+    for request in records:
+        examples = [tf.train.Example.FromString(record) for record in request]
+        for example in examples[1:]:
+            for name in features.CONTEXT_FEATURE_NAMES:
+                example.features.feature[name].CopyFrom(examples[0].features.feature[name])
+        context, stripped = client.split_context(examples)
+        requests.append((context, stripped, examples))
+    return requests
+
+
+def load_test(target: str, requests: list, mode: str, concurrency: int, seconds: float) -> dict:
+    rank_model, context_once = MODES[mode]
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
     def worker(offset: int) -> None:
-        with client.RankingClient(target, timeout=30.0) as ranking:
+        with client.RankingClient(target, timeout=30.0, rank_model=rank_model) as ranking:
             index = offset
             while time.perf_counter() < stop_at:
+                context, stripped, whole = requests[index % len(requests)]
                 start = time.perf_counter()
                 try:
-                    ranking.rank(requests[index % len(requests)])
+                    if context_once:
+                        ranking.rank(stripped, context=context)
+                    else:
+                        ranking.rank(whole, send_context_once=False)
                     elapsed = time.perf_counter() - start
                     with lock:
                         latencies.append(elapsed)
@@ -71,6 +104,9 @@ def load_test(target: str, requests: list[list[tf.train.Example]], concurrency: 
                     with lock:
                         errors.append(f"{error.code().name}: {error.details()}")
                 index += concurrency
+            if rank_model is not None and ranking.rank_model is None:
+                with lock:
+                    errors.append("the server has no rank model")
 
     threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(concurrency)]
     start = time.perf_counter()
@@ -108,7 +144,8 @@ def main() -> None:
         exported = export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))
         print(f"{task}: compacted widths {exported.layer_widths}, "
               f"{100 * exported.kept_weights / exported.dense_weights:.1f}% of MLP weights, paths {[p.path for p in exported.layer_paths]}")
-    requests = [[tf.train.Example.FromString(record) for record in request] for request in raw_requests(args.rows, args.seed)]
+    export.export_rank_model(model, transform_output, os.path.join(base, export.RANK_MODEL, "1"))
+    requests = ranking_requests(raw_requests(args.rows, args.seed))
 
     (port,) = free_ports(1)
     target = f"localhost:{port}"
@@ -117,16 +154,20 @@ def main() -> None:
     server = subprocess.Popen([lt4rec, "serve", "--model-base-path", base, "--port", str(port)], stdout=server_log, stderr=server_log)
     try:
         wait_until_serving(target)
-        print(f"lt4rec serve on {target}; {len(requests)} distinct requests of {len(requests[0])} candidates; "
-              f"{args.seconds:.0f} s per concurrency level")
-        load_test(target, requests, 1, 3.0)  # warm up both models and the channel
-        print(f"{'concurrency':>11} {'requests':>9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(f"lt4rec serve on {target}; {len(requests)} distinct requests of {len(requests[0][2])} candidates; "
+              f"{args.seconds:.0f} s per way and concurrency")
+        for mode in MODES:
+            load_test(target, requests, mode, 1, 2.0)  # warm up every model, signature and the channel
+        print(f"{'way of asking':<28} {'concurrency':>11} {'requests':>9} {'req/s':>7} {'x first':>7} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'x first':>7} {'errors':>7}")
         for concurrency in args.concurrency:
-            result = load_test(target, requests, concurrency, args.seconds)
-            print(f"{concurrency:>11} {result['requests']:>9} {result['rps']:7.1f} {result['p50']:8.1f} {result['p99']:8.1f} "
-                  f"{len(result['errors']):>7}")
-            for error in sorted(set(result["errors"]))[:5]:
-                print(f"    {error}")
+            results = {mode: load_test(target, requests, mode, concurrency, args.seconds) for mode in MODES}
+            first = results[next(iter(MODES))]
+            for mode, result in results.items():
+                print(f"{mode:<28} {concurrency:>11} {result['requests']:>9} {result['rps']:7.1f} {result['rps'] / first['rps']:7.2f} "
+                      f"{result['p50']:8.1f} {result['p99']:8.1f} {first['p99'] / result['p99']:7.2f} {len(result['errors']):>7}")
+                for error in sorted(set(result["errors"]))[:5]:
+                    print(f"    {error}")
     finally:
         server.send_signal(signal.SIGTERM)
         start = time.perf_counter()

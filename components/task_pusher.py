@@ -3,7 +3,8 @@
 From the Trainer's model it writes `<serving_dir>/ctr/<version>/` and
 `<serving_dir>/cvr/<version>/`, each the task's network with its mask folded in and its
 switched-off units removed (`models/export.py`), but only if the Evaluator blessed the
-model. Each version is written under a dot-folder and moved into place so that a server
+model; for sparse sharing also `<serving_dir>/rank/<version>/`, the joint model that
+scores both tasks (and the rankscore) in one pass over the shared front. Each version is written under a dot-folder and moved into place so that a server
 polling the folder loads it whole or not at all (`publish_version`: on object stores,
 where a rename copies object by object, the graph file comes last). Versions are consecutive integers (1, 2, ...), the next after the highest already
 under `serving_dir`, so that TF Serving loads each push as a new version.
@@ -103,17 +104,22 @@ def TaskPusher(
     trained, settings = trainer.load_trained(model.uri)
     transform_output = tft.TFTransformOutput(transform_graph.uri)
     tasks = trained.config.tasks
-    version = next_version(serving_dir, tasks)
-    for task in tasks:
-        destination = os.path.join(serving_dir, network.OUTPUT_NAMES[task], str(version))
+    joint = trained.masked and len(tasks) > 1
+    version = next_version(serving_dir, (*tasks, export.RANK_MODEL))
+    for task in (*tasks, export.RANK_MODEL) if joint else tasks:
+        name = export.RANK_MODEL if task == export.RANK_MODEL else network.OUTPUT_NAMES[task]
+        destination = os.path.join(serving_dir, name, str(version))
         # Written aside and renamed, so that a polling server never sees half a version.
-        staging = os.path.join(serving_dir, network.OUTPUT_NAMES[task], f".staging-{version}")
+        staging = os.path.join(serving_dir, name, f".staging-{version}")
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
-        task_network = export.export_task_model(trained, task, transform_output, staging, compact=True)
+        if task == export.RANK_MODEL:
+            export.export_rank_model(trained, transform_output, staging)
+        else:
+            task_network = export.export_task_model(trained, task, transform_output, staging, compact=True)
+            pushed_model.set_string_custom_property(f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths)))
         publish_version(staging, destination)
         pushed_model.set_string_custom_property(f"{task}_destination", destination)
-        pushed_model.set_string_custom_property(f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths)))
     pushed_model.set_string_custom_property("base_model", publish_base_model(model.uri, serving_dir, version))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)

@@ -1,20 +1,26 @@
 """SavedModels with serving signatures over raw logs: Transform's graph, then the network.
 
-Two kinds of model come from one trained network:
+Three kinds of model come from one trained network:
 - the multi-task model the Trainer writes for the Evaluator (`export_serving_model`): both
   heads, each through its own mask;
 - one model per task for TF Serving (`export_task_model`): for sparse sharing, the task's
-  mask folded into plain kernels (`TaskNetwork`: no mask or pruning variables, no other
-  task's head, no training state), and with `compact=True` the units the mask switched
-  off removed, so that the dense layers are physically smaller; for every other variant
-  (`DenseTaskModel`), the task's forward pass over exactly the trained variables it reads
-  (an MMoE CTR model: embeddings, experts, CTR gate, tower and head; no CVR gate or tower).
+  mask folded into plain kernels (`TaskNetwork` = `SharedFront` + `FoldedTower`: no mask
+  or pruning variables, no other task's head, no training state), and with `compact=True`
+  the units the mask switched off removed, so that the dense layers are physically
+  smaller; for every other variant (`DenseTaskModel`), the task's forward pass over
+  exactly the trained variables it reads (an MMoE CTR model: embeddings, experts, CTR
+  gate, tower and head; no CVR gate or tower);
+- for sparse sharing, the joint `rank` model (`export_rank_model`, `RankNetwork`): one
+  shared front under both folded towers, `ctr`, `cvr` and `rankscore` from one pass.
 
 Signatures: `serving_default` takes serialized `tf.Example`s in the raw log format and
 applies the Transform graph before the network, so that clients (and TFMA, which feeds it
-the eval split as it is logged) never see ids; `serving_raw` takes the raw features as
-named string tensors, [batch, max_values] each, padded with "". Labels and bookkeeping
-columns are not inputs.
+the eval split as it is logged) never see ids; `serving_context` takes one ranking
+request as its context features (`features.CONTEXT_FEATURE_NAMES`, one tf.Example) and
+its candidates' (tf.Examples), and scores every candidate as if it carried the context;
+`serving_raw` takes the raw features as named string tensors, [batch, max_values] each,
+padded with "". The rank model's signatures also take `rank_weights`. Labels and
+bookkeeping columns are not inputs.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from lt4rec.models import features, layers, masks, network
 
 NOT_INPUTS = (features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR)
 EXAMPLES_INPUT = "examples"
+CONTEXT_INPUT = "context"  # serving_context: the request's context features, one serialized tf.Example
+RANK_WEIGHTS_INPUT = "rank_weights"  # the rank model's: the exponents (a, b, c) of rankscore
+RANKSCORE_OUTPUT = "rankscore"
+CONTEXT_SIGNATURE = "serving_context"
+RANK_MODEL = "rank"  # the joint model's name in TF Serving's layout, beside the task models
 ASSETS_EXTRA = "assets.extra"
 METADATA_FILE = "lt4rec_model.json"
 DENSE, SPARSE, MEASURE = "dense", "sparse", "measure"
@@ -50,8 +61,50 @@ def raw_input_spec(transform_output: tft.TFTransformOutput) -> dict[str, tf.io.F
     return spec
 
 
-class TaskNetwork(tf.Module):
-    """One task's network with its mask folded in: embeddings, cross, plain dense layers, head.
+class SharedFront(tf.Module):
+    """What both tasks read below their towers: the embeddings, the feature cross, CVR's view.
+
+    `front(inputs)` -> (cross output, CVR's view fields flattened or None). With `context`
+    (a request's context features, batch 1: `features.CONTEXT_FEATURE_NAMES`), `inputs`
+    holds only the candidates' features and the context fields are embedded once and
+    broadcast to every candidate: the same numbers as embedding them on every row.
+    """
+
+    def __init__(self, model: network.RankingNetwork, view: bool):
+        super().__init__(name="shared_front")
+        self.embeddings = _copy_embeddings(model.embeddings)
+        self.cross = layers.FeatureCross()
+        self.view = _copy_embeddings(model.cvr_view) if view and model.cvr_view is not None else None
+
+    def __call__(
+        self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor | None]:
+        crossed = self.cross(_fields(self.embeddings, inputs, context))
+        if self.view is None:
+            return crossed, None
+        fields = _fields(self.view, inputs, context)
+        return crossed, tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
+
+
+# Where each of `features.FEATURE_NAMES` is in [context fields, candidate fields].
+_FIELD_ORDER = [
+    (features.CONTEXT_FEATURE_NAMES + features.CANDIDATE_FEATURE_NAMES).index(name) for name in features.FEATURE_NAMES
+]
+
+
+def _fields(embeddings: layers.FieldEmbeddings, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None) -> tf.Tensor:
+    """[batch, fields, dim] in `FEATURE_NAMES` order, the context's fields embedded once."""
+    if context is None:
+        return embeddings(inputs)
+    candidates = embeddings(inputs, names=features.CANDIDATE_FEATURE_NAMES)
+    request = embeddings(context, names=features.CONTEXT_FEATURE_NAMES)  # [1, context fields, dim]
+    shape = tf.shape(candidates)
+    request = tf.broadcast_to(request, [shape[0], len(features.CONTEXT_FEATURE_NAMES), shape[2]])
+    return tf.gather(tf.concat([request, candidates], axis=1), _FIELD_ORDER, axis=1)
+
+
+class FoldedTower(tf.Module):
+    """One task's MLP and head with its mask folded in: plain (or sparse) kernels, no mask variables.
 
     `compact`: remove the hidden units that cannot affect the score (no kept incoming
     weight and no bias, so always 0 after ReLU; or no kept outgoing weight), their
@@ -62,18 +115,14 @@ class TaskNetwork(tf.Module):
     DENSE or SPARSE forces one path for every hidden layer.
     """
 
-    def __init__(
-        self, model: network.RankingNetwork, task: str, compact: bool = False, matmul: str = MEASURE, batch: int = 200
-    ):
+    def __init__(self, model: network.RankingNetwork, task: str, compact: bool, matmul: str, batch: int):
         if matmul not in MATMUL_CHOICES:
             raise ValueError(f"matmul must be one of {MATMUL_CHOICES}, not {matmul!r}")
-        super().__init__(name=f"{task}_network")
+        super().__init__(name=f"{task}_tower")
         self.task = task
-        self.embeddings = _copy_embeddings(model.embeddings)
-        self.cross = layers.FeatureCross()
-        self.view = _copy_embeddings(model.cvr_view) if model.cvr_view is not None and task == "cvr" else None
+        self.reads_view = model.cvr_view is not None and task == "cvr"
         kernels, biases = _folded_tower(model, task)
-        if model.cvr_view is not None and task != "cvr":
+        if model.cvr_view is not None and not self.reads_view:
             kernels[0] = kernels[0][: model.shared_input_width]  # inputs this task never sees
         head = model.heads[task]
         kernels.append(head.kernel.numpy())
@@ -96,7 +145,6 @@ class TaskNetwork(tf.Module):
         return [int(path.shape[1]) for path in self.layer_paths]
 
     def metadata(self) -> dict:
-        """What the model is, for `assets.extra/` beside it: task, widths, paths, weights kept."""
         return {
             "task": self.task,
             "output": network.OUTPUT_NAMES[self.task],
@@ -107,15 +155,62 @@ class TaskNetwork(tf.Module):
             "layers": [dataclasses.asdict(path) for path in self.layer_paths],
         }
 
-    def __call__(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        hidden = self.cross(self.embeddings(inputs))
-        if self.view is not None:
-            fields = self.view(inputs)
-            hidden = tf.concat([hidden, tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])], axis=1)
+    def __call__(self, crossed: tf.Tensor, view: tf.Tensor | None) -> tf.Tensor:
+        hidden = tf.concat([crossed, view], axis=1) if self.reads_view else crossed
         for kernel, bias in zip(self.kernels[:-1], self.biases[:-1]):
             hidden = tf.nn.relu(_matmul(hidden, kernel) + bias)
         return tf.sigmoid(tf.squeeze(tf.matmul(hidden, self.kernels[-1]) + self.biases[-1], axis=1))
 
+
+class TaskNetwork(tf.Module):
+    """One task's network with its mask folded in: the shared front and the task's folded tower.
+
+    `compact`, `matmul`, `batch`: as `FoldedTower` takes them.
+    """
+
+    def __init__(
+        self, model: network.RankingNetwork, task: str, compact: bool = False, matmul: str = MEASURE, batch: int = 200
+    ):
+        super().__init__(name=f"{task}_network")
+        self.task = task
+        self.front = SharedFront(model, view=task == "cvr")
+        self.tower = FoldedTower(model, task, compact, matmul, batch)
+
+    layer_paths = property(lambda self: self.tower.layer_paths)
+    layer_widths = property(lambda self: self.tower.layer_widths)
+    kept_weights = property(lambda self: self.tower.kept_weights)
+    dense_weights = property(lambda self: self.tower.dense_weights)
+    kernels = property(lambda self: self.tower.kernels)
+    biases = property(lambda self: self.tower.biases)
+
+    def metadata(self) -> dict:
+        """What the model is, for `assets.extra/` beside it: task, widths, paths, weights kept."""
+        return self.tower.metadata()
+
+    def __call__(self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None) -> tf.Tensor:
+        return self.tower(*self.front(inputs, context))
+
+
+class RankNetwork(tf.Module):
+    """Both tasks over one shared front: the embeddings and cross computed once for CTR and CVR.
+
+    For the joint `rank` model (`export_rank_model`): each task's folded tower as its own
+    model has it (the same kernels, paths and scores), one copy of the embeddings.
+    """
+
+    def __init__(self, model: network.RankingNetwork, compact: bool = True, matmul: str = MEASURE, batch: int = 200):
+        if not model.masked:
+            raise ValueError("a joint rank model folds the masks of a sparse-sharing network")
+        super().__init__(name="rank_network")
+        self.front = SharedFront(model, view=True)
+        self.towers = {task: FoldedTower(model, task, compact, matmul, batch) for task in model.config.tasks}
+
+    def metadata(self) -> dict:
+        return {"tasks": {network.OUTPUT_NAMES[task]: tower.metadata() for task, tower in self.towers.items()}}
+
+    def __call__(self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None) -> dict[str, tf.Tensor]:
+        crossed, view = self.front(inputs, context)
+        return {network.OUTPUT_NAMES[task]: tower(crossed, view) for task, tower in self.towers.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,51 +377,131 @@ class DenseTaskModel(tf.Module):
         return self._forward(inputs)
 
 
-class ServingModule(tf.Module):
-    """Scoring behind Transform's graph, with the signatures TF Serving calls."""
+Scorer = Callable[[Mapping[str, tf.Tensor], "Mapping[str, tf.Tensor] | None"], Mapping[str, tf.Tensor]]
 
-    def __init__(self, scorers: Mapping[str, Callable], transform_output: tft.TFTransformOutput):
+
+def without_context(score: Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]) -> Scorer:
+    """A scorer for a network that cannot take the context apart: its ids repeated on every row."""
+
+    def scorer(inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None) -> Mapping[str, tf.Tensor]:
+        if context is not None:
+            rows = tf.shape(next(iter(inputs.values())))[0]
+            inputs = {**inputs, **{name: tf.repeat(ids, rows, axis=0) for name, ids in context.items()}}
+        return score(inputs)
+
+    return scorer
+
+
+class ServingModule(tf.Module):
+    """Scoring behind Transform's graph, with the signatures TF Serving calls.
+
+    `score(inputs, context)` maps the transformed features (and, for `serving_context`, the
+    request's context features at batch 1, else None) to named outputs, [batch] each.
+    `context`: add `serving_context`. `rankscore`: add the `rankscore` output (needs `ctr`
+    and `cvr`) and the `rank_weights` input it is computed with.
+    """
+
+    def __init__(self, score: Scorer, transform_output: tft.TFTransformOutput, context: bool = True, rankscore: bool = False):
         super().__init__()
-        self.scorers = dict(scorers)  # output name -> callable(transformed inputs) -> [batch]
+        self.score = score
         self.transform_layer = transform_output.transform_features_layer()
         self.raw_spec = raw_input_spec(transform_output)
+        self.rankscore = rankscore
+        weights = [tf.TensorSpec([3], tf.float32, name=RANK_WEIGHTS_INPUT)] if rankscore else []
+        examples = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
+        raw = {spec.name: tf.TensorSpec([None, spec.max_values], tf.string, name=spec.name) for spec in features.FEATURES}
+        self.serve_examples = tf.function(self._serve_examples, input_signature=[examples, *weights])
+        self.serve_raw = tf.function(self._serve_raw, input_signature=[raw, *weights])
+        self.serve_context = (
+            tf.function(self._serve_context, input_signature=[tf.TensorSpec([], tf.string, name=CONTEXT_INPUT), examples, *weights])
+            if context
+            else None
+        )
 
-    def _score(self, raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _transform(self, raw: Mapping[str, tf.SparseTensor]) -> dict[str, tf.Tensor]:
         transformed = self.transform_layer(dict(raw))
-        inputs = {name: transformed[name] for name in features.FEATURE_NAMES}
-        return {output: score(inputs) for output, score in self.scorers.items()}
+        return {name: transformed[name] for name in features.FEATURE_NAMES}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
-    def serve_examples(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._score(tf.io.parse_example(serialized, self.raw_spec))
+    def _outputs(
+        self, raw: Mapping[str, tf.SparseTensor], scores: Mapping[str, tf.Tensor], weights: tf.Tensor | None, rows: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
+        """The scores, and the rankscore of the first `rows` rows of `raw` (all by default) if asked for."""
+        scores = dict(scores)
+        if self.rankscore:
+            length = video_length_seconds(raw[features.DURATION_FEATURE])[:rows]
+            scores[RANKSCORE_OUTPUT] = (
+                tf.pow(scores["ctr"], weights[0]) * tf.pow(scores["cvr"], weights[1]) * tf.pow(length, weights[2])
+            )
+        return scores
 
-    @tf.function(
-        input_signature=[
-            {spec.name: tf.TensorSpec([None, spec.max_values], tf.string, name=spec.name) for spec in features.FEATURES}
-        ]
-    )
-    def serve_raw(self, raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _serve_examples(self, serialized: tf.Tensor, weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        raw = tf.io.parse_example(serialized, self.raw_spec)
+        return self._outputs(raw, self.score(self._transform(raw), None), weights)
+
+    def _serve_raw(self, raw: Mapping[str, tf.Tensor], weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Raw features as named tensors, "" for padding (and for a missing value, as `-1` is)."""
-        return self._score({name: tf.sparse.from_dense(values) for name, values in raw.items()})
+        sparse = {name: tf.sparse.from_dense(values) for name, values in raw.items()}
+        return self._outputs(sparse, self.score(self._transform(sparse), None), weights)
+
+    def _serve_context(self, context: tf.Tensor, serialized: tf.Tensor, weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """One request: its context features once (a tf.Example), its candidates' features (tf.Examples).
+
+        The context goes through parsing and Transform as one more row after the candidates
+        (Transform's cost at a few hundred rows is its op count, not its rows: one call, not
+        two); the network embeds its fields once. A candidate's own context features are ignored.
+        """
+        rows = tf.shape(serialized)[0]
+        raw = tf.io.parse_example(tf.concat([serialized, tf.reshape(context, [1])], axis=0), self.raw_spec)
+        ids = self._transform(raw)
+        candidates = {name: ids[name][:rows] for name in features.CANDIDATE_FEATURE_NAMES}
+        request = {name: ids[name][rows:] for name in features.CONTEXT_FEATURE_NAMES}
+        return self._outputs(raw, self.score(candidates, request), weights, rows)
 
     def save(self, path: str) -> None:
         signatures = {
             "serving_default": self.serve_examples.get_concrete_function(),
             "serving_raw": self.serve_raw.get_concrete_function(),
         }
+        if self.serve_context is not None:
+            signatures[CONTEXT_SIGNATURE] = self.serve_context.get_concrete_function()
         tf.saved_model.save(self, path, signatures=signatures)
+
+
+_BUCKET_SECONDS = [features.bucket_seconds(bucket) for bucket in range(len(features.DURATION_BUCKET_EDGES_SECONDS) + 1)]
+
+
+def video_length_seconds(duration: tf.SparseTensor) -> tf.Tensor:
+    """Each row's length in seconds from its raw `FEA_DURATION` bucket (`features.bucket_seconds`); NaN without one."""
+    rows = duration.dense_shape[0]
+    first = tf.sparse.to_dense(tf.sparse.reset_shape(duration, tf.stack([rows, tf.maximum(duration.dense_shape[1], 1)])))[:, 0]
+    values = tf.math.bincount(tf.cast(duration.indices[:, 0], tf.int32), minlength=tf.cast(rows, tf.int32))
+    valid = tf.strings.regex_full_match(first, "0*[0-9]{1,2}") & tf.equal(values, 1)
+    bucket = tf.strings.to_number(tf.where(valid, first, "-1"), tf.int32)
+    known = valid & (bucket < len(_BUCKET_SECONDS))
+    seconds = tf.gather(tf.constant(_BUCKET_SECONDS, tf.float32), tf.where(known, bucket, 0))
+    return tf.where(known, seconds, float("nan"))
 
 
 def export_serving_model(model: network.RankingNetwork, transform_output: tft.TFTransformOutput, path: str) -> None:
     """The multi-task model (each head through its own mask), for the Evaluator."""
-    scorers = {network.OUTPUT_NAMES[task]: functools.partial(_task_output, model, task) for task in model.config.tasks}
-    module = ServingModule(scorers, transform_output)
+    outputs = {network.OUTPUT_NAMES[task]: task for task in model.config.tasks}
+    module = ServingModule(
+        without_context(lambda inputs: {output: model(inputs, task=task)[task] for output, task in outputs.items()}),
+        transform_output,
+        context=False,
+    )
     module.model = model  # tracked, so that its variables are saved
     module.save(path)
 
 
 def _task_output(model: network.RankingNetwork, task: str, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
     return model(inputs, task=task)[task]
+
+
+def _write_metadata(path: str, metadata: dict) -> None:
+    tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA))
+    with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2)
 
 
 def export_task_model(
@@ -344,15 +519,40 @@ def export_task_model(
     TF Serving leaves alone) gets `METADATA_FILE`: the task, the layer widths, the share
     of MLP weights kept and each layer's matmul path.
     """
-    if model.masked:
-        task_network = TaskNetwork(model, task, compact=compact, matmul=matmul)
-    else:
-        task_network = DenseTaskModel(model, task)
-    ServingModule({network.OUTPUT_NAMES[task]: task_network}, transform_output).save(path)
-    tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA))
-    with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE), "w") as f:
-        json.dump(task_network.metadata(), f, indent=2)
+    task_network = TaskNetwork(model, task, compact=compact, matmul=matmul) if model.masked else DenseTaskModel(model, task)
+    save_task_network(task_network, transform_output, path)
     return task_network
+
+
+def save_task_network(task_network: "TaskNetwork | DenseTaskModel", transform_output: tft.TFTransformOutput, path: str) -> None:
+    """A built task network as its SavedModel, with its metadata in `assets.extra/`."""
+    output = network.OUTPUT_NAMES[task_network.task]
+    if isinstance(task_network, TaskNetwork):
+        score = lambda inputs, context: {output: task_network(inputs, context)}  # noqa: E731
+    else:
+        score = without_context(lambda inputs: {output: task_network(inputs)})
+    module = ServingModule(score, transform_output)
+    module.network = task_network  # tracked: the variables the signatures read
+    module.save(path)
+    _write_metadata(path, task_network.metadata())
+
+
+def export_rank_model(
+    model: network.RankingNetwork, transform_output: tft.TFTransformOutput, path: str, matmul: str = MEASURE
+) -> RankNetwork:
+    """The joint `rank` model: `ctr`, `cvr` and `rankscore` from one pass over the shared front.
+
+    Beside the per-task models (TF Serving deployments keep them): one call scores a ranking
+    request for both tasks. Its towers are the per-task models' (compacted), so its scores
+    are theirs; `rankscore` = ctr^a * cvr^b * video_length^c with (a, b, c) the request's
+    `rank_weights` input (`serving.client.rankscore` defines it), NaN without a length.
+    """
+    rank_network = RankNetwork(model, compact=True, matmul=matmul)
+    module = ServingModule(rank_network, transform_output, rankscore=True)
+    module.network = rank_network
+    module.save(path)
+    _write_metadata(path, rank_network.metadata())
+    return rank_network
 
 
 def read_metadata(path: str) -> dict:

@@ -94,6 +94,14 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("FEA_ORDER", 1, "position", "position in the result list"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+# The request's features: the user's and the source video's, the same for every candidate
+# of one ranking request, so a request can carry (and a model compute) them once. The log
+# repeats them on every impression (and drops values of them now and then, independently).
+CONTEXT_FEATURE_NAMES: tuple[str, ...] = (
+    "FEA_UID", "FEA_UGROUP", "FEA_AGE", "FEA_UCAT",
+    "FEA_SVID", "FEA_SCP", "FEA_SICAT1", "FEA_SICAT2", "FEA_SIKEYWORD", "FEA_STAG",
+)  # fmt: skip
+CANDIDATE_FEATURE_NAMES: tuple[str, ...] = tuple(name for name in FEATURE_NAMES if name not in CONTEXT_FEATURE_NAMES)
 FEATURES_BY_NAME: Mapping[str, FeatureSpec] = {f.name: f for f in FEATURES}
 
 # The shared tables follow the LT4REC reference configuration: a source video's id,

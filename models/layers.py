@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
@@ -13,7 +13,8 @@ class FieldEmbeddings(tf.keras.layers.Layer):
     """One embedding per `FEA_*` field, from tables that related features may share.
 
     Input: the transformed features, int64 ids of shape [batch, max_values] (0 = missing).
-    Output: [batch, fields, dim], fields in `features.FEATURE_NAMES` order. A field's
+    Output: [batch, fields, dim], fields in `names` order (`features.FEATURE_NAMES` unless
+    told: a request's context fields are embedded once, apart from its candidates'). A field's
     embedding is the mean of the embeddings of its present ids; missing ids (the log's
     `-1`, padding) never contribute, and a field with no present id embeds to zeros.
     """
@@ -27,10 +28,10 @@ class FieldEmbeddings(tf.keras.layers.Layer):
             for table in feature_config.tables
         }
 
-    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def call(self, inputs: Mapping[str, tf.Tensor], names: Sequence[str] = features.FEATURE_NAMES) -> tf.Tensor:
         table_of = self.feature_config.table_of
         fields = []
-        for name in features.FEATURE_NAMES:
+        for name in names:
             ids = tf.cast(inputs[name], tf.int64)
             vectors = self.tables[table_of[name].name](ids)  # [batch, max_values, dim]
             present = tf.cast(ids != features.MISSING_ID, vectors.dtype)[..., tf.newaxis]

@@ -1,9 +1,15 @@
 """A client of TF Serving's gRPC PredictionService that ranks one request's candidates.
 
-It sends the candidates as serialized `tf.Example`s in the raw log format to the `ctr`
-and `cvr` models' `serving_default` signatures (both at once), and ranks them by
+It sends the candidates as serialized `tf.Example`s in the raw log format and ranks them by
 
     rankscore = pCTR^a * pCVR^b * video_length^c
+
+With a joint `rank` model on the server (`export.export_rank_model`), one Predict returns
+`ctr`, `cvr` and `rankscore`; without one, the `ctr` and `cvr` models are asked at once and
+the rankscore is computed here (`rankscore`, the one definition the model's matches). When
+every candidate carries the same context features (the user's and the source video's,
+`features.CONTEXT_FEATURE_NAMES`), they are sent once, to the `serving_context` signature;
+otherwise every candidate goes whole to `serving_default`.
 
 Only Predict and GetModelMetadata are used, so it works the same against
 `tensorflow_model_server` and against `lt4rec serve`. The video length comes from the
@@ -65,13 +71,38 @@ def video_length_seconds(example: tf.train.Example) -> float:
     return features.bucket_seconds(int(bucket))
 
 
-class RankingClient:
-    """Scores with the CTR and CVR models of one TF Serving endpoint (`host:port`)."""
+def split_context(candidates: Sequence[tf.train.Example]) -> tuple[tf.train.Example, list[tf.train.Example]] | None:
+    """(the request's context, the candidates without it) if every candidate carries the same context, else None."""
+    names = features.CONTEXT_FEATURE_NAMES
+    first = candidates[0].features.feature
+    context = tf.train.Example()
+    for name in names:
+        if name in first:
+            context.features.feature[name].CopyFrom(first[name])
+    for candidate in candidates[1:]:
+        feature = candidate.features.feature
+        if any((name in feature) != (name in first) or (name in first and feature[name] != first[name]) for name in names):
+            return None
+    stripped = []
+    for candidate in candidates:
+        copy = tf.train.Example()
+        for name, feature in candidate.features.feature.items():
+            if name not in names:
+                copy.features.feature[name].CopyFrom(feature)
+        stripped.append(copy)
+    return context, stripped
 
-    def __init__(self, target: str, timeout: float = 10.0, ctr_model: str = "ctr", cvr_model: str = "cvr"):
+
+class RankingClient:
+    """Scores with the models of one TF Serving endpoint (`host:port`): the joint `rank` model, or `ctr` and `cvr`."""
+
+    def __init__(
+        self, target: str, timeout: float = 10.0, ctr_model: str = "ctr", cvr_model: str = "cvr", rank_model: str | None = export.RANK_MODEL
+    ):
         self.target = target
         self.timeout = timeout
         self.models = {"ctr": ctr_model, "cvr": cvr_model}
+        self.rank_model = rank_model  # None, or once the server has said it has no such model: the two task models
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
@@ -86,13 +117,26 @@ class RankingClient:
         self.close()
 
     @staticmethod
-    def predict_request(model: str, examples: Sequence[bytes], version: int | None = None) -> predict_pb2.PredictRequest:
+    def predict_request(
+        model: str,
+        examples: Sequence[bytes],
+        version: int | None = None,
+        context: bytes | None = None,
+        weights: RankWeights | None = None,
+    ) -> predict_pb2.PredictRequest:
+        """A Predict of `examples`: to `serving_context` with `context`, else `serving_default`; `weights` for a rank model."""
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
-        request.model_spec.signature_name = DEFAULT_SIGNATURE
+        request.model_spec.signature_name = DEFAULT_SIGNATURE if context is None else export.CONTEXT_SIGNATURE
         if version is not None:
             request.model_spec.version.value = version
         request.inputs[export.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(list(examples), dtype=tf.string))
+        if context is not None:
+            request.inputs[export.CONTEXT_INPUT].CopyFrom(tf.make_tensor_proto(context, dtype=tf.string))
+        if weights is not None:
+            request.inputs[export.RANK_WEIGHTS_INPUT].CopyFrom(
+                tf.make_tensor_proto([weights.ctr, weights.cvr, weights.length], dtype=tf.float32)
+            )
         return request
 
     @staticmethod
@@ -118,23 +162,57 @@ class RankingClient:
         response.metadata["signature_def"].Unpack(signatures)
         return signatures
 
-    def rank(self, candidates: Sequence[tf.train.Example], weights: RankWeights = RankWeights()) -> list[ScoredCandidate]:
-        """The candidates of one request, best first; both models score them concurrently."""
+    def rank(
+        self,
+        candidates: Sequence[tf.train.Example],
+        weights: RankWeights = RankWeights(),
+        context: tf.train.Example | None = None,
+        send_context_once: bool = True,
+    ) -> list[ScoredCandidate]:
+        """The candidates of one request, best first.
+
+        `context`: the request's context features, given apart (the candidates' own are then
+        ignored); without it, they are sent once if every candidate carries the same (unless
+        not `send_context_once`: then every candidate goes whole to `serving_default`).
+        """
         if not candidates:
             raise ValueError("no candidates to rank")
-        serialized = [candidate.SerializeToString() for candidate in candidates]
-        futures = {
-            task: self.stub.Predict.future(self.predict_request(model, serialized), timeout=self.timeout)
-            for task, model in self.models.items()
-        }
-        pctr, pcvr = (self.scores(futures[task].result()) for task in ("ctr", "cvr"))
         lengths = np.array([video_length_seconds(candidate) for candidate in candidates])
-        scores = rankscore(pctr, pcvr, lengths, weights)
+        sent = candidates
+        if context is None and send_context_once:
+            split = split_context(candidates)
+            if split is not None:
+                context, sent = split
+        serialized = [candidate.SerializeToString() for candidate in sent]
+        context_bytes = None if context is None else context.SerializeToString()
+        scores = self._rank_scores(serialized, context_bytes, weights) if self.rank_model else None
+        if scores is None:
+            futures = {
+                task: self.stub.Predict.future(self.predict_request(model, serialized, context=context_bytes), timeout=self.timeout)
+                for task, model in self.models.items()
+            }
+            pctr, pcvr = (self.scores(futures[task].result()) for task in ("ctr", "cvr"))
+            scores = pctr, pcvr, rankscore(pctr, pcvr, lengths, weights)
         ranked = [
             ScoredCandidate(_single_value(candidate, "FEA_VID").decode(), float(ctr), float(cvr), float(length), float(score))
-            for candidate, ctr, cvr, length, score in zip(candidates, pctr, pcvr, lengths, scores)
+            for candidate, ctr, cvr, length, score in zip(candidates, *scores[:2], lengths, scores[2])
         ]
         return sorted(ranked, key=lambda candidate: -candidate.rankscore)
+
+    def _rank_scores(
+        self, serialized: list[bytes], context: bytes | None, weights: RankWeights
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(pCTR, pCVR, rankscore) from the rank model; None if the server has none (then never asked again)."""
+        request = self.predict_request(self.rank_model, serialized, context=context, weights=weights)
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            self.rank_model = None
+            return None
+        outputs = response.outputs
+        return tuple(tf.make_ndarray(outputs[name]) for name in ("ctr", "cvr", export.RANKSCORE_OUTPUT))
 
 
 def read_requests(pattern: str) -> Iterator[tuple[str, list[tf.train.Example]]]:

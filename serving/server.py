@@ -158,6 +158,11 @@ class Signature:
         return name if spec.dtype == tf.string and spec.shape.rank == 1 else None
 
     @property
+    def serialized_inputs(self) -> tuple[str, ...]:
+        """The inputs that take serialized tf.Examples: DT_STRING of rank 0 (one) or 1 (a batch)."""
+        return tuple(name for name, spec in self.inputs.items() if spec.dtype == tf.string and spec.shape.rank in (0, 1))
+
+    @property
     def score_output(self) -> str | None:
         """The name of the one output if it is one float per example ([batch] or [batch, 1])."""
         if len(self.outputs) != 1:
@@ -571,14 +576,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input {alias!r} of {where} must have shape {_shape_text(spec.shape.as_list())}, got {_shape_text(shape)}",
                 )
-            if shape and spec.shape.rank:
+            if shape and spec.shape.rank and spec.shape[0] is None:  # a batch dimension, not a fixed size
                 batch_sizes[alias] = shape[0]
         if len(set(batch_sizes.values())) > 1:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs of {where} differ in batch size (dimension 0): {batch_sizes}")
         if batch_sizes:
             self._check_batch(next(iter(batch_sizes.values())), f"the request to {where}")
-        if signature.examples_input is not None:
-            self._check_examples(inputs[signature.examples_input].string_val, f"input {signature.examples_input!r} of {where}")
+        for alias in signature.serialized_inputs:
+            self._check_examples(inputs[alias].string_val, f"input {alias!r} of {where}")
         tensors = {}
         for alias, proto in inputs.items():
             try:

@@ -101,3 +101,69 @@ def test_lt4rec_score_prints_the_ranking_and_names_grpc_errors(served, tiny_logs
         [LT4REC, "score", "--target", "localhost:1", "--logs", logs, "--timeout", "2"], capture_output=True, text=True
     )
     assert unserved.returncode == 1 and "lt4rec: error: localhost:1: UNAVAILABLE" in unserved.stderr, unserved.stderr[-500:]
+
+
+def _one_context(raw_examples: list[bytes], candidates: int) -> list[tf.train.Example]:
+    """Log rows made one ranking request: the first row's context features on every candidate."""
+    first = tf.train.Example.FromString(raw_examples[0])
+    request = []
+    for record in raw_examples[1 : 1 + candidates]:
+        example = tf.train.Example.FromString(record)
+        for name in features.CONTEXT_FEATURE_NAMES:
+            example.features.feature[name].CopyFrom(first.features.feature[name])
+        request.append(example)
+    return request
+
+
+def test_context_is_split_off_only_when_every_candidate_shares_it(served_models):
+    request = _one_context(served_models.raw_examples, 5)
+    context, stripped = client.split_context(request)
+    assert set(context.features.feature) == set(features.CONTEXT_FEATURE_NAMES)
+    for whole, candidate in zip(request, stripped):
+        assert set(candidate.features.feature) == set(whole.features.feature) - set(features.CONTEXT_FEATURE_NAMES)
+        assert all(candidate.features.feature[name] == whole.features.feature[name] for name in candidate.features.feature)
+    request[3].features.feature["FEA_UCAT"].bytes_list.value.append(b"7")  # one candidate's user differs
+    assert client.split_context(request) is None
+    del request[3].features.feature["FEA_UCAT"]
+    assert client.split_context(request) is None
+
+
+@pytest.fixture(scope="module")
+def served_with_rank(served_models, tmp_path_factory):
+    """The fixture's CTR and CVR models and the joint rank model, under one server."""
+    import shutil
+
+    from lt4rec.models import export
+    from lt4rec.serving import server
+
+    base = tmp_path_factory.mktemp("with_rank")
+    for task in ("ctr", "cvr"):
+        shutil.copytree(os.path.join(served_models.base_path, task), base / task)
+    export.export_rank_model(served_models.model, served_models.transform_output, str(base / export.RANK_MODEL / "1"))
+    model_server, port = server.start_server(str(base), port=0, poll_seconds=60)
+    yield f"localhost:{port}"
+    model_server.stop(grace=1.0)
+
+
+@pytest.mark.parametrize("shared_context", [False, True])
+def test_ranking_by_the_rank_model_in_one_call_scores_as_the_trained_network(served_models, served_with_rank, shared_context):
+    """One Predict to `rank` (with the context once when shared); the same ranking as the task models give."""
+    raw = served_models.raw_examples
+    examples = _one_context(raw, 40) if shared_context else [tf.train.Example.FromString(record) for record in raw[:40]]
+    whole = [example.SerializeToString() for example in examples]
+    weights = client.RankWeights(ctr=1.0, cvr=2.0, length=0.5)
+    sent = []
+    with client.RankingClient(served_with_rank) as ranking:
+        predict = ranking.stub.Predict
+        ranking.stub.Predict = lambda request, **kwargs: sent.append(request) or predict(request, **kwargs)
+        ranked = ranking.rank(examples, weights)
+    assert [(request.model_spec.name, request.model_spec.signature_name) for request in sent] == [
+        ("rank", "serving_context" if shared_context else "serving_default")
+    ]
+    pctr, pcvr = served_models.expected("ctr", whole), served_models.expected("cvr", whole)
+    lengths = np.array([client.video_length_seconds(e) for e in examples])
+    expected = client.rankscore(pctr, pcvr, lengths, weights)
+    order = np.argsort(-expected, kind="stable")
+    assert [c.rankscore for c in ranked] == pytest.approx(expected[order], rel=1e-4)
+    assert [c.pctr for c in ranked] == pytest.approx(pctr[order], abs=1e-5)
+    assert [c.pcvr for c in ranked] == pytest.approx(pcvr[order], abs=1e-5)

@@ -138,6 +138,9 @@ def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_tra
         assert saved == _read_by(model, inputs, task)  # what the task reads, nothing else
         metadata = export.read_metadata(path)
         assert metadata["task"] == task and metadata["variant"] == variant
+        context, stripped, whole = _request(raw)
+        in_context = loaded.signatures[export.CONTEXT_SIGNATURE](context=tf.constant(context), examples=tf.constant(stripped))
+        np.testing.assert_allclose(in_context[task].numpy(), model(_transformed(transform_output, whole), task=task)[task].numpy(), atol=1e-5)
         assert metadata["parameters"] == sum(int(v.shape.num_elements()) for v in model.trainable_variables if v.name in saved)
         assert all(layer["path"] == export.DENSE for layer in metadata["layers"]) and exported.layer_widths
 
@@ -159,3 +162,77 @@ def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_tra
     assert set(scores) == set(tasks)
     for task in tasks:
         np.testing.assert_allclose(scores[task].numpy(), outputs[task].numpy(), atol=1e-5)
+
+
+def _request(raw_examples: list[bytes], candidates: int = 30) -> tuple[bytes, list[bytes], list[bytes]]:
+    """A ranking request from log rows: the first row's context, the next rows' candidate features.
+
+    Returns (context tf.Example, candidate-only tf.Examples, whole tf.Examples with the
+    request's context on every candidate: what the network must score the same).
+    """
+    first = tf.train.Example.FromString(raw_examples[0])
+    context = tf.train.Example()
+    for name in features.CONTEXT_FEATURE_NAMES:
+        context.features.feature[name].CopyFrom(first.features.feature[name])
+    stripped, whole = [], []
+    for record in raw_examples[1 : 1 + candidates]:
+        example = tf.train.Example.FromString(record)
+        for name in features.CONTEXT_FEATURE_NAMES:
+            del example.features.feature[name]
+        stripped.append(example.SerializeToString())
+        example.MergeFrom(context)
+        whole.append(example.SerializeToString())
+    return context.SerializeToString(), stripped, whole
+
+
+def test_context_signature_scores_each_candidate_as_if_it_carried_the_context(served_models):
+    context, stripped, whole = _request(served_models.raw_examples)
+    assert len({record for record in whole}) == len(whole)  # different candidates, one context
+    for task in ("ctr", "cvr"):
+        loaded = tf.saved_model.load(os.path.join(served_models.base_path, task, "1"))
+        scores = loaded.signatures[export.CONTEXT_SIGNATURE](context=tf.constant(context), examples=tf.constant(stripped))
+        np.testing.assert_allclose(scores[task].numpy(), served_models.expected(task, whole), atol=1e-5)
+        # Context features on the candidates are ignored: the request's are scored.
+        unstripped = loaded.signatures[export.CONTEXT_SIGNATURE](
+            context=tf.constant(context), examples=tf.constant(served_models.raw_examples[1:31])
+        )
+        np.testing.assert_allclose(unstripped[task].numpy(), scores[task].numpy(), atol=1e-6)
+
+
+def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, tmp_path):
+    from lt4rec.serving import client
+
+    raw = served_models.raw_examples[:64]
+    rank_network = export.export_rank_model(served_models.model, served_models.transform_output, str(tmp_path / "rank"))
+    for task in ("ctr", "cvr"):  # the towers are the task models' own
+        assert rank_network.towers[task].layer_widths == export.read_metadata(os.path.join(served_models.base_path, task, "1"))["layer_widths"]
+    loaded = tf.saved_model.load(str(tmp_path / "rank"))
+    weights = client.RankWeights(ctr=1.0, cvr=2.0, length=0.5)
+    weights_input = tf.constant([weights.ctr, weights.cvr, weights.length], tf.float32)
+    outputs = loaded.signatures["serving_default"](examples=tf.constant(raw), rank_weights=weights_input)
+    assert set(outputs) == {"ctr", "cvr", export.RANKSCORE_OUTPUT}
+    pctr, pcvr = (served_models.expected(task, raw) for task in ("ctr", "cvr"))
+    np.testing.assert_allclose(outputs["ctr"].numpy(), pctr, atol=1e-5)
+    np.testing.assert_allclose(outputs["cvr"].numpy(), pcvr, atol=1e-5)
+    lengths = np.array([client.video_length_seconds(tf.train.Example.FromString(record)) for record in raw])
+    np.testing.assert_allclose(outputs[export.RANKSCORE_OUTPUT].numpy(), client.rankscore(pctr, pcvr, lengths, weights), rtol=1e-4)
+
+    context, stripped, whole = _request(served_models.raw_examples)
+    in_context = loaded.signatures[export.CONTEXT_SIGNATURE](
+        context=tf.constant(context), examples=tf.constant(stripped), rank_weights=weights_input
+    )
+    for task in ("ctr", "cvr"):
+        np.testing.assert_allclose(in_context[task].numpy(), served_models.expected(task, whole), atol=1e-5)
+    assert export.read_metadata(str(tmp_path / "rank"))["tasks"]["ctr"]["task"] == "ctr"
+
+
+def test_video_length_in_the_graph_is_the_clients():
+    buckets = [[str(b)] for b in range(len(features.DURATION_BUCKET_EDGES_SECONDS) + 1)]
+    rows = [*buckets, ["-1"], [], ["abc"], ["11"], ["007"], ["3", "4"]]
+    sparse = tf.ragged.constant(rows, dtype=tf.string).to_sparse()
+    lengths = export.video_length_seconds(sparse).numpy()
+    np.testing.assert_allclose(lengths[: len(buckets)], [features.bucket_seconds(b) for b in range(len(buckets))], rtol=1e-6)
+    tail = lengths[len(buckets):]
+    assert np.isnan(tail[:4]).all()  # missing, none, not a number, past the last bucket
+    assert tail[4] == pytest.approx(features.bucket_seconds(7))  # leading zeros, as int() reads them
+    assert np.isnan(tail[5])  # two values: no one length (the client refuses it)

@@ -253,7 +253,7 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
 
 
 
-def test_pusher_writes_one_compacted_model_per_task_in_serving_layout(finished_run, trained_network):
+def test_pusher_writes_one_compacted_model_per_task_and_the_rank_model_in_serving_layout(finished_run, trained_network):
     _, _, raw, _ = trained_network
     model_dir = _latest(finished_run, "SparseSharingTrainer", "model")
     reference, _ = trainer.load_trained(model_dir)  # as trained, before any test pruned it further
@@ -267,6 +267,11 @@ def test_pusher_writes_one_compacted_model_per_task_in_serving_layout(finished_r
         ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
         expected = reference({name: ids[name] for name in features.FEATURE_NAMES}, task=task)[task].numpy()
         np.testing.assert_allclose(scores, expected, atol=1e-5)
+        # The joint rank model of the same push scores both tasks as the network does.
+        assert os.listdir(os.path.join(finished_run.serving_dir, export.RANK_MODEL)) == ["1"]
+        rank = tf.saved_model.load(os.path.join(finished_run.serving_dir, export.RANK_MODEL, "1"))
+        joint = rank.signatures["serving_default"](examples=tf.constant(raw), rank_weights=tf.constant([1.0, 1.0, 1.0]))
+        np.testing.assert_allclose(joint[task].numpy(), expected, atol=1e-5)
 
 
 def test_a_model_under_the_bounds_is_not_blessed_and_not_pushed(finished_run):

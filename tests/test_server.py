@@ -103,11 +103,16 @@ def test_predict_serving_raw_takes_named_string_tensors(stub, served_models):
         np.testing.assert_allclose(tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5)
 
 
-def test_metadata_describes_both_signatures(stub):
+def test_metadata_describes_every_signature(stub):
     for task in TASKS:
         response, signatures = metadata(stub, task)
         assert (response.model_spec.name, response.model_spec.version.value) == (task, 1)
-        assert set(signatures.signature_def) == {"serving_default", "serving_raw"}
+        assert set(signatures.signature_def) == {"serving_default", "serving_raw", "serving_context"}
+        context = signatures.signature_def["serving_context"]
+        assert {name: [dim.size for dim in info.tensor_shape.dim] for name, info in context.inputs.items()} == {
+            "context": [],
+            "examples": [-1],
+        }
         default = signatures.signature_def["serving_default"]
         assert default.method_name == "tensorflow/serving/predict"
         assert list(default.inputs) == ["examples"] and list(default.outputs) == [task]
@@ -301,7 +306,7 @@ def test_rest_api_answers_as_grpc_number_for_number(running, stub, served_models
     assert rest(running, "GET", "/v1/models/ctr/versions/1")[1] == rest(running, "GET", "/v1/models/ctr")[1]
     status, body = rest(running, "GET", "/v1/models/cvr/metadata")
     assert status == 200 and body["model_spec"] == {"name": "cvr", "version": "1"}
-    assert set(body["metadata"]["signature_def"]["signature_def"]) == {"serving_default", "serving_raw"}
+    assert set(body["metadata"]["signature_def"]["signature_def"]) == {"serving_default", "serving_raw", "serving_context"}
     assert rest(running, "POST", "/v1/models/ctr:predict", {"instances": []}) == (200, {"predictions": []})
     for method, path, body, code, message in [
         ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),

@@ -7,16 +7,16 @@ import os
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from lt4rec.models import network
+from lt4rec.models import export, network
 
 SERVING = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving")
 
 
-def test_models_config_serves_both_pushed_models_latest_version():
+def test_models_config_serves_every_pushed_model_latest_version():
     with open(os.path.join(SERVING, "models.config")) as f:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
     models = {model.name: model for model in config.model_config_list.config}
-    assert set(models) == set(network.OUTPUT_NAMES.values())
+    assert set(models) == {*network.OUTPUT_NAMES.values(), export.RANK_MODEL}
     for name, model in models.items():
         assert model.base_path == f"/models/{name}" and model.model_platform == "tensorflow"
         assert model.model_version_policy.latest.num_versions == 1
