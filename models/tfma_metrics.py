@@ -18,6 +18,10 @@ the two can never drift apart.
 It does not use TFMA's `query_key`: grouping by query merges every example's whole extract
 (features, labels, predictions) per user before the combiner sees it, which took most of
 the Evaluator's time. GAUC weighs users by impressions, whatever the example weights.
+
+The `Batched*` metrics at the end are TFMA's ExampleCount, WeightedExampleCount, AUC,
+Calibration, MeanLabel, MeanPrediction and MeanSquaredError, and Keras's BinaryCrossentropy,
+under the same names and with the same values, computed from one combiner per output.
 """
 
 from __future__ import annotations
@@ -25,11 +29,21 @@ from __future__ import annotations
 import array
 import hashlib
 import math
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 import numpy as np
-from tensorflow_model_analysis.metrics import metric_types, metric_util
+from tensorflow_model_analysis import constants
+from tensorflow_model_analysis.metrics import (
+    calibration,
+    calibration_histogram,
+    confusion_matrix_metrics,
+    example_count,
+    mean_regression_error,
+    metric_types,
+    metric_util,
+    weighted_example_count,
+)
 from tensorflow_model_analysis.proto import config_pb2
 
 from lt4rec.models import features, metrics
@@ -80,6 +94,13 @@ def _with_feature(feature: str, model_name: str, output_name: str) -> metric_typ
     )
 
 
+def _single_number(value: Any) -> Optional[float]:
+    """The number in a one-element array (or a plain number); None for anything else."""
+    if isinstance(value, np.ndarray):
+        return float(value.item()) if value.size == 1 else None
+    return float(np.ravel(value)[0]) if value is not None and np.size(value) == 1 else None
+
+
 def _examples(
     element: metric_types.StandardMetricInputs,
     key: metric_types.MetricKey,
@@ -88,18 +109,22 @@ def _examples(
 ) -> list[tuple[float, float, float]]:
     """(label, prediction, weight) of each value of `key`'s output in one example.
 
-    One model with one value per output (the pipeline's models) is read directly: TFMA's
-    general `to_label_prediction_example_weight` costs more than all the rest of these
-    metrics' work per example. Anything else goes through it.
+    One model with one value per output (the pipeline's models) is read directly from the
+    extracts: TFMA's general `to_label_prediction_example_weight` (and even its properties
+    of StandardMetricInputs) cost more than all the rest of these metrics' work per example,
+    and each metric reads every example. Anything else goes through it.
     """
-    name, label, prediction, weight = key.output_name, element.label, element.prediction, element.example_weight
-    if not key.model_name and isinstance(label, Mapping) == bool(name) == isinstance(prediction, Mapping):
+    name, extracts = key.output_name, element.extracts
+    label, prediction = extracts.get(constants.LABELS_KEY), extracts.get(constants.PREDICTIONS_KEY)
+    weight = extracts.get(constants.EXAMPLE_WEIGHTS_KEY) if example_weighted else None
+    if not key.model_name and isinstance(label, dict) == bool(name) == isinstance(prediction, dict):
         if name:
             label, prediction = label.get(name), prediction.get(name)
-            weight = weight.get(name) if isinstance(weight, Mapping) else weight
-        if label is not None and prediction is not None and np.size(label) == np.size(prediction) == 1:
-            weight = 1.0 if not example_weighted or weight is None else float(np.ravel(weight)[0])
-            return [(float(np.ravel(label)[0]), float(np.ravel(prediction)[0]), weight)]
+            weight = weight.get(name) if isinstance(weight, dict) else weight
+        label, prediction = _single_number(label), _single_number(prediction)
+        weight = 1.0 if weight is None else _single_number(weight)
+        if label is not None and prediction is not None and weight is not None:
+            return [(label, prediction, weight)]
     examples = []
     for labels, predictions, weights in metric_util.to_label_prediction_example_weight(
         element, eval_config=eval_config, model_name=key.model_name, output_name=name, example_weighted=example_weighted, flatten=False
@@ -202,18 +227,19 @@ def _loss(loss: str, label: float, prediction: float) -> float:
     return -(label * math.log(p) + (1 - label) * math.log(1 - p))
 
 
+def parse_score(value: Any) -> float:
+    """A logged score (a decimal string, bytes or a number) as a float; NaN where it is not
+    a number in [0, 1] (missing, empty, `-1`, garbage)."""
+    try:
+        score = float(value.decode() if isinstance(value, bytes) else value)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return float("nan")
+    return score if 0.0 <= score <= 1.0 else float("nan")  # also NaN for NaN and inf
+
+
 def parse_scores(values: Any) -> np.ndarray:
-    """Logged scores (decimal strings, bytes or numbers) as float64; NaN where a value is
-    not a number in [0, 1] (missing, empty, `-1`, garbage)."""
-    values = np.asarray(values, dtype=object).reshape(-1)
-    scores = np.full(values.size, np.nan)
-    for i, value in enumerate(values):
-        try:
-            scores[i] = float(value.decode() if isinstance(value, bytes) else value)
-        except (TypeError, ValueError, UnicodeDecodeError):
-            continue
-    scores[~((scores >= 0.0) & (scores <= 1.0))] = np.nan  # also NaN and inf
-    return scores
+    """`parse_score` of each of `values`, as float64."""
+    return np.array([parse_score(value) for value in np.asarray(values, dtype=object).reshape(-1)], dtype=np.float64)
 
 
 def histogram_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -375,11 +401,10 @@ class _IncumbentCombiner(beam.CombineFn):
         value = features.get(self._feature) if hasattr(features, "get") else None
         if value is None:
             return accumulator
-        scores = parse_scores(value)
-        if scores.size != 1 or np.isnan(scores[0]):
+        score = parse_score(np.ravel(value)[0]) if np.size(value) == 1 else float("nan")
+        if math.isnan(score):
             return accumulator  # no single valid score: not an example of the incumbent's
         ((label, prediction, weight),) = _examples(element, self._keys[0], self._eval_config, self._example_weighted)
-        score = scores[0]
         incumbent_bucket, model_bucket = (min(int(value * NUM_BUCKETS), NUM_BUCKETS - 1) for value in (score, prediction))
         accumulator.histograms[0, incumbent_bucket] += weight * label
         accumulator.histograms[1, incumbent_bucket] += weight * (1 - label)
@@ -412,3 +437,337 @@ class _IncumbentCombiner(beam.CombineFn):
             examples: accumulator.examples,
             on_examples: model_auc,
         }
+
+
+# --- TFMA's standard metrics of one-value outputs, from one batched combiner per output ---
+#
+# TFMA gives each of ExampleCount, AUC (through its calibration histogram),
+# Calibration/MeanLabel/MeanPrediction, MeanSquaredError and Keras's BinaryCrossentropy (run
+# by TFMA's TF-metric wrapper) a combiner of its own, and every one of them takes each
+# example's label, prediction and weight through TFMA's general extraction and NumPy on
+# one-element arrays: together, most of the Evaluator's time. The `Batched*` metrics
+# report the same keys (name, output, weighting: so the same thresholds, diffs and
+# blessing) with the same formulas, in float64, from one combiner per (model, output) that
+# keeps each example's (label, prediction, weight) in compact arrays and folds them into
+# `OutputSums` with NumPy, a batch at a time. BatchedAUC runs TFMA's own AUC code
+# (thresholds, curve, summation) on the calibration histogram TFMA would build. They need
+# one label and one prediction per example and output (binary or regression heads).
+
+OUTPUT_SUMS_NAME = "_output_sums"  # private (a leading "_"): TFMA leaves it out of the results
+FOLD_EVERY = 65_536  # examples kept in arrays before they are folded into the sums: bounded memory
+HISTOGRAM_BUCKETS = calibration_histogram.DEFAULT_NUM_BUCKETS  # over [0, 1], plus one bucket each side
+KERAS_EPSILON = 1e-7  # Keras's binary cross-entropy: p clipped to [eps, 1 - eps], eps added inside the logs
+
+
+class OutputSums:
+    """Sums over one output's examples (y label, p prediction, w weight), what TFMA's metrics
+    of that output are computed from."""
+
+    __slots__ = [
+        "weight", "weighted_labels", "weighted_predictions", "weighted_log_loss",
+        "squared_error", "squared_error_weight", "histogram", "nan_predictions",
+    ]  # fmt: skip
+
+    def __init__(self) -> None:
+        self.weight = 0.0  # sum w
+        self.weighted_labels = 0.0  # sum w*y
+        self.weighted_predictions = 0.0  # sum w*p
+        self.weighted_log_loss = 0.0  # sum w * Keras's binary cross-entropy
+        self.squared_error = 0.0  # sum w*(y-p)^2 where that is a number (TFMA's MSE skips NaN)
+        self.squared_error_weight = 0.0  # sum w of those
+        # TFMA's calibration histogram: per bucket sum w*y, sum w*p, sum w. Bucket 0 holds
+        # p < 0, bucket i in 1..HISTOGRAM_BUCKETS holds p in [(i-1)/B, i/B), the last p >= 1.
+        self.histogram = np.zeros((3, HISTOGRAM_BUCKETS + 2))
+        self.nan_predictions = 0  # not in the histogram: TFMA's has no bucket for them
+
+    def add(self, labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray) -> None:
+        """Adds a batch of examples (float64 arrays of one length)."""
+        self.weight += float(np.sum(weights))
+        self.weighted_labels += float(np.sum(weights * labels))
+        self.weighted_predictions += float(np.sum(weights * predictions))
+        clipped = np.clip(predictions, KERAS_EPSILON, 1 - KERAS_EPSILON)
+        log_loss = -(labels * np.log(clipped + KERAS_EPSILON) + (1 - labels) * np.log(1 - clipped + KERAS_EPSILON))
+        self.weighted_log_loss += float(np.sum(weights * log_loss))
+        squared_error = (labels - predictions) ** 2
+        counted = ~np.isnan(squared_error)
+        self.squared_error += float(np.sum(weights[counted] * squared_error[counted]))
+        self.squared_error_weight += float(np.sum(weights[counted]))
+        bucketed = ~np.isnan(predictions)
+        self.nan_predictions += int(np.count_nonzero(~bucketed))
+        buckets = np.clip(predictions[bucketed] * HISTOGRAM_BUCKETS + 1, 0, HISTOGRAM_BUCKETS + 1).astype(np.int64)
+        for row, values in enumerate((weights * labels, weights * predictions, weights)):
+            self.histogram[row] += np.bincount(buckets, values[bucketed], minlength=HISTOGRAM_BUCKETS + 2)
+
+    def merge(self, other: "OutputSums") -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def tfma_histogram(self) -> calibration_histogram.Histogram:
+        """The histogram as TFMA's calibration histogram combiner gives it: its buckets that
+        hold anything, in order. With a NaN prediction it fails, as TFMA's does."""
+        if self.nan_predictions:
+            raise ValueError(f"{self.nan_predictions} NaN predictions: TFMA's calibration histogram (AUC) has no bucket for them")
+        return [
+            calibration_histogram.Bucket(int(index), *(float(value) for value in self.histogram[:, index]))
+            for index in np.flatnonzero(self.histogram.any(axis=0))
+        ]
+
+
+class _OutputAccumulator:
+    """The examples not folded into `sums` yet, in compact arrays, and the sums."""
+
+    __slots__ = ["labels", "predictions", "weights", "sums"]
+
+    def __init__(self) -> None:
+        self.labels, self.predictions, self.weights = array.array("d"), array.array("d"), array.array("d")
+        self.sums = OutputSums()
+
+    def fold(self) -> None:
+        if self.labels:
+            self.sums.add(np.frombuffer(self.labels), np.frombuffer(self.predictions), np.frombuffer(self.weights))
+            self.labels, self.predictions, self.weights = array.array("d"), array.array("d"), array.array("d")
+
+
+class _OutputSumsCombiner(beam.CombineFn):
+    """An output's `OutputSums`, from each example's label, prediction and weight."""
+
+    def __init__(self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], example_weighted: bool) -> None:
+        self._key = key
+        self._eval_config = eval_config
+        self._example_weighted = example_weighted
+
+    def create_accumulator(self) -> _OutputAccumulator:
+        return _OutputAccumulator()
+
+    def add_input(self, accumulator: _OutputAccumulator, element: metric_types.StandardMetricInputs) -> _OutputAccumulator:
+        examples = _examples(element, self._key, self._eval_config, self._example_weighted)
+        if len(examples) != 1:
+            raise ValueError(f"{self._key}: the Batched metrics need one label and one prediction per example, got {len(examples)}")
+        ((label, prediction, weight),) = examples
+        accumulator.labels.append(label)
+        accumulator.predictions.append(prediction)
+        accumulator.weights.append(weight)
+        if len(accumulator.labels) >= FOLD_EVERY:
+            accumulator.fold()
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[_OutputAccumulator]) -> _OutputAccumulator:
+        accumulators = iter(accumulators)
+        result = next(accumulators)
+        for accumulator in accumulators:
+            accumulator.fold()
+            result.sums.merge(accumulator.sums)
+        return result
+
+    def compact(self, accumulator: _OutputAccumulator) -> _OutputAccumulator:
+        accumulator.fold()
+        return accumulator
+
+    def extract_output(self, accumulator: _OutputAccumulator) -> dict[metric_types.MetricKey, OutputSums]:
+        accumulator.fold()
+        return {self._key: accumulator.sums}
+
+
+def _output_sums(
+    eval_config: Optional[config_pb2.EvalConfig], model_name: str, output_name: str, example_weighted: bool
+) -> metric_types.MetricComputation:
+    """The one computation of an output's sums: TFMA keeps one of equal computations (same
+    combiner class and key), whichever Batched metrics ask for it."""
+    key = metric_types.MetricKey(
+        name=OUTPUT_SUMS_NAME, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+    )
+    return metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=_OutputSumsCombiner(key, eval_config, example_weighted))
+
+
+def _single_values_only(name: str, sub_keys: Optional[list]) -> None:
+    if any(sub_key is not None for sub_key in sub_keys or []):
+        raise ValueError(f"{name}: the Batched metrics are for one-value outputs, not sub keys {sub_keys} (binarize, top_k)")
+
+
+class _OutputSumsMetric(metric_types.Metric):
+    """A metric whose value is a function of its output's `OutputSums` (`value`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(self._computations, name=name)
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        raise NotImplementedError
+
+    def _computations(
+        self,
+        name: str,
+        eval_config: Optional[config_pb2.EvalConfig] = None,
+        model_names: Optional[list[str]] = None,
+        output_names: Optional[list[str]] = None,
+        sub_keys: Optional[list] = None,
+        example_weighted: bool = False,
+    ) -> metric_types.MetricComputations:
+        _single_values_only(name, sub_keys)
+        computations = []
+        for model_name in model_names or [""]:
+            for output_name in output_names or [""]:
+                sums = _output_sums(eval_config, model_name, output_name, example_weighted)
+                key = metric_types.MetricKey(
+                    name=name, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+                )
+
+                def result(metrics, key=key, sums_key=sums.keys[0], value=self.value) -> dict[metric_types.MetricKey, float]:
+                    return {key: value(metrics[sums_key])}
+
+                computations += [sums, metric_types.DerivedMetricComputation(keys=[key], result=result)]
+        return computations
+
+
+class BatchedExampleCount(_OutputSumsMetric):
+    """TFMA's ExampleCount: the examples, or with example weights the sum of their weights."""
+
+    def __init__(self, name: str = example_count.EXAMPLE_COUNT_NAME) -> None:
+        super().__init__(name)
+
+    @property
+    def compute_confidence_interval(self) -> bool:
+        return False  # as TFMA's: a count has no sampling uncertainty
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        return sums.weight
+
+
+metric_types.register_metric(BatchedExampleCount)
+
+
+class BatchedWeightedExampleCount(BatchedExampleCount):
+    """TFMA's WeightedExampleCount: ExampleCount under another default name."""
+
+    def __init__(self, name: str = weighted_example_count.WEIGHTED_EXAMPLE_COUNT_NAME) -> None:
+        super().__init__(name)
+
+
+metric_types.register_metric(BatchedWeightedExampleCount)
+
+
+class BatchedMeanLabel(_OutputSumsMetric):
+    """TFMA's MeanLabel: sum w*y / sum w (NaN when sum w is about 0)."""
+
+    def __init__(self, name: str = calibration.MEAN_LABEL_NAME) -> None:
+        super().__init__(name)
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        return float("nan") if np.isclose(sums.weight, 0.0) else sums.weighted_labels / sums.weight
+
+
+metric_types.register_metric(BatchedMeanLabel)
+
+
+class BatchedMeanPrediction(_OutputSumsMetric):
+    """TFMA's MeanPrediction: sum w*p / sum w (NaN when sum w is about 0)."""
+
+    def __init__(self, name: str = calibration.MEAN_PREDICTION_NAME) -> None:
+        super().__init__(name)
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        return float("nan") if np.isclose(sums.weight, 0.0) else sums.weighted_predictions / sums.weight
+
+
+metric_types.register_metric(BatchedMeanPrediction)
+
+
+class BatchedCalibration(_OutputSumsMetric):
+    """TFMA's Calibration: sum w*p / sum w*y (NaN when sum w*y is about 0)."""
+
+    def __init__(self, name: str = calibration.CALIBRATION_NAME) -> None:
+        super().__init__(name)
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        return float("nan") if np.isclose(sums.weighted_labels, 0.0) else sums.weighted_predictions / sums.weighted_labels
+
+
+metric_types.register_metric(BatchedCalibration)
+
+
+class BatchedBinaryCrossentropy(_OutputSumsMetric):
+    """Keras's BinaryCrossentropy metric (`class_name="BinaryCrossentropy"`, of probabilities,
+    no label smoothing), which TFMA runs through its TF-metric wrapper: the weighted mean of
+    -(y log(p' + eps) + (1-y) log(1 - p' + eps)), p' = p clipped to [eps, 1 - eps], eps = 1e-7
+    (Keras computes it in float32: values agree to about 1e-6)."""
+
+    def __init__(self, name: str = "binary_crossentropy") -> None:
+        super().__init__(name)
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        return sums.weighted_log_loss / sums.weight if sums.weight != 0.0 else 0.0  # Keras's divide_no_nan
+
+
+metric_types.register_metric(BatchedBinaryCrossentropy)
+
+
+class BatchedMeanSquaredError(_OutputSumsMetric):
+    """TFMA's MeanSquaredError: the weighted mean of (y-p)^2 over the examples where it is a
+    number (NaN when their weights sum to 0)."""
+
+    def __init__(self, name: str = mean_regression_error.MEAN_SQUARED_ERROR_NAME) -> None:
+        super().__init__(name)
+
+    @staticmethod
+    def value(sums: OutputSums) -> float:
+        return sums.squared_error / sums.squared_error_weight if sums.squared_error_weight != 0.0 else float("nan")
+
+
+metric_types.register_metric(BatchedMeanSquaredError)
+
+
+class BatchedAUC(metric_types.Metric):
+    """TFMA's AUC, by TFMA's own code (thresholds, curve, summation), on the calibration
+    histogram of the output's sums: the histogram TFMA's AUC builds example by example."""
+
+    def __init__(
+        self,
+        num_thresholds: Optional[int] = None,
+        curve: str = "ROC",
+        summation_method: str = "interpolation",
+        name: str = confusion_matrix_metrics.AUC_NAME,
+    ) -> None:
+        super().__init__(_auc_computations, num_thresholds=num_thresholds, curve=curve, summation_method=summation_method, name=name)
+
+
+metric_types.register_metric(BatchedAUC)
+
+
+def _auc_computations(
+    name: str,
+    num_thresholds: Optional[int],
+    curve: str,
+    summation_method: str,
+    eval_config: Optional[config_pb2.EvalConfig] = None,
+    model_names: Optional[list[str]] = None,
+    output_names: Optional[list[str]] = None,
+    sub_keys: Optional[list] = None,
+    example_weighted: bool = False,
+) -> metric_types.MetricComputations:
+    """TFMA's AUC computations with their one combiner, the calibration histogram's, replaced
+    by the output's sums and a derived histogram under the same key."""
+    _single_values_only(name, sub_keys)
+    auc = confusion_matrix_metrics.AUC(num_thresholds=num_thresholds, curve=curve, summation_method=summation_method, name=name)
+    computations = []
+    for model_name in model_names or [""]:
+        for output_name in output_names or [""]:
+            histogram, *derived = auc.computations(
+                eval_config=eval_config, model_names=[model_name], output_names=[output_name], example_weighted=example_weighted
+            )
+            (expected,) = calibration_histogram.calibration_histogram(
+                eval_config=eval_config, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+            )
+            if histogram.keys != expected.keys or not all(isinstance(c, metric_types.DerivedMetricComputation) for c in derived):
+                raise ValueError(f"{name}: TFMA's AUC no longer derives from its default calibration histogram alone: use AUC")
+            sums = _output_sums(eval_config, model_name, output_name, example_weighted)
+
+            def result(metrics, histogram_key=histogram.keys[0], sums_key=sums.keys[0]) -> dict:
+                return {histogram_key: metrics[sums_key].tfma_histogram()}
+
+            computations += [sums, metric_types.DerivedMetricComputation(keys=histogram.keys, result=result), *derived]
+    return computations

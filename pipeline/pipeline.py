@@ -181,6 +181,12 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
             class_name=class_name, module=tfma_metrics.__name__, config=json.dumps(config), threshold=beats if check else None
         )
 
+    def batched(class_name: str, name: str | None = None, threshold: tfma.MetricThreshold | None = None) -> tfma.MetricConfig:
+        """TFMA's (Keras's for BinaryCrossentropy) `class_name` metric, the same key and value,
+        from one combiner per output (`tfma_metrics.Batched*`): a fraction of TFMA's time."""
+        config = json.dumps({"name": name}) if name else ""
+        return tfma.MetricConfig(class_name=f"Batched{class_name}", module=tfma_metrics.__name__, config=config, threshold=threshold)
+
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
@@ -194,12 +200,12 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 output_names=["ctr"],
                 metrics=[
-                    tfma.MetricConfig(class_name="ExampleCount"),
-                    tfma.MetricConfig(class_name="AUC", threshold=ctr_auc_threshold),
-                    tfma.MetricConfig(class_name="BinaryCrossentropy", config='{"name": "log_loss"}'),
-                    tfma.MetricConfig(class_name="Calibration"),
-                    tfma.MetricConfig(class_name="MeanLabel"),
-                    tfma.MetricConfig(class_name="MeanPrediction"),
+                    batched("ExampleCount"),
+                    batched("AUC", threshold=ctr_auc_threshold),
+                    batched("BinaryCrossentropy", "log_loss"),
+                    batched("Calibration"),
+                    batched("MeanLabel"),
+                    batched("MeanPrediction"),
                     baseline("NoSkillBaseline", False, loss=tfma_metrics.LOG_LOSS),
                     baseline("IncumbentBaseline", settings.beat_incumbent, feature=features.PRODUCTION_PCTR),
                 ],
@@ -212,10 +218,10 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 output_names=["cvr"],
                 metrics=[
-                    tfma.MetricConfig(class_name="WeightedExampleCount", config='{"name": "clicked_examples"}'),
-                    tfma.MetricConfig(class_name="MeanSquaredError", config='{"name": "mse"}', threshold=cvr_mse_threshold),
-                    tfma.MetricConfig(class_name="MeanLabel"),
-                    tfma.MetricConfig(class_name="MeanPrediction"),
+                    batched("WeightedExampleCount", "clicked_examples"),
+                    batched("MeanSquaredError", "mse", cvr_mse_threshold),
+                    batched("MeanLabel"),
+                    batched("MeanPrediction"),
                     baseline("NoSkillBaseline", settings.beat_no_skill, loss=tfma_metrics.MSE),
                 ],
             ),

@@ -26,6 +26,7 @@ import tensorflow_model_analysis as tfma
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
+from lt4rec import errors
 from lt4rec.components.evaluator import executor
 from lt4rec.models import features
 from lt4rec.pipeline import configs, local_runner
@@ -308,3 +309,80 @@ def test_environment_variables_turn_the_checks_off(monkeypatch):
     monkeypatch.setenv("LT4REC_BEAT_INCUMBENT", "maybe")
     with pytest.raises(Exception, match="LT4REC_BEAT_INCUMBENT='maybe' is not a boolean"):
         configs.PipelineSettings.from_env()
+
+
+def _example(values: dict) -> bytes:
+    """A serialized tf.Example of `values`: feature name -> list of ints, floats or bytes."""
+    import tensorflow as tf
+
+    def feature(value_list: list) -> tf.train.Feature:
+        if value_list and isinstance(value_list[0], bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=value_list))
+        if value_list and isinstance(value_list[0], float):
+            return tf.train.Feature(float_list=tf.train.FloatList(value=value_list))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=value_list))
+
+    return tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in values.items()})).SerializeToString()
+
+
+def test_the_split_sums_of_batches_match_a_loop_over_the_examples():
+    """Rows without a label, with two labels, without the weight, and scores that are missing,
+    doubled, empty, out of [0, 1] or not numbers, in batches of a few sizes."""
+    rng = np.random.default_rng(7)
+    damages = [
+        ("label", None), ("label", [1, 0]), ("cvrlabel", None), ("cvrlabel", [0.5, 0.5]), ("pctr", None),
+        ("pctr", [b"0.1", b"0.2"]), ("pctr", [b""]), ("pctr", [b"1.5"]), ("pctr", [b"-1"]), ("pctr", [b"abc"]),
+    ]  # fmt: skip
+    rows = []
+    for i in range(700):
+        row = {"label": [int(rng.integers(0, 2))], "cvrlabel": [float(np.float32(rng.random()))], "pctr": [f"{rng.random():.6f}".encode()]}
+        if i % 23 < len(damages):  # each damage once in every 23 rows
+            key, value = damages[i % 23]
+            if value is None:
+                del row[key]
+            else:
+                row[key] = value
+        rows.append(row)
+    means, scores = [("cvrlabel", "label"), ("label", None)], ["pctr"]
+    expected = np.zeros(1 + 2 * len(means) + len(scores))
+    expected[0] = len(rows)
+    for row in rows:
+        for i, (label_key, weight_key) in enumerate(means):
+            label, weight = row.get(label_key, []), row.get(weight_key, []) if weight_key else [1.0]
+            if len(label) == 1 and len(weight) == 1:
+                expected[1 + 2 * i] += weight[0] * label[0]
+                expected[2 + 2 * i] += weight[0]
+        pctr = row.get("pctr", [])
+        if len(pctr) == 1:
+            try:
+                expected[-1] += 0.0 <= float(pctr[0]) <= 1.0
+            except ValueError:
+                pass
+    assert 0 < expected[-1] < len(rows) and expected[2] < len(rows)  # the data does have bad rows
+
+    records = [_example(row) for row in rows]
+    sums = executor._SplitSums(means, scores)
+    for batch_size in (1, 64, 700):
+        accumulators = [sums.create_accumulator()]
+        for start in range(0, len(records), batch_size):
+            accumulators.append(sums.add_input(sums.create_accumulator(), records[start : start + batch_size]))
+        np.testing.assert_allclose(sums.extract_output(sums.merge_accumulators(accumulators)), expected, rtol=1e-12)
+
+
+def test_the_split_sums_refuse_a_feature_of_two_kinds():
+    records = [_example({"label": [1]}), _example({"label": [0.5]})]
+    sums = executor._SplitSums([("label", None)], [])
+    with pytest.raises(errors.DataError, match="more than one kind"):
+        sums.add_input(sums.create_accumulator(), records)
+
+
+def test_the_split_statistics_read_plain_and_gzip_record_files_in_batches(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    records = [_example({"label": [i % 2]}) for i in range(10)]
+    for name, options in (("plain.tfrecord", None), ("part-0.gz", tf.io.TFRecordOptions(compression_type="GZIP"))):
+        with tf.io.TFRecordWriter(str(tmp_path / name), options) as writer:
+            for record in records:
+                writer.write(record)
+        monkeypatch.setattr(executor, "RECORDS_PER_BATCH", 4)
+        assert list(executor._record_batches(str(tmp_path / name))) == [records[:4], records[4:8], records[8:]]

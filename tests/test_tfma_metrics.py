@@ -238,3 +238,180 @@ def test_histogram_auc_and_score_parsing_by_hand():
     parsed = tfma_metrics.parse_scores([b"0.25", "1", 0.5, b"", b"-1", b"nan", b"x", None, b"\xff"])
     np.testing.assert_array_equal(parsed[:3], [0.25, 1.0, 0.5])
     assert np.isnan(parsed[3:]).all()
+
+
+# --- The Batched metrics: TFMA's standard metrics from one combiner per output ---
+
+import tf_keras  # noqa: E402
+from tensorflow_model_analysis.metrics import metric_specs, metric_types  # noqa: E402
+
+from lt4rec.pipeline import configs  # noqa: E402
+from lt4rec.pipeline import pipeline as pipeline_lib  # noqa: E402
+
+# Each Batched metric and the metric it stands in for: TFMA's, or Keras's BinaryCrossentropy
+# (the pipeline's `log_loss`: TFMA runs it through its TF-metric wrapper).
+REPLACED_BY_BATCHED = {
+    "BatchedExampleCount": "ExampleCount",
+    "BatchedWeightedExampleCount": "WeightedExampleCount",
+    "BatchedAUC": "AUC",
+    "BatchedBinaryCrossentropy": "BinaryCrossentropy",
+    "BatchedCalibration": "Calibration",
+    "BatchedMeanLabel": "MeanLabel",
+    "BatchedMeanPrediction": "MeanPrediction",
+    "BatchedMeanSquaredError": "MeanSquaredError",
+}
+
+
+def _run_computations(metric: metric_types.Metric, inputs: list, example_weighted: bool) -> dict[str, float]:
+    """A TFMA metric's values on StandardMetricInputs, its computations run as TFMA runs them
+    (equal computations once, combiners over every input, then the derived ones in order)."""
+    results: dict = {}
+    for computation in metric.computations(example_weighted=example_weighted):
+        if isinstance(computation, metric_types.MetricComputation):
+            if all(key in results for key in computation.keys):
+                continue
+            combiner = computation.combiner
+            accumulators = [combiner.create_accumulator(), combiner.create_accumulator()]
+            for index, element in enumerate(inputs):  # two accumulators, merged: as Beam may
+                accumulators[index % 2] = combiner.add_input(accumulators[index % 2], element)
+            # An iterator: TFMA's MeanSquaredError counts the first of a list twice.
+            results.update(combiner.extract_output(combiner.merge_accumulators(iter(accumulators))))
+        else:
+            results.update(computation.result(results))
+    return {key.name: float(value) for key, value in results.items() if not key.name.startswith("_")}
+
+
+def _replaced_value(batched_name: str, labels, predictions, weights, example_weighted: bool) -> dict[str, float]:
+    """The replaced metric's value, by TFMA's (or Keras's, in float64) own code."""
+    if batched_name == "BatchedBinaryCrossentropy":
+        keras = tf_keras.metrics.BinaryCrossentropy(dtype="float64")
+        keras.update_state(labels[:, None], predictions[:, None], sample_weight=weights if example_weighted else None)
+        return {keras.name: float(keras.result())}
+    inputs = _inputs(labels, predictions, weights)
+    return _run_computations(getattr(tfma.metrics, REPLACED_BY_BATCHED[batched_name])(), inputs, example_weighted)
+
+
+def _inputs(labels, predictions, weights) -> list[metric_types.StandardMetricInputs]:
+    return [
+        metric_types.StandardMetricInputs(labels=np.array([y]), predictions=np.array([p]), example_weights=np.array([w]))
+        for y, p, w in zip(labels, predictions, weights)
+    ]
+
+
+@pytest.fixture(scope="module")
+def awkward() -> dict:
+    """3,000 examples whose predictions often sit on TFMA's histogram bucket edges (k/10,000),
+    at 0 and 1 and beyond, with binary labels and weights of 0 to 3."""
+    rng = np.random.default_rng(5)
+    rows = 3000
+    predictions = rng.random(rows)
+    predictions[::7] = rng.integers(0, 10_001, predictions[::7].size) / 10_000  # on bucket edges
+    predictions[::50], predictions[1::50], predictions[2::100], predictions[3::100] = 0.0, 1.0, -0.25, 1.5
+    labels = (rng.random(rows) < np.clip(predictions, 0.1, 0.9)).astype(np.int64)
+    weights = rng.integers(0, 4, rows).astype(np.float64)
+    return {"labels": labels, "predictions": predictions, "weights": weights}
+
+
+@pytest.mark.parametrize("example_weighted", [False, True])
+@pytest.mark.parametrize("batched_name", sorted(REPLACED_BY_BATCHED))
+def test_each_batched_metric_equals_the_one_it_replaces(awkward, batched_name, example_weighted):
+    labels, predictions, weights = awkward["labels"], awkward["predictions"], awkward["weights"]
+    batched = _run_computations(getattr(tfma_metrics, batched_name)(), _inputs(labels, predictions, weights), example_weighted)
+    replaced = _replaced_value(batched_name, labels, predictions, weights, example_weighted)
+    assert list(batched) == list(replaced)  # the same default name
+    (name,) = replaced
+    assert batched[name] == pytest.approx(replaced[name], rel=1e-12), name
+
+
+def test_the_batched_auc_takes_tfmas_options(awkward):
+    inputs = _inputs(awkward["labels"], awkward["predictions"], awkward["weights"])
+    for options in ({"num_thresholds": 50}, {"curve": "PR"}, {"summation_method": "minoring"}):
+        batched = _run_computations(tfma_metrics.BatchedAUC(**options), inputs, True)["auc"]
+        assert batched == pytest.approx(_run_computations(tfma.metrics.AUC(**options), inputs, True)["auc"], rel=1e-12), options
+
+
+def test_a_nan_prediction_fails_the_batched_auc_as_tfmas_and_is_skipped_by_the_mse():
+    labels, predictions = np.array([1, 0, 1, 0]), np.array([0.9, np.nan, 0.4, 0.2])
+    inputs = _inputs(labels, predictions, np.ones(4))
+    with pytest.raises(ValueError):
+        _run_computations(tfma.metrics.AUC(), inputs, False)
+    with pytest.raises(ValueError, match="1 NaN predictions"):
+        _run_computations(tfma_metrics.BatchedAUC(), inputs, False)
+    batched = _run_computations(tfma_metrics.BatchedMeanSquaredError(), inputs, False)["mean_squared_error"]
+    assert batched == _run_computations(tfma.metrics.MeanSquaredError(), inputs, False)["mean_squared_error"] == pytest.approx((0.01 + 0.36 + 0.04) / 3)
+
+
+def test_batched_metrics_match_scikit_learn_and_numpy(awkward):
+    """Not TFMA's code, the definitions: the same figures from scikit-learn and NumPy."""
+    labels, weights = awkward["labels"], awkward["weights"]
+    predictions = np.clip(awkward["predictions"], 0.01, 0.99)
+    inputs = _inputs(labels, predictions, weights)
+    values = {}
+    for name in REPLACED_BY_BATCHED:
+        values.update(_run_computations(getattr(tfma_metrics, name)(), inputs, True))
+    assert values["example_count"] == values["weighted_example_count"] == weights.sum()
+    assert values["mean_label"] == pytest.approx(np.average(labels, weights=weights), rel=1e-12)
+    assert values["mean_prediction"] == pytest.approx(np.average(predictions, weights=weights), rel=1e-12)
+    assert values["calibration"] == pytest.approx(np.sum(weights * predictions) / np.sum(weights * labels), rel=1e-12)
+    # Keras adds 1e-7 inside the logs: within 1e-5 of the log loss for p in [0.01, 0.99].
+    assert values["binary_crossentropy"] == pytest.approx(sk.log_loss(labels, predictions, sample_weight=weights), rel=1e-5)
+    assert values["mean_squared_error"] == pytest.approx(sk.mean_squared_error(labels, predictions, sample_weight=weights), rel=1e-12)
+    # 10,000 thresholds: a positive and a negative within 1/10,000 of each other count as a tie.
+    assert values["auc"] == pytest.approx(sk.roc_auc_score(labels, predictions, sample_weight=weights), abs=2e-4)
+
+
+def test_batched_metrics_in_tfma_equal_the_ones_they_replace_on_a_two_output_model(scored, tmp_path):
+    """A real TFMA run (the DirectRunner), the CVR output weighted by clicks as in the pipeline."""
+
+    def both(names: list[str]) -> list[tfma.MetricConfig]:
+        return [tfma.MetricConfig(class_name=name) for name in names] + [
+            tfma.MetricConfig(class_name=f"Batched{name}", module=BASELINE_METRICS, config=f'{{"name": "batched_{name}"}}')
+            for name in names
+        ]
+
+    ctr_names = ["ExampleCount", "AUC", "BinaryCrossentropy", "Calibration", "MeanLabel", "MeanPrediction"]
+    cvr_names = ["WeightedExampleCount", "MeanSquaredError", "MeanLabel", "MeanPrediction"]
+    values = _overall_metrics(_two_output_config(both(ctr_names), both(cvr_names)), scored["path"], str(tmp_path))
+    ctr, cvr = _values(values, "ctr"), _values(values, "cvr")
+    for output, names in ((ctr, ctr_names), (cvr, cvr_names)):
+        for name in names:
+            default_name = getattr(tfma_metrics, f"Batched{name}")().name
+            # TFMA's and Keras's own sums are of float32 values, in float32 for Keras.
+            assert output[f"batched_{name}"] == pytest.approx(output[default_name], rel=1e-6), name
+
+    clicks = scored["clicks"].astype(bool)
+    assert ctr["example_count"] == len(clicks) and cvr["weighted_example_count"] == clicks.sum()
+    assert ctr["batched_AUC"] == pytest.approx(sk.roc_auc_score(scored["clicks"], scored["ctr"]), abs=2e-3)
+    assert ctr["batched_BinaryCrossentropy"] == pytest.approx(sk.log_loss(scored["clicks"], scored["ctr"].astype(np.float64)), rel=1e-5)
+    model_mse = np.mean((scored["ratio"][clicks].astype(np.float64) - scored["cvr"][clicks]) ** 2)
+    assert cvr["batched_MeanSquaredError"] == pytest.approx(model_mse, rel=1e-9)
+
+
+def test_the_pipelines_eval_config_reports_the_replaced_metrics_names():
+    """The Batched metrics in the pipeline's EvalConfig give the keys the replaced ones gave:
+    thresholds, diffs against the blessed model and readers of the results are unchanged."""
+    eval_config = pipeline_lib.eval_config(configs.PipelineSettings(data_root="d", pipeline_root="p", serving_dir="s"))
+    replaced = tfma.EvalConfig()
+    replaced.CopyFrom(eval_config)
+    count = 0
+    for spec in replaced.metrics_specs:
+        for metric in spec.metrics:
+            if metric.class_name in REPLACED_BY_BATCHED:
+                metric.class_name, metric.module = REPLACED_BY_BATCHED[metric.class_name], ""
+                count += 1
+    assert count == 10  # CTR: 6, CVR: 4
+
+    def public_keys(config: tfma.EvalConfig) -> set[metric_types.MetricKey]:
+        specs = []
+        for spec in config.metrics_specs:  # NoSkillBaseline needs the Evaluator's train means: left out
+            kept = tfma.MetricsSpec()
+            kept.CopyFrom(spec)
+            del kept.metrics[:]
+            kept.metrics.extend(metric for metric in spec.metrics if metric.class_name != "NoSkillBaseline")
+            specs.append(kept)
+        computations = metric_specs.to_computations(specs, eval_config=config)
+        return {key for c in computations for key in c.keys if not key.name.startswith("_")}
+
+    keys = public_keys(eval_config)
+    assert keys == public_keys(replaced)
+    assert {"auc", "log_loss", "example_count", "calibration", "mse", "clicked_examples"} <= {key.name for key in keys}

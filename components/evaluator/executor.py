@@ -25,6 +25,9 @@ After TFMA (and TFX's blessing) it writes `baselines.json` into the evaluation a
 (each check: model, baseline, margin, status; the train means; every validation failure
 when not blessed), logs the same, and records it on the blessing artifact
 (`baseline_checks`, `not_blessed_because`).
+
+TFMA runs with the extractors of `extractors.py` (TFMA's own, but only the features the
+evaluation reads are split into examples), unless the pipeline gives a module of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import json
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -50,6 +53,7 @@ from tfx.utils import io_utils, json_utils, proto_utils
 
 from lt4rec import errors
 from lt4rec.components import artifacts
+from lt4rec.components.evaluator import extractors
 from lt4rec.models import tfma_metrics
 
 TRAIN_SPLIT = "train"
@@ -63,6 +67,8 @@ REASONS_PROPERTY = "not_blessed_because"
 # Statuses of a check in the report.
 PASSED, FAILED, NOT_CHECKED, SKIPPED = "passed", "failed", "not checked", "skipped"
 _SUMS_FILE = ".split_sums.json"
+# The execution property in which TFX's Evaluator looks up its TFMA extractors' function.
+CUSTOM_EXTRACTORS_KEY = "custom_extractors"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,17 +132,58 @@ def find_baselines(eval_config: tfma.EvalConfig) -> list[Baseline]:
 
 # --- One Beam pass over the examples: the train split's label means, the eval split's scores ---
 
+RECORDS_PER_BATCH = 4096  # serialized examples read, parsed and summed at a time
+_DTYPE_OF_KIND = {"bytes_list": tf.string, "float_list": tf.float32, "int64_list": tf.int64}
 
-def _values(example: tf.train.Example, key: str) -> list:
-    feature = example.features.feature.get(key)
-    kind = feature.WhichOneof("kind") if feature is not None else None
-    return list(getattr(feature, kind).value) if kind else []
+
+def _record_batches(path: str) -> Iterator[list[bytes]]:
+    """The serialized examples of one TFRecord file (GZIP-compressed if it ends in .gz, as
+    ExampleGens write them), RECORDS_PER_BATCH at a time, read by TensorFlow: Beam's
+    ReadFromTFRecord handles each record in Python, and took most of this pass's time."""
+    compression = "GZIP" if path.endswith(".gz") else ""
+    for batch in tf.data.TFRecordDataset(path, compression_type=compression).batch(RECORDS_PER_BATCH).as_numpy_iterator():
+        yield list(batch)
+
+
+def _kinds(records: list[bytes], keys: set[str]) -> dict[str, str]:
+    """The value kind of each of `keys` (bytes_list, float_list or int64_list) in the first
+    of `records` that has the feature (none for a feature that no record has)."""
+    kinds: dict[str, str] = {}
+    for record in records:
+        feature_map = tf.train.Example.FromString(record).features.feature
+        for key in keys - set(kinds):
+            kind = feature_map[key].WhichOneof("kind") if key in feature_map else None
+            if kind:
+                kinds[key] = kind
+        if len(kinds) == len(keys):
+            break
+    return kinds
+
+
+def _single_values(records: list[bytes], keys: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per feature key: which of `records` hold exactly one value of it (a mask), and those
+    values. TensorFlow parses the batch at once (in Python, example by example, this pass
+    took a quarter of the Evaluator's time); a feature must be of one kind in every record."""
+    kinds = _kinds(records, keys)
+    spec = {key: tf.io.RaggedFeature(_DTYPE_OF_KIND[kind], row_splits_dtype=tf.int64) for key, kind in kinds.items()}
+    try:
+        parsed = tf.io.parse_example(records, spec) if spec else {}
+    except tf.errors.InvalidArgumentError as error:
+        raise errors.DataError(f"a feature of {sorted(kinds)} is of more than one kind in the examples: {error.message}") from error
+    found = {}
+    for key in keys:
+        if key not in parsed:
+            found[key] = (np.zeros(len(records), dtype=bool), np.empty(0))
+            continue
+        single = parsed[key].row_lengths().numpy() == 1
+        found[key] = (single, parsed[key].values.numpy()[parsed[key].row_starts().numpy()[single]])
+    return found
 
 
 class _SplitSums(beam.CombineFn):
-    """Over serialized tf.Examples: rows; per (label, weight) pair the sums of w*y and w
-    (rows without one value of each left out); per score feature the rows whose value is a
-    valid score."""
+    """Over batches of serialized tf.Examples: rows; per (label, weight) pair the sums of w*y
+    and w (rows without one value of each left out); per score feature the rows whose value
+    is a valid score."""
 
     def __init__(self, means: list[tuple[str, str | None]], scores: list[str]) -> None:
         self._means = means
@@ -145,19 +192,21 @@ class _SplitSums(beam.CombineFn):
     def create_accumulator(self) -> np.ndarray:
         return np.zeros(1 + 2 * len(self._means) + len(self._scores))
 
-    def add_input(self, accumulator: np.ndarray, record: bytes) -> np.ndarray:
-        example = tf.train.Example.FromString(record)
-        accumulator[0] += 1
+    def add_input(self, accumulator: np.ndarray, records: list[bytes]) -> np.ndarray:
+        rows = len(records)
+        columns = _single_values(records, {key for pair in self._means for key in pair if key} | set(self._scores))
+        accumulator[0] += rows
         for i, (label_key, weight_key) in enumerate(self._means):
-            label = _values(example, label_key)
-            weight = _values(example, weight_key) if weight_key else [1.0]
-            if len(label) == 1 and len(weight) == 1:
-                accumulator[1 + 2 * i] += float(weight[0]) * float(label[0])
-                accumulator[2 + 2 * i] += float(weight[0])
+            has_label, label_values = columns[label_key]
+            has_weight, weight_values = columns[weight_key] if weight_key else (np.ones(rows, dtype=bool), 1.0)
+            labels, weights = np.zeros(rows), np.zeros(rows)
+            labels[has_label], weights[has_weight] = label_values, weight_values
+            kept = has_label & has_weight
+            accumulator[1 + 2 * i] += np.sum(weights[kept] * labels[kept])
+            accumulator[2 + 2 * i] += np.sum(weights[kept])
         for j, feature in enumerate(self._scores):
-            values = _values(example, feature)
-            if len(values) == 1 and not np.isnan(tfma_metrics.parse_scores(values)[0]):
-                accumulator[1 + 2 * len(self._means) + j] += 1
+            _, values = columns[feature]
+            accumulator[1 + 2 * len(self._means) + j] += np.count_nonzero(~np.isnan(tfma_metrics.parse_scores(values)))
         return accumulator
 
     def merge_accumulators(self, accumulators) -> np.ndarray:
@@ -367,6 +416,15 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+def _with_extractors(exec_properties: dict) -> dict:
+    """`exec_properties` naming `extractors.custom_extractors` (TFMA's extractors, only the
+    features the evaluation reads split into examples) for TFX's Evaluator, unless the
+    pipeline gives a module or function of its own."""
+    if any(exec_properties.get(key) for key in (specs.MODULE_FILE_KEY, specs.MODULE_PATH_KEY, CUSTOM_EXTRACTORS_KEY)):
+        return exec_properties
+    return {**exec_properties, CUSTOM_EXTRACTORS_KEY: f"{extractors.__name__}.{extractors.custom_extractors.__name__}"}
+
+
 class Executor(tfx_executor.Executor):
     """TFX's Evaluator executor, with the baselines filled in before and reported after."""
 
@@ -384,7 +442,7 @@ class Executor(tfx_executor.Executor):
             proto_utils.json_to_proto(config_json, eval_config)
         baselines = find_baselines(eval_config) if config_json else []
         if not baselines:
-            super().Do(input_dict, output_dict, exec_properties)
+            super().Do(input_dict, output_dict, _with_extractors(exec_properties))
             return
         eval_splits = json_utils.loads(exec_properties.get(specs.EXAMPLE_SPLITS_KEY, "null")) or ["eval"]
         output_uri = artifact_utils.get_single_uri(output_dict[constants.EVALUATION_KEY])
@@ -393,7 +451,8 @@ class Executor(tfx_executor.Executor):
         for note in notes:
             logging.info("Evaluator: %s", note)
 
-        super().Do(input_dict, output_dict, {**exec_properties, specs.EVAL_CONFIG_KEY: proto_utils.proto_to_json(configured)})
+        configured_json = proto_utils.proto_to_json(configured)
+        super().Do(input_dict, output_dict, _with_extractors({**exec_properties, specs.EVAL_CONFIG_KEY: configured_json}))
 
         blessing = output_dict.get(specs.BLESSING_KEY)
         blessing = artifact_utils.get_single_instance(blessing) if blessing else None
@@ -414,7 +473,7 @@ class Executor(tfx_executor.Executor):
                 logging.info("Evaluator: not blessed: %s", "; ".join(summary["failures"]))
 
     def _split_statistics(self, examples, baselines: list[Baseline], eval_splits: list[str], output_uri: str) -> SplitStatistics:
-        """One Beam pass over the train and eval splits (see `_SplitSums`)."""
+        """One Beam pass over the train and eval splits, in batches (see `_SplitSums`)."""
         means = sorted({(b.label_key, b.weight_key) for b in baselines if b.kind == NO_SKILL}, key=str)
         scores = sorted({b.feature for b in baselines if b.kind == INCUMBENT})
         splits = [TRAIN_SPLIT] + [split for split in eval_splits if split != TRAIN_SPLIT]
@@ -425,7 +484,9 @@ class Executor(tfx_executor.Executor):
                 for index, uri in enumerate(artifact_utils.get_split_uris(examples, split)):
                     sums.append(
                         pipeline
-                        | f"ReadForBaselines[{split}][{index}]" >> beam.io.ReadFromTFRecord(io_utils.all_files_pattern(uri))
+                        | f"FilesForBaselines[{split}][{index}]" >> beam.Create(tf.io.gfile.glob(io_utils.all_files_pattern(uri)))
+                        | f"SpreadFilesForBaselines[{split}][{index}]" >> beam.Reshuffle()
+                        | f"ReadForBaselines[{split}][{index}]" >> beam.FlatMap(_record_batches)
                         | f"SumForBaselines[{split}][{index}]" >> beam.CombineGlobally(_SplitSums(means, scores))
                         | f"NameForBaselines[{split}][{index}]" >> beam.Map(lambda values, split=split: [split, values])
                     )
