@@ -2,9 +2,10 @@
 
 Generates logs into a temporary folder, fits Transform on them (`offline_transform`, as the
 tests do), builds a RankingNetwork of the default shape (512-256-128 MLP, embeddings of 32;
-untrained: the weights do not change the work) and exports its CTR and CVR models as the
-pusher does (`export.export_task_model`, dense matmuls), then runs the Beam job on all the
-logs once per running mode and prints the figures side by side. Wall seconds include the
+untrained: the weights do not change the work) and exports its CTR and CVR models and the
+joint rank model as the pusher does (dense matmuls), then runs the Beam job on all the logs
+once per running mode and scorer (the two task models, or the rank model's one pass) and
+prints the figures side by side. Wall seconds include the
 pipeline's start-up (worker processes, TensorFlow import, model loading), which is what a
 user of the command waits for; on small inputs it dominates.
 
@@ -36,6 +37,7 @@ RUNNING_MODES = {
     "multi_processing x2": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
 }
 TABLE_SCALE = 0.01
+SCORERS = {"task models": True, "rank model": False}  # the value: batch_scoring.run's task_models
 
 
 def export_models(logs: str, serving_dir: str, workdir: str) -> None:
@@ -53,6 +55,7 @@ def export_models(logs: str, serving_dir: str, workdir: str) -> None:
     model.build_for({name: ids[name] for name in features.FEATURE_NAMES})
     for task in ("ctr", "cvr"):
         export.export_task_model(model, task, transform_output, os.path.join(serving_dir, task, "1"), matmul=export.DENSE)
+    export.export_rank_model(model, transform_output, os.path.join(serving_dir, export.RANK_MODEL, "1"), matmul=export.DENSE)
 
 
 def main() -> None:
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", nargs="+", default=["in_memory", "multi_processing x2"], choices=list(RUNNING_MODES),
                         help="Running modes to time (one worker: in_memory or 'multi_processing x1').")
+    parser.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=list(SCORERS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -77,18 +81,20 @@ def main() -> None:
 
         results = {}
         for mode in args.modes:
-            out = os.path.join(workdir, mode.replace(" ", "_"))
-            start = time.perf_counter()
-            counters = batch_scoring.run(os.path.join(logs, "*", "*"), serving_dir, out, beam_args=RUNNING_MODES[mode])
-            results[mode] = (time.perf_counter() - start, counters)
+            for scorer in args.scorers:
+                out = os.path.join(workdir, f"{mode}_{scorer}".replace(" ", "_"))
+                start = time.perf_counter()
+                counters = batch_scoring.run(os.path.join(logs, "*", "*"), serving_dir, out, beam_args=RUNNING_MODES[mode],
+                                             task_models=SCORERS[scorer])
+                results[mode, scorer] = (time.perf_counter() - start, counters)
 
-    header = f"{'running mode':<22}{'rows read':>10}{'scored':>9}{'rejected':>9}{'wall s':>9}{'rows/s':>9}"
+    header = f"{'running mode':<22}{'scorer':<13}{'rows read':>10}{'scored':>9}{'rejected':>9}{'wall s':>9}{'rows/s':>9}"
     print(header)
     print("-" * len(header))
-    for mode, (seconds, counters) in results.items():
+    for (mode, scorer), (seconds, counters) in results.items():
         read, scored = counters[batch_scoring.RECORDS_READ], counters[batch_scoring.SCORED]
-        print(f"{mode:<22}{read:>10}{scored:>9}{read - scored:>9}{seconds:>9.1f}{scored / seconds:>9.0f}")
-    print("rows/s = impressions scored (both models, joined, written) per wall second, start-up included")
+        print(f"{mode:<22}{scorer:<13}{read:>10}{scored:>9}{read - scored:>9}{seconds:>9.1f}{scored / seconds:>9.0f}")
+    print("rows/s = impressions scored (both scores, joined, written) per wall second, start-up included")
 
 
 if __name__ == "__main__":

@@ -191,17 +191,22 @@ def rankscore_options(command):
 
 @cli.command(name="batch-score", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--examples", "examples_pattern", required=True, help="GZIP TFRecord logs to score (a glob; _* and .* files skipped).")
-@click.option("--serving-dir", required=True, help="Folder of the pushed models: SERVING_DIR/{ctr,cvr}/<version>/.")
+@click.option("--serving-dir", required=True, help="Folder of the pushed models: SERVING_DIR/{rank,ctr,cvr}/<version>/.")
 @click.option("--out", "out_dir", required=True, help="Where to write the scores (a new or empty folder).")
-@click.option("--ctr-version", default=None, type=click.IntRange(min=0), help="CTR model version (default: the latest).")
-@click.option("--cvr-version", default=None, type=click.IntRange(min=0), help="CVR model version (default: the latest).")
+@click.option("--rank-version", default=None, type=click.IntRange(min=0), help="Joint rank model version (default: the latest, if pushed).")
+@click.option("--task-models", is_flag=True, help="Score with the CTR and CVR models even when a rank model is pushed.")
+@click.option("--ctr-version", default=None, type=click.IntRange(min=0), help="CTR model version (default: the latest; implies --task-models).")
+@click.option("--cvr-version", default=None, type=click.IntRange(min=0), help="CVR model version (default: the latest; implies --task-models).")
 @rankscore_options
 @click.pass_context
 def batch_score(
     ctx: click.Context, examples_pattern: str, serving_dir: str, out_dir: str,
-    ctr_version: int | None, cvr_version: int | None, a: float, b: float, c: float,
+    rank_version: int | None, task_models: bool, ctr_version: int | None, cvr_version: int | None, a: float, b: float, c: float,
 ) -> None:
-    """Score logged impressions with the pushed CTR and CVR models (an Apache Beam job).
+    """Score logged impressions with the pushed models (an Apache Beam job).
+
+    The joint rank model scores both tasks in one pass when it is pushed; else (or with
+    --task-models) the CTR and CVR models.
 
     Writes OUT/scores-*.jsonl (per impression: request_id, video_id, pctr, pcvr,
     video_length, rankscore = pCTR^a * pCVR^b * video_length^c, label, cvrlabel, file,
@@ -213,7 +218,7 @@ def batch_score(
 
     counters = batch_scoring.run(
         examples_pattern, serving_dir, out_dir, weights=client.RankWeights(a, b, c),
-        ctr_version=ctr_version, cvr_version=cvr_version, beam_args=list(ctx.args),
+        ctr_version=ctr_version, cvr_version=cvr_version, beam_args=list(ctx.args), rank_version=rank_version, task_models=task_models,
     )
     click.echo(batch_scoring.format_counters(counters))
 

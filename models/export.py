@@ -19,8 +19,9 @@ the eval split as it is logged) never see ids; `serving_context` takes one ranki
 request as its context features (`features.CONTEXT_FEATURE_NAMES`, one tf.Example) and
 its candidates' (tf.Examples), and scores every candidate as if it carried the context;
 `serving_raw` takes the raw features as named string tensors, [batch, max_values] each,
-padded with "". The rank model's signatures also take `rank_weights`. Labels and
-bookkeeping columns are not inputs.
+padded with "". The rank model's signatures also take `rank_weights`, but for
+`serving_scores` (serialized examples in, `ctr` and `cvr` out), which batch scoring calls.
+Labels and bookkeeping columns are not inputs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ CONTEXT_INPUT = "context"  # serving_context: the request's context features, on
 RANK_WEIGHTS_INPUT = "rank_weights"  # the rank model's: the exponents (a, b, c) of rankscore
 RANKSCORE_OUTPUT = "rankscore"
 CONTEXT_SIGNATURE = "serving_context"
+# The rank model's one-input signature (serialized examples -> ctr, cvr): for batch scoring
+# through tfx_bsl's RunInference, which feeds a signature nothing but the examples.
+SCORES_SIGNATURE = "serving_scores"
 RANK_MODEL = "rank"  # the joint model's name in TF Serving's layout, beside the task models
 ASSETS_EXTRA = "assets.extra"
 METADATA_FILE = "lt4rec_model.json"
@@ -417,6 +421,7 @@ class ServingModule(tf.Module):
             if context
             else None
         )
+        self.serve_scores = tf.function(self._serve_scores, input_signature=[examples]) if rankscore else None
 
     def _transform(self, raw: Mapping[str, tf.SparseTensor]) -> dict[str, tf.Tensor]:
         transformed = self.transform_layer(dict(raw))
@@ -437,6 +442,10 @@ class ServingModule(tf.Module):
     def _serve_examples(self, serialized: tf.Tensor, weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(serialized, self.raw_spec)
         return self._outputs(raw, self.score(self._transform(raw), None), weights)
+
+    def _serve_scores(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        raw = tf.io.parse_example(serialized, self.raw_spec)
+        return dict(self.score(self._transform(raw), None))
 
     def _serve_raw(self, raw: Mapping[str, tf.Tensor], weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Raw features as named tensors, "" for padding (and for a missing value, as `-1` is)."""
@@ -464,6 +473,8 @@ class ServingModule(tf.Module):
         }
         if self.serve_context is not None:
             signatures[CONTEXT_SIGNATURE] = self.serve_context.get_concrete_function()
+        if self.serve_scores is not None:
+            signatures[SCORES_SIGNATURE] = self.serve_scores.get_concrete_function()
         tf.saved_model.save(self, path, signatures=signatures)
 
 

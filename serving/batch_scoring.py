@@ -4,13 +4,15 @@ Input: GZIP TFRecord files of `tf.Example` in the log format of LOG_SCHEMA.md, g
 glob (`logs/*/part-*.gz`, `gs://b/logs/2020*/*`); files whose names start with `_` or `.`
 are not logs (truth files, markers, rejected rows), as everywhere in the project.
 
-Models: the exported per-task SavedModels of TF Serving's layout, `SERVING_DIR/ctr/<v>/`
-and `SERVING_DIR/cvr/<v>/` (the latest numeric version of each unless one is given;
-dot-folders, which the pusher writes before renaming, are never taken). Both are run
-in-process by `tfx_bsl.public.beam.RunInferencePerModel`, the keyed and vectorised form of
-tfx_bsl's `RunInference`: one `SavedModelSpec` per task on `serving_default` (serialized raw
-`tf.Example` in, `ctr` or `cvr` out), the impression's key carried through both models, so
-the two scores of an impression come out together without a shuffle to join them.
+Models, in TF Serving's layout (the latest numeric version unless one is given;
+dot-folders, which the pusher writes before renaming, are never taken): the joint
+`SERVING_DIR/rank/<v>/` when it is there (sparse sharing pushes it), whose
+`serving_scores` signature gives `ctr` and `cvr` from one pass over the shared front;
+else, or when asked to (`task_models`, or a task model's version given), the per-task
+`SERVING_DIR/ctr/<v>/` and `SERVING_DIR/cvr/<v>/` on `serving_default`. They run in-process
+by `tfx_bsl.public.beam.RunInferencePerModel`, the keyed and vectorised form of tfx_bsl's
+`RunInference` (serialized raw `tf.Example` in), the impression's key carried through
+every model, so that its two scores come out together without a shuffle to join them.
 
 Output, under OUT:
 - `scores-NNNNN-of-MMMMM.jsonl`: one JSON object per scored impression: `request_id`
@@ -52,13 +54,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from lt4rec.components.log_example_gen.executor import CorruptFileError, read_tfrecords
 from lt4rec.errors import DataError
-from lt4rec.models import features
+from lt4rec.models import export, features
 from lt4rec.serving import client
 
 _LOGGER = logging.getLogger(__name__)
 
 TASKS = ("ctr", "cvr")
-SIGNATURE = "serving_default"
+SIGNATURES = {"ctr": "serving_default", "cvr": "serving_default", export.RANK_MODEL: export.SCORES_SIGNATURE}
 COUNTER_NAMESPACE = "lt4rec.batch_scoring"
 RECORDS_READ = "records_read"
 SCORED = "scored"
@@ -79,15 +81,13 @@ _VERSION = re.compile(r"^\d+$")
 
 @dataclasses.dataclass(frozen=True)
 class ScoringModels:
-    """The SavedModel folder of each task, and its version."""
+    """The models that score, by name (`rank`, or `ctr` and `cvr`): SavedModel folder and version."""
 
-    ctr_path: str
-    cvr_path: str
-    ctr_version: int
-    cvr_version: int
+    paths: Mapping[str, str]
+    versions: Mapping[str, int]
 
-    def path(self, task: str) -> str:
-        return {"ctr": self.ctr_path, "cvr": self.cvr_path}[task]
+    def describe(self) -> str:
+        return ", ".join(f"{name} version {self.versions[name]} ({path})" for name, path in self.paths.items())
 
 
 def model_version_path(serving_dir: str, task: str, version: int | None = None) -> tuple[str, int]:
@@ -105,10 +105,23 @@ def model_version_path(serving_dir: str, task: str, version: int | None = None) 
     return path, version
 
 
-def find_models(serving_dir: str, ctr_version: int | None = None, cvr_version: int | None = None) -> ScoringModels:
-    ctr_path, ctr_version = model_version_path(serving_dir, "ctr", ctr_version)
-    cvr_path, cvr_version = model_version_path(serving_dir, "cvr", cvr_version)
-    return ScoringModels(ctr_path, cvr_path, ctr_version, cvr_version)
+def find_models(
+    serving_dir: str,
+    ctr_version: int | None = None,
+    cvr_version: int | None = None,
+    rank_version: int | None = None,
+    task_models: bool = False,
+) -> ScoringModels:
+    """The rank model if asked for by version or pushed (and no task model's version is given), else the task models."""
+    if rank_version is not None and (task_models or ctr_version is not None or cvr_version is not None):
+        raise ValueError("score with the rank model or with the task models, not both")
+    rank_dir = os.path.join(serving_dir, export.RANK_MODEL)
+    pushed = tf.io.gfile.isdir(rank_dir) and any(_VERSION.match(name.rstrip("/")) for name in tf.io.gfile.listdir(rank_dir))
+    versions = {"ctr": ctr_version, "cvr": cvr_version}
+    if rank_version is not None or (pushed and not task_models and versions == {"ctr": None, "cvr": None}):
+        versions = {export.RANK_MODEL: rank_version}
+    found = {name: model_version_path(serving_dir, name, version) for name, version in versions.items()}
+    return ScoringModels({name: path for name, (path, _) in found.items()}, {name: version for name, (_, version) in found.items()})
 
 
 def log_files(pattern: str) -> list[str]:
@@ -203,26 +216,30 @@ class ReadAndCheckFn(beam.DoFn):
         yield (path, index, request_id, video_id, length, label, cvrlabel), record
 
 
-def _score(prediction_log) -> float:
-    """The one output of a Predict log (the task's score) as a float."""
-    outputs = prediction_log.predict_log.response.outputs
-    if len(outputs) != 1:
-        raise ValueError(f"expected one output, got {sorted(outputs)}")
-    (output,) = outputs.values()
-    if output.dtype == tf.float32.as_datatype_enum and output.tensor_content:  # how tfx_bsl writes a float score
-        return float(np.frombuffer(output.tensor_content, dtype=np.float32)[0])
-    return float(tf.make_ndarray(output).reshape(-1)[0])  # 10x slower; any other layout
+def _scores(prediction_logs) -> dict[str, float]:
+    """Every output of the models' Predict logs for one impression (`ctr`, `cvr`) as floats."""
+    scores = {}
+    for prediction_log in prediction_logs:
+        for name, output in prediction_log.predict_log.response.outputs.items():
+            if output.dtype == tf.float32.as_datatype_enum and output.tensor_content:  # how tfx_bsl writes a float score
+                scores[name] = float(np.frombuffer(output.tensor_content, dtype=np.float32)[0])
+            else:
+                scores[name] = float(tf.make_ndarray(output).reshape(-1)[0])  # 10x slower; any other layout
+    if set(scores) != set(TASKS):
+        raise ValueError(f"expected the outputs {TASKS}, got {sorted(scores)}")
+    return scores
 
 
 class ToRowFn(beam.DoFn):
-    """(key, (ctr log, cvr log)) -> the output row as a JSON line."""
+    """(key, (the models' prediction logs)) -> the output row as a JSON line."""
 
     def __init__(self, weights) -> None:
         self._weights = weights
 
     def process(self, element) -> Iterator[str]:
-        (path, index, request_id, video_id, length, label, cvrlabel), (ctr_log, cvr_log) = element
-        pctr, pcvr = _score(ctr_log), _score(cvr_log)
+        (path, index, request_id, video_id, length, label, cvrlabel), prediction_logs = element
+        scores = _scores(prediction_logs)
+        pctr, pcvr = scores["ctr"], scores["cvr"]
         score = float(client.rankscore(np.float64(pctr), np.float64(pcvr), np.float64(length), self._weights))
         _count(SCORED)
         row = {
@@ -240,11 +257,11 @@ class ToRowFn(beam.DoFn):
         yield json.dumps(row, ensure_ascii=False)
 
 
-def inference_spec(model_path: str):
+def inference_spec(model_path: str, signature: str):
     from tfx_bsl.public.proto import model_spec_pb2
 
     return model_spec_pb2.InferenceSpecType(
-        saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=model_path, signature_name=[SIGNATURE])
+        saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=model_path, signature_name=[signature])
     )
 
 
@@ -270,7 +287,9 @@ def build_pipeline(
         keyed
         # RunInferencePerModel forwards a key only when it sees a typed (key, example) pair.
         | "Keyed examples" >> beam.Map(lambda element: element).with_output_types(beam.typehints.Tuple[Any, bytes])
-        | "Score with CTR and CVR" >> RunInferencePerModel([inference_spec(models.path(task)) for task in TASKS])
+        | "Score with CTR and CVR" >> RunInferencePerModel(
+            [inference_spec(path, SIGNATURES[name]) for name, path in models.paths.items()]
+        )
     )
     (
         scored
@@ -307,15 +326,17 @@ def run(
     ctr_version: int | None = None,
     cvr_version: int | None = None,
     beam_args: Sequence[str] | None = None,
+    rank_version: int | None = None,
+    task_models: bool = False,
 ) -> dict[str, int]:
     """Runs the job to the end; returns its counters (also written to OUT/_counters.json)."""
     weights = weights or client.RankWeights()
     files = log_files(examples)
-    models = find_models(serving_dir, ctr_version, cvr_version)
+    models = find_models(serving_dir, ctr_version, cvr_version, rank_version, task_models)
     _check_output_empty(out_dir)
     _LOGGER.info(
-        "Scoring %d log files with ctr version %d (%s) and cvr version %d (%s); rankscore = pCTR^%g * pCVR^%g * length^%g",
-        len(files), models.ctr_version, models.ctr_path, models.cvr_version, models.cvr_path, weights.ctr, weights.cvr, weights.length,
+        "Scoring %d log files with %s; rankscore = pCTR^%g * pCVR^%g * length^%g",
+        len(files), models.describe(), weights.ctr, weights.cvr, weights.length,
     )
     pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
     build_pipeline(pipeline, files, models, out_dir, weights)

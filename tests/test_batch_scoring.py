@@ -132,3 +132,37 @@ def test_batch_score_matches_serving(served_models, tmp_path):
         length = features.bucket_seconds(int(feature["FEA_DURATION"].bytes_list.value[0]))
         assert row["video_length"] == pytest.approx(length)
         assert row["rankscore"] == pytest.approx(row["pctr"] ** A * row["pcvr"] ** B * length**C, rel=1e-9)
+
+
+def test_batch_score_with_the_rank_model_scores_both_tasks_in_one_pass(served_models, tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from lt4rec.models import export
+    from lt4rec.serving import batch_scoring, client
+
+    serving_dir = tmp_path / "serving"
+    for task in ("ctr", "cvr"):
+        os.makedirs(serving_dir / task)
+        os.symlink(os.path.join(served_models.base_path, task, "1"), serving_dir / task / "1")
+    export.export_rank_model(served_models.model, served_models.transform_output, str(serving_dir / "rank" / "3"))
+    chosen = batch_scoring.find_models(str(serving_dir))
+    assert dict(chosen.versions) == {"rank": 3}
+    assert dict(batch_scoring.find_models(str(serving_dir), task_models=True).versions) == {"ctr": 1, "cvr": 1}
+    assert dict(batch_scoring.find_models(str(serving_dir), cvr_version=1).versions) == {"ctr": 1, "cvr": 1}
+    with pytest.raises(ValueError, match="not both"):
+        batch_scoring.find_models(str(serving_dir), ctr_version=1, rank_version=3)
+
+    raw = served_models.raw_examples[:150]
+    day = tmp_path / "logs" / "20201013"
+    day.mkdir(parents=True)
+    write_examples(str(day / "part-00000.gz"), [tf.train.Example.FromString(record) for record in raw])
+    counters = batch_scoring.run(str(day / "*"), str(serving_dir), str(tmp_path / "scores"), weights=client.RankWeights(A, B, C))
+    rows = sorted(_read_jsonl(str(tmp_path / "scores" / "scores-*.jsonl")), key=lambda row: row["record"])
+    rejected = sum(n for name, n in counters.items() if name.startswith("rejected/"))
+    assert counters["records_read"] == 150 == len(rows) + rejected
+    kept = [raw[row["record"]] for row in rows]
+    np.testing.assert_allclose([row["pctr"] for row in rows], served_models.expected("ctr", kept), atol=1e-5, rtol=0)
+    np.testing.assert_allclose([row["pcvr"] for row in rows], served_models.expected("cvr", kept), atol=1e-5, rtol=0)
+    for row in rows:
+        assert row["rankscore"] == pytest.approx(row["pctr"] ** A * row["pcvr"] ** B * row["video_length"] ** C, rel=1e-9)

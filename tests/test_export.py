@@ -216,6 +216,10 @@ def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, t
     np.testing.assert_allclose(outputs["cvr"].numpy(), pcvr, atol=1e-5)
     lengths = np.array([client.video_length_seconds(tf.train.Example.FromString(record)) for record in raw])
     np.testing.assert_allclose(outputs[export.RANKSCORE_OUTPUT].numpy(), client.rankscore(pctr, pcvr, lengths, weights), rtol=1e-4)
+    scores = loaded.signatures[export.SCORES_SIGNATURE](examples=tf.constant(raw))  # batch scoring's: examples only
+    assert set(scores) == {"ctr", "cvr"}
+    np.testing.assert_allclose(scores["ctr"].numpy(), pctr, atol=1e-5)
+    np.testing.assert_allclose(scores["cvr"].numpy(), pcvr, atol=1e-5)
 
     context, stripped, whole = _request(served_models.raw_examples)
     in_context = loaded.signatures[export.CONTEXT_SIGNATURE](
