@@ -11,7 +11,7 @@ variables' bytes by kind, the process's resident memory after building and its p
 training, and the time of a step. --production-table then builds one table at full
 production size (the others small), the largest that fits here, and trains it with lazy
 Adam (Adam's whole-table temporaries would not fit). The last lines scale the measured
-figures per row to LOG_SCHEMA.md's production sizes (10-15M rows per id table).
+figures per row to docs/LOG_SCHEMA.md's production sizes (10-15M rows per id table).
 
     .venv/bin/python benchmarks/embedding_memory.py
 """

@@ -7,7 +7,7 @@ Measured on this machine (2 cores) and read from the benchmarks' JSON:
 Counted from the network itself: the dense weights a step reduces or pulls, the largest
 one (a parameter server holds it whole), the id positions of an example.
 
-Assumed (flags; printed with the table): the paper's data (LOG_SCHEMA.md: 297M impressions
+Assumed (flags; printed with the table): the paper's data (docs/LOG_SCHEMA.md: 297M impressions
 over 9 days, 10M users, 11M videos; 8 days trained as in benchmarks/comparison.py) and id
 tables, the same passes per phase as at the measured size (early stopping may end sooner
 on more data), workers like this machine, each with a batch of --worker-batch (the global

@@ -2,7 +2,7 @@
 
 Two outputs from one world (see `world.py`):
 - training logs: `<out>/YYYYMMDD/part-NNNNN.gz`, GZIP TFRecord files of `tf.train.Example`
-  in exactly LOG_SCHEMA.md's format, the form production logs arrive in;
+  in exactly docs/LOG_SCHEMA.md's format, the form production logs arrive in;
 - raw events (`raw=True`): `<out>/{impressions,clicks,plays}/YYYYMMDD/part-NNNNN.{jsonl,csv}`,
   the streams before any join, with the faults real logs have, for `lt4rec preprocess`.
 

@@ -16,7 +16,7 @@ A failed job removes what it wrote, so the output folder can be used again.
 
 Output:
 - `OUT/YYYYMMDD/part-NNNNN-of-MMMMM.gz`: GZIP TFRecord files of `tf.train.Example` in the
-  format of LOG_SCHEMA.md (`records.to_example(raw_events.impression_record(...))`), one
+  format of docs/LOG_SCHEMA.md (`records.to_example(raw_events.impression_record(...))`), one
   example per impression, in the day folder (UTC) of the impression's time;
 - `OUT/_rejected-NNNNN-of-MMMMM.jsonl`: one JSON object per rejected input line: `source`,
   `reason`, `detail`, `file` and the `line` itself (undecodable bytes backslash-escaped);

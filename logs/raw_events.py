@@ -222,7 +222,7 @@ def _number(raw: Mapping[str, Any], key: str) -> float:
 
 
 def impression_record(impression: Mapping[str, Any], clicked: bool, watch_ratio: float) -> dict:
-    """The log record (LOG_SCHEMA.md) of a joined impression."""
+    """The log record (docs/LOG_SCHEMA.md) of a joined impression."""
     record = {
         features.CLICK_LABEL: int(clicked),
         features.WATCH_RATIO_LABEL: float(watch_ratio),

@@ -1,6 +1,6 @@
 """Impressions of the synthetic world as log records, and log records as `tf.train.Example`.
 
-A log record is one impression in the form of LOG_SCHEMA.md: a dict from the log's keys to
+A log record is one impression in the form of docs/LOG_SCHEMA.md: a dict from the log's keys to
 a string (single-valued `FEA_*`, `seqnum`, `pctr`), a list of strings (multi-valued
 `FEA_*`), an int (`label`) or a float (`cvrlabel`). The generator writes records as
 TFRecord examples or as raw events; the Beam join turns raw events back into records; the
@@ -71,7 +71,7 @@ def day_folder(time_ms: int) -> str:
 
 
 def log_records(world: world_lib.World, impressions: world_lib.Impressions) -> Iterator[dict]:
-    """One log record per impression, in LOG_SCHEMA.md's format (labels included)."""
+    """One log record per impression, in docs/LOG_SCHEMA.md's format (labels included)."""
     missing = impressions.missing
     for i in range(len(impressions)):
         user = int(impressions.user[i])
@@ -129,7 +129,7 @@ def log_records(world: world_lib.World, impressions: world_lib.Impressions) -> I
 
 
 def to_example(record: Record):
-    """A log record as a `tf.train.Example` (the exact key types of LOG_SCHEMA.md)."""
+    """A log record as a `tf.train.Example` (the exact key types of docs/LOG_SCHEMA.md)."""
     from tensorflow.core.example import example_pb2  # TensorFlow only where examples are made
 
     example = example_pb2.Example()

@@ -25,7 +25,7 @@ so ids come back and the idiosyncratic parts can be learned too.
 The click probability p and the expected watch ratio m of every impression are kept as
 ground truth. Given a click, the watch ratio is exactly 1.0 with probability m**gamma and
 otherwise Beta-distributed with the mean that makes E[ratio] = m. Biases and gamma are
-calibrated on a fixed sample so that the statistics of LOG_SCHEMA.md's real sample hold:
+calibrated on a fixed sample so that the statistics of docs/LOG_SCHEMA.md's real sample hold:
 CTR 38.8%, mean watch ratio among clicks 0.818, 51% of clicks fully watched.
 
 Every impression also carries the production model's pCTR (the log's `pctr`), an incumbent
@@ -69,7 +69,7 @@ DAY_MS = 86_400_000
 
 NO_SOURCE_RATE = 0.03  # requests not made from a video page: no source video at all (4% of rows)
 # Share of examples whose value is the `-1` placeholder. With the rows that have no source
-# video at all, these give LOG_SCHEMA.md's real rates: 10% for the source categories, 5% for
+# video at all, these give docs/LOG_SCHEMA.md's real rates: 10% for the source categories, 5% for
 # FEA_STAG and FEA_UCAT, 4% for FEA_COVERQUALITY, 3% for FEA_ORDER.
 MISSING_RATES = {
     "FEA_SICAT1": 0.062,
@@ -92,7 +92,7 @@ USER_CATEGORY_LENGTH = (6, 0.27)
 class WorldConfig:
     """What shapes a synthetic world; `rows` and the catalogue's shape size the catalogues.
 
-    The defaults are the "sample" catalogue (LOG_SCHEMA.md's real sample: 6.5 impressions
+    The defaults are the "sample" catalogue (docs/LOG_SCHEMA.md's real sample: 6.5 impressions
     per user, 8 videos per impression, 0.8 providers per video); `world_config("paper", ...)`
     gives the paper's Table 1 shape (see `CATALOGUES`).
     """
@@ -140,7 +140,7 @@ class WorldConfig:
 
 
 # Named catalogue shapes: the WorldConfig settings each sets (the rest keep their defaults).
-# "sample": LOG_SCHEMA.md's real sample of 4,322 impressions (500 users, 4,191 videos,
+# "sample": docs/LOG_SCHEMA.md's real sample of 4,322 impressions (500 users, 4,191 videos,
 # 3,213 providers): ids are nearly all new, ~6.5 impressions per user. "paper": the paper's
 # Table 1 (297M impressions of 10M users and 11M videos over 9 days): 29.7 impressions per
 # user, 27 per video; providers are not given there, 10 videos per provider is assumed.

@@ -97,7 +97,7 @@ def cli(verbose: bool) -> None:
     default="sample",
     show_default=True,
     type=click.Choice(["sample", "paper"]),  # logs/world.py CATALOGUES (tested to agree)
-    help="Shape of the catalogues: 'sample' like LOG_SCHEMA.md's real sample (~6.5 impressions per user, "
+    help="Shape of the catalogues: 'sample' like docs/LOG_SCHEMA.md's real sample (~6.5 impressions per user, "
     "8 videos per impression); 'paper' like the paper's Table 1 (~30 impressions per user, ~27 per video).",
 )
 @click.option(

@@ -1,6 +1,6 @@
 """`lt4rec batch-score`: the Apache Beam job that scores logged impressions with the served models.
 
-Input: GZIP TFRecord files of `tf.Example` in the log format of LOG_SCHEMA.md, given as a
+Input: GZIP TFRecord files of `tf.Example` in the log format of docs/LOG_SCHEMA.md, given as a
 glob (`logs/*/part-*.gz`, `gs://b/logs/2020*/*`); files whose names start with `_` or `.`
 are not logs (truth files, markers, rejected rows), as everywhere in the project.
 

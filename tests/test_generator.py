@@ -1,4 +1,4 @@
-"""`lt4rec generate`: logs in exactly LOG_SCHEMA.md's format, truth beside them, raw events."""
+"""`lt4rec generate`: logs in exactly docs/LOG_SCHEMA.md's format, truth beside them, raw events."""
 
 import csv
 import gzip

@@ -143,7 +143,7 @@ def play(request_id: str, watched: float, length: float, time_ms: int = DAY1_MS 
 
 
 def expected_record(event: dict, label: int, watch_ratio: float) -> dict:
-    """The log record of an impression, spelled out key by key (LOG_SCHEMA.md)."""
+    """The log record of an impression, spelled out key by key (docs/LOG_SCHEMA.md)."""
     record = {
         "label": label,
         "cvrlabel": watch_ratio,

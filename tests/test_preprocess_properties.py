@@ -56,7 +56,7 @@ from tests.test_preprocess import (
 SOURCES = raw_events.SOURCES
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time with a day folder
 MULTIVALUED = frozenset(name for name in raw_events.OTHER_FEATURES if features.FEATURES_BY_NAME[name].multivalued)
-# Spelled out here (LOG_SCHEMA.md / raw_events' docstring), not taken from the module under test.
+# Spelled out here (docs/LOG_SCHEMA.md / raw_events' docstring), not taken from the module under test.
 REQUIRED = {
     IMPRESSIONS: ("request_id", "user_id", "video_id", "time_ms"),
     CLICKS: ("request_id", "video_id", "time_ms"),

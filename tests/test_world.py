@@ -79,7 +79,7 @@ def test_bad_configs_are_refused(bad):
 
 
 def test_default_catalogue_is_the_real_samples_shape():
-    # The sizes the generator has always made: LOG_SCHEMA.md's sample, 6.5 impressions per
+    # The sizes the generator has always made: docs/LOG_SCHEMA.md's sample, 6.5 impressions per
     # user, 8 videos per impression, 0.8 providers per video.
     world = world_lib.World(world_lib.WorldConfig(rows=20_000, seed=3))
     assert (world.n_users, world.n_videos, world.n_providers) == (3077, 160_000, 128_000)

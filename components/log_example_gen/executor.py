@@ -70,7 +70,7 @@ _EXPECTED_KIND = {
 
 
 def check_row(example: tf.train.Example) -> tuple[str, str, str] | None:
-    """(reason, field, detail) if a row breaks LOG_SCHEMA.md in a way no later step may see.
+    """(reason, field, detail) if a row breaks docs/LOG_SCHEMA.md in a way no later step may see.
 
     The labels must be there and in their domain, and every known key must have its
     type: one row of another type breaks the batch decoding of StatisticsGen and
