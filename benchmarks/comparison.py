@@ -83,8 +83,11 @@ def _task_weights(model: network.RankingNetwork, task: str) -> int:
     return export.DenseTaskModel(model, task).kept_weights
 
 
-def train_model(name: str, train: dict, args, seed: int, build_batch: dict) -> tuple[network.RankingNetwork, dict]:
-    """One model, trained as the pipeline trains it; returns it and what its training did."""
+def prepare(name: str, train: dict, args, seed: int, build_batch: dict):
+    """A model, its batches and its settings, untrained, as the pipeline's Trainer sets them up.
+
+    Returns (model, data, train_config, search_config).
+    """
     chosen = configs.select_model(name, network.NetworkConfig(), sparse_sharing.SearchConfig(
         rounds=args.rounds, remaining=args.remaining, epochs_per_round=args.epochs_per_round, warmup_epochs=args.warmup_epochs,
         scope=args.scope, min_sparsity=args.min_sparsity,
@@ -103,6 +106,12 @@ def train_model(name: str, train: dict, args, seed: int, build_batch: dict) -> t
     model = network.RankingNetwork(features.scaled_config(args.table_scale), network_config)
     model.build_for(build_batch)
     model.start_at_base_rates(training.base_rates(fit_columns))
+    return model, data, train_config, search_config
+
+
+def train_model(name: str, train: dict, args, seed: int, build_batch: dict) -> tuple[network.RankingNetwork, dict]:
+    """One model, trained as the pipeline trains it; returns it and what its training did."""
+    model, data, train_config, search_config = prepare(name, train, args, seed, build_batch)
     info: dict = {"phases": {}}
     if not model.masked:
         start = time.perf_counter()

@@ -43,9 +43,9 @@ KINDS = ("dense", "folded", "compacted")
 CANDIDATES = 200
 
 
-def raw_requests(rows: int, seed: int, size: int = CANDIDATES) -> list[list[bytes]]:
-    """Serialized raw examples of the test day, `size` per request."""
-    logs = os.path.join(data_folder(rows, seed=seed, table_scale=TABLE_SCALE), "logs")
+def raw_requests(rows: int, seed: int, size: int = CANDIDATES, folder: str | None = None) -> list[list[bytes]]:
+    """Serialized raw examples of the test day, `size` per request (of `folder`, a `load` cache)."""
+    logs = os.path.join(folder or data_folder(rows, seed=seed, table_scale=TABLE_SCALE), "logs")
     last_day = sorted(day for day in os.listdir(logs) if day.isdigit())[-1]
     files = sorted(tf.io.gfile.glob(os.path.join(logs, last_day, "part-*.gz")))
     records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
