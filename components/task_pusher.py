@@ -24,11 +24,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
+from tfx.components.util import model_utils
 from tfx.types import standard_artifacts
 
 from lt4rec.models import export, network, trainer
 
-BLESSED_FILE = "BLESSED"
 BASE_MODEL_FOLDER = ".base_model"
 SOURCE_FILE = "source.json"
 
@@ -98,7 +98,7 @@ def TaskPusher(
     serving_dir: Parameter[str],
 ) -> None:
     """Pushes the CTR and CVR models of a blessed model; records pushed=0 otherwise."""
-    if not tf.io.gfile.exists(os.path.join(model_blessing.uri, BLESSED_FILE)):
+    if not model_utils.is_model_blessed(model_blessing):
         pushed_model.set_int_custom_property("pushed", 0)
         return
     trained, settings = trainer.load_trained(model.uri)

@@ -42,6 +42,8 @@ from lt4rec.logs import raw_events, records
 from lt4rec.logs import world as world_lib
 from lt4rec.models import features
 
+logger = logging.getLogger(__name__)
+
 TRUTH_PREFIX = "_truth-"  # truth files beside the training logs of their day
 RAW_TRUTH_DIR = "truth"  # the truth folder of raw events
 MANIFEST = "_generator.json"
@@ -145,7 +147,7 @@ def generate(
         catalogue,
         **{**(world_settings or {}), "rows": rows, "days": days, "seed": seed, "task_relatedness": task_relatedness, "start_day": start_day},
     )
-    logging.info(
+    logger.info(
         "Building the world: %d rows over %d days, seed %d, task relatedness %.2f, %s catalogue",
         rows, days, seed, task_relatedness, catalogue,
     )
@@ -201,7 +203,7 @@ def _write_tfrecords(out_dir: str, world: world_lib.World, rows: int, rows_per_f
             files.append(piece)
             per_day[piece.day] = per_day.get(piece.day, 0) + piece.rows
             written += piece.rows
-        logging.info("Wrote %d of %d examples", written, rows)
+        logger.info("Wrote %d of %d examples", written, rows)
 
     try:
         if workers > 1 and n_chunks > 1 and "fork" in multiprocessing.get_all_start_methods():
@@ -839,7 +841,7 @@ def _write_raw(
                 emit(raw_events.CLICKS, orphan)
                 counts["injected_click_without_impression"] += 1
             written += len(impressions)
-            logging.info("Wrote the events of %d of %d impressions", written, rows)
+            logger.info("Wrote the events of %d of %d impressions", written, rows)
     finally:
         for writer in writers.values():
             writer.close()

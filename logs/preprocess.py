@@ -56,7 +56,6 @@ module-level classes, so they pickle for multi-process and remote workers.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import logging
@@ -70,15 +69,14 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.options.value_provider import StaticValueProvider
 
 from lt4rec.errors import DataError
-from lt4rec.logs import raw_events, records
+from lt4rec.logs import beam_jobs, raw_events, records
+from lt4rec.logs.beam_jobs import COUNTERS_FILE, REJECTED, REJECTED_PREFIX
 
-_LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Rejection reasons: the parse-time ones of raw_events, then those of the join.
 MALFORMED = raw_events.MALFORMED
@@ -101,13 +99,10 @@ LINES_READ = "lines_read"
 EXAMPLES_WRITTEN = "examples_written"
 CLICKS_JOINED = "clicks_joined"
 PLAYS_JOINED = "plays_joined"
-REJECTED = "rejected"
 WATCH_RATIOS_CLIPPED = "watch_ratios_clipped"
 CLICKS_WITHOUT_PLAY = "clicks_without_play"
 
 FILE_FORMATS = ("auto",) + raw_events.FORMATS
-REJECTED_PREFIX = "_rejected"
-COUNTERS_FILE = "_counters.json"
 SKIPPED_FILES_FILE = "_skipped_files.json"  # [{"source", "file", "reason"}], when files were skipped
 EXAMPLE_FILE_PREFIX = "part"
 
@@ -130,15 +125,8 @@ class ParsedLine(NamedTuple):
     event: dict[str, Any]
 
 
-@functools.lru_cache(maxsize=None)
-def _counter(name: str) -> beam.metrics.metric.Metrics.DelegatingCounter:
-    """Cached: making a counter costs more than incrementing it, and a counter finds the
-    running step's metrics when incremented, so one object serves every step and bundle."""
-    return beam.metrics.Metrics.counter(COUNTER_NAMESPACE, name)
-
-
 def _count(name: str, value: int = 1) -> None:
-    _counter(name).inc(value)
+    beam_jobs.count(COUNTER_NAMESPACE, name, value)
 
 
 def _rejection(source: str, reason: str, detail: str, file_name: str, line: bytes) -> beam.pvalue.TaggedOutput:
@@ -318,7 +306,7 @@ class GzipTFRecordSink(fileio.FileSink):
         self._handle = fh
 
     def write(self, record: tuple[str, bytes]) -> None:
-        _TFRecordUtil.write_record(self._handle, record[1])
+        beam_jobs.write_tfrecord(self._handle, record[1])
 
     def flush(self) -> None:
         """Nothing is buffered here, and flushing a compressed handle would end its gzip
@@ -358,11 +346,7 @@ class CheckWrittenFn(beam.DoFn):
         path = FileSystems.join(self._out_dir, file_result.file_name)
         if not FileSystems.exists(path):
             raise IOError(f"WriteToFiles reported {path}, but it was not moved there from the temporary folder")
-        _LOGGER.info("Wrote %s", path)
-
-
-def _rejection_json(record: Mapping[str, str]) -> str:
-    return json.dumps(record, ensure_ascii=False)
+        logger.info("Wrote %s", path)
 
 
 def _raw_file_pattern(raw_dir: str, source: str) -> str:
@@ -438,13 +422,6 @@ def _check_csv_headers(files: Mapping[str, Sequence[str]]) -> None:
                 raise DataError(f"{path}: CSV header {header!r} is not the {source} header {expected!r}")
 
 
-def _check_output_empty(out_dir: str) -> None:
-    """Output of an earlier run would be mixed with this one's (day folders hold any part-*)."""
-    leftovers = FileSystems.match([FileSystems.join(out_dir, "**")])[0].metadata_list  # files at any depth
-    if leftovers:
-        raise DataError(f"output folder {out_dir} is not empty (it holds {leftovers[0].path}); choose a new one")
-
-
 def build_pipeline(
     pipeline: beam.Pipeline,
     files: Mapping[str, Sequence[str]],
@@ -489,26 +466,15 @@ def build_pipeline(
     (
         rejections
         | "All rejections" >> beam.Flatten()
-        | "To JSON" >> beam.Map(_rejection_json)
-        | "Write rejections"
-        >> beam.io.WriteToText(FileSystems.join(out_dir, REJECTED_PREFIX), file_name_suffix=".jsonl")
+        | "Write rejections" >> beam_jobs.WriteRejections(out_dir)
     )
 
 
 def _query_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     """The job's counters by name, summed over steps; the fixed ones present even when 0."""
-    counters = {f"{name}/{source}": 0 for name in (FILES_READ, LINES_READ) for source in raw_events.SOURCES}
-    counters.update({name: 0 for name in (EXAMPLES_WRITTEN, CLICKS_JOINED, PLAYS_JOINED, WATCH_RATIOS_CLIPPED, CLICKS_WITHOUT_PLAY)})
-    for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        name = counter.key.metric.name
-        counters[name] = counters.get(name, 0) + int(value)
-    return dict(sorted(counters.items()))
-
-
-def _write_counters(out_dir: str, counters: Mapping[str, int]) -> None:
-    with FileSystems.create(FileSystems.join(out_dir, COUNTERS_FILE)) as handle:
-        handle.write(json.dumps(counters, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+    always = [f"{name}/{source}" for name in (FILES_READ, LINES_READ) for source in raw_events.SOURCES]
+    always += [EXAMPLES_WRITTEN, CLICKS_JOINED, PLAYS_JOINED, WATCH_RATIOS_CLIPPED, CLICKS_WITHOUT_PLAY]
+    return beam_jobs.query_counters(result, COUNTER_NAMESPACE, always)
 
 
 def run(
@@ -529,12 +495,12 @@ def run(
     _check_gzip(files)
     if file_format == "csv":
         _check_csv_headers(files)
-    _check_output_empty(out_dir)
+    beam_jobs.check_output_empty(out_dir)
     for source in raw_events.SOURCES:
-        _LOGGER.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, FileSystems.join(raw_dir, source))
+        logger.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, FileSystems.join(raw_dir, source))
         for path in markers[source]:
-            _LOGGER.warning("Skipping %s: a marker file (its name or folder starts with _ or .)", path)
-    _LOGGER.info("Writing day partitions of examples to %s, rejected lines to %s-*.jsonl", out_dir, FileSystems.join(out_dir, REJECTED_PREFIX))
+            logger.warning("Skipping %s: a marker file (its name or folder starts with _ or .)", path)
+    logger.info("Writing day partitions of examples to %s, rejected lines to %s-*.jsonl", out_dir, FileSystems.join(out_dir, REJECTED_PREFIX))
 
     options = PipelineOptions(list(beam_args or []))
     # WriteToFiles' temporary files go to a folder of this run, removed once it ends.
@@ -553,7 +519,7 @@ def run(
 
     counters = _query_counters(result)
     if not allow_damaged_files and any(name.endswith(f"/{UNREADABLE}") for name in counters):
-        damaged = [record["detail"] for record in _read_rejections(out_dir) if record["reason"] == UNREADABLE]
+        damaged = [record["detail"] for record in beam_jobs.read_rejections(out_dir) if record["reason"] == UNREADABLE]
         _remove_output(out_dir, temp_dir)
         raise DataError(
             f"{len(damaged)} damaged raw file(s): " + "; ".join(sorted(damaged))
@@ -563,19 +529,13 @@ def run(
         if markers[source]:
             counters[f"{FILES_SKIPPED}/{source}/{MARKER_FILE}"] = len(markers[source])
     counters = dict(sorted(counters.items()))
-    _write_counters(out_dir, counters)
+    beam_jobs.write_counters(out_dir, counters)
     skipped = [{"source": source, "file": path, "reason": MARKER_FILE} for source in raw_events.SOURCES for path in markers[source]]
     if skipped:
         with FileSystems.create(FileSystems.join(out_dir, SKIPPED_FILES_FILE)) as handle:
             handle.write(json.dumps(skipped, indent=2).encode("utf-8") + b"\n")
-    _LOGGER.info("Counters written to %s", FileSystems.join(out_dir, COUNTERS_FILE))
+    logger.info("Counters written to %s", FileSystems.join(out_dir, COUNTERS_FILE))
     return counters
-
-
-def _read_rejections(out_dir: str) -> Iterator[dict]:
-    for metadata in FileSystems.match([FileSystems.join(out_dir, f"{REJECTED_PREFIX}-*")])[0].metadata_list:
-        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            yield from (json.loads(text) for text in handle if text.strip())
 
 
 def _remove_output(out_dir: str, temp_dir: str) -> None:
@@ -587,7 +547,7 @@ def _remove_output(out_dir: str, temp_dir: str) -> None:
     for path in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:  # empty day folders, locally
         if os.path.isdir(os.path.join(out_dir, path)) and not os.listdir(os.path.join(out_dir, path)):
             os.rmdir(os.path.join(out_dir, path))
-    _LOGGER.warning("The job failed; removed what it wrote to %s", out_dir)
+    logger.warning("The job failed; removed what it wrote to %s", out_dir)
 
 
 def format_counters(counters: Mapping[str, int]) -> str:
@@ -599,13 +559,9 @@ def format_counters(counters: Mapping[str, int]) -> str:
     }
     lines = []
     for source in raw_events.SOURCES:
-        prefix = f"{REJECTED}/{source}/"
-        reasons = {name[len(prefix):]: value for name, value in counters.items() if name.startswith(prefix)}
         used_name, used_count = used[source]
-        line = f"{source:<12} {counters.get(f'{LINES_READ}/{source}', 0):>10} lines read = {used_count} {used_name} + {sum(reasons.values())} rejected"
-        if reasons:
-            line += " (" + ", ".join(f"{reason} {value}" for reason, value in sorted(reasons.items())) + ")"
-        lines.append(line)
+        total = f"{source:<12} {counters.get(f'{LINES_READ}/{source}', 0):>10} lines read"
+        lines.append(beam_jobs.format_reasons(total, f"{used_count} {used_name}", counters, f"{REJECTED}/{source}/"))
     files = ", ".join(f"{source} {counters.get(f'{FILES_READ}/{source}', 0)}" for source in raw_events.SOURCES)
     skipped = {name[len(FILES_SKIPPED) + 1 :]: value for name, value in counters.items() if name.startswith(f"{FILES_SKIPPED}/")}
     lines.append(f"files read: {files}" + (

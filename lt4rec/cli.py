@@ -26,18 +26,21 @@ _NOISE = (
 
 
 class _UserFacingLogs(logging.Filter):
-    """Our own logs, TFX's component start and finish, and real warnings; not the chatter."""
+    """Progress and results: our own loggers, TFX's component start and finish, and errors.
+
+    Everything else (TFX, TFMA, Beam and Keras warnings a user cannot act on, Python
+    warnings) shows only with --verbose.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if any(noise in message for noise in _NOISE):
             return False
-        if record.name in ("absl", "root") and record.levelno < logging.WARNING:
-            return record.name == "root" and record.pathname.startswith(_PROJECT) or message.startswith("Component ")
-        return True
-
-
-_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if record.name == "lt4rec" or record.name.startswith("lt4rec."):
+            return True
+        if record.levelno >= logging.ERROR:
+            return True
+        return record.name == "absl" and message.startswith("Component ")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -46,6 +49,7 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.captureWarnings(True)  # Python warnings go through logging, so the filter decides
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_UserFacingLogs())

@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 TASKS = ("ctr", "cvr")
 CONNECTION = "connection"  # S-Weight: each kernel entry is kept or dropped
@@ -63,7 +62,16 @@ class NeverPrune(tfmot.sparsity.keras.PruningSchedule):
         return {"class_name": self.__class__.__name__, "config": {}}
 
 
-class TaskMaskedPruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
+def _tfmot_wrapper_class() -> type:
+    """TF-MOT's pruning wrapper class, reached through its public API (the class itself is
+    exported only from a private module): the type of what `prune_low_magnitude` returns."""
+    return type(tfmot.sparsity.keras.prune_low_magnitude(tf.keras.layers.Dense(1), pruning_schedule=NeverPrune()))
+
+
+PruneLowMagnitude = _tfmot_wrapper_class()
+
+
+class TaskMaskedPruneLowMagnitude(PruneLowMagnitude):
     """A pruning wrapper around a Dense layer with one mask per task over one shared kernel."""
 
     def __init__(self, layer: tf.keras.layers.Dense, tasks: Sequence[str] = TASKS, **kwargs):

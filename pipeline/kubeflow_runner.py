@@ -36,6 +36,8 @@ from lt4rec.components import artifacts
 from lt4rec.pipeline import configs
 from lt4rec.pipeline import pipeline as pipeline_lib
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_IMAGE = "lt4rec:latest"
 IMAGE_ROOT = "/pipeline"  # where the Dockerfile puts the repository (and installs it from)
 IMAGE_SCHEMA_FILE = f"{IMAGE_ROOT}/pipeline/schema/schema.pbtxt"
@@ -131,7 +133,7 @@ def compile_pipeline(
     """Writes the pipeline's Kubeflow V2 spec to `out_file` and returns its path: a Vertex AI
     PipelineJob as JSON, or for a `.yaml` file the bare spec that Kubeflow Pipelines takes."""
     if "@sha256:" not in image:
-        logging.warning(
+        logger.warning(
             "Image %s is named by tag: Vertex AI's cache key holds the name, so after a re-push of the tag it "
             "reuses results of the old code; compile with IMAGE@sha256:<digest>", image,
         )
@@ -147,7 +149,7 @@ def compile_pipeline(
             yaml.safe_dump(job["pipelineSpec"], handle, sort_keys=True)
         else:
             json.dump(job, handle, sort_keys=True)
-    logging.info("Pipeline %s compiled for image %s: %s", settings.pipeline_name, image, out_file)
+    logger.info("Pipeline %s compiled for image %s: %s", settings.pipeline_name, image, out_file)
     return os.path.abspath(out_file)
 
 

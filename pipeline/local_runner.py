@@ -18,11 +18,13 @@ from tfx import v1 as tfx
 from lt4rec.pipeline import configs
 from lt4rec.pipeline import pipeline as pipeline_lib
 
+logger = logging.getLogger(__name__)
+
 
 def build(settings: configs.PipelineSettings) -> tfx.dsl.Pipeline:
     """The local pipeline, after checking that the data root holds day partitions."""
     days = configs.discover_days(settings.data_root)
-    logging.info("Data root %s: %d day partitions, %s to %s", settings.data_root, len(days), days[0], days[-1])
+    logger.info("Data root %s: %d day partitions, %s to %s", settings.data_root, len(days), days[0], days[-1])
     return pipeline_lib.create_pipeline(
         settings,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -34,7 +36,7 @@ def build(settings: configs.PipelineSettings) -> tfx.dsl.Pipeline:
 def run(settings: configs.PipelineSettings) -> None:
     tfx.orchestration.LocalDagRunner().run(build(settings))
     for step in last_run_steps(settings):
-        logging.info("%-18s %-8s %7.1f s", step.component, step.state, step.seconds)
+        logger.info("%-18s %-8s %7.1f s", step.component, step.state, step.seconds)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,8 @@ from lt4rec.components.artifacts import Masks
 from lt4rec.components.mask_search import executor as mask_search_executor
 from lt4rec.components.sparse_sharing_trainer import executor as trainer_executor
 
+logger = logging.getLogger(__name__)
+
 TRAINER_NODE = "SparseSharingTrainer"
 MASK_SEARCH_NODE = "MaskSearch"
 # Per node: the executor every replica runs, and its outputs (artifact types by key).
@@ -162,7 +164,7 @@ def run_workers(
         log = os.path.join(log_dir, f"{name}.log")
         with open(log, "w") as out:
             processes.append((name, log, subprocess.Popen(arguments, env=worker_env, stdout=out, stderr=subprocess.STDOUT)))
-    logging.info("Started %d %s worker(s), logs in %s", len(processes), execution.node_id, log_dir)
+    logger.info("Started %d %s worker(s), logs in %s", len(processes), execution.node_id, log_dir)
     finished: dict[str, Worker] = {}
     awaited = [processes[0]] if parameter_servers else processes  # servers run until stopped
     while len(finished) < len(awaited):

@@ -38,7 +38,6 @@ The DoFns are module-level classes, so they pickle for multi-process and remote 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -49,22 +48,21 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lt4rec.components.log_example_gen.executor import CorruptFileError, read_tfrecords
 from lt4rec.errors import DataError
+from lt4rec.logs import beam_jobs
+from lt4rec.logs.beam_jobs import REJECTED, CorruptFileError, read_tfrecords
 from lt4rec.models import export, features
 from lt4rec.serving import client
 
-_LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TASKS = ("ctr", "cvr")
 SIGNATURES = {"ctr": "serving_default", "cvr": "serving_default", export.RANK_MODEL: export.SCORES_SIGNATURE}
 COUNTER_NAMESPACE = "lt4rec.batch_scoring"
 RECORDS_READ = "records_read"
 SCORED = "scored"
-REJECTED = "rejected"  # counters "rejected/<reason>"
 
 NOT_AN_EXAMPLE = "not_a_tf_example"
 WRONG_TYPE = "wrong_type"
@@ -74,8 +72,6 @@ BAD_DURATION = "bad_duration"
 CORRUPT_FILE = "corrupt_file"
 
 SCORES_PREFIX = "scores"
-REJECTED_PREFIX = "_rejected"
-COUNTERS_FILE = "_counters.json"
 _VERSION = re.compile(r"^\d+$")
 
 
@@ -136,23 +132,14 @@ def log_files(pattern: str) -> list[str]:
     return files
 
 
-@functools.lru_cache(maxsize=None)
-def _counter(name: str):
-    """Cached: making a counter costs more than incrementing it (as in logs/preprocess.py)."""
-    return beam.metrics.Metrics.counter(COUNTER_NAMESPACE, name)
-
-
 def _count(name: str, value: int = 1) -> None:
-    _counter(name).inc(value)
+    beam_jobs.count(COUNTER_NAMESPACE, name, value)
 
 
 def _rejection(path: str, index: int, reason: str, field: str, detail: str, record: bytes) -> beam.pvalue.TaggedOutput:
-    """A dead-letter record, counted where it is made so that no rejection goes uncounted."""
+    """A rejected record, counted where it is made so that no rejection goes uncounted."""
     _count(f"{REJECTED}/{reason}")
-    return beam.pvalue.TaggedOutput(
-        REJECTED,
-        {"file": path, "record": index, "reason": reason, "field": field, "detail": detail, "serialized_example_hex": record.hex()},
-    )
+    return beam.pvalue.TaggedOutput(REJECTED, beam_jobs.rejected_record(path, index, reason, field, detail, record))
 
 
 def _bytes_value(feature_map, name: str) -> str | None:
@@ -298,24 +285,13 @@ def build_pipeline(
     )
     (
         checked[REJECTED]
-        | "Rejections to JSON" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False))
-        | "Write rejections" >> beam.io.WriteToText(FileSystems.join(out_dir, REJECTED_PREFIX), file_name_suffix=".jsonl")
+        | "Write rejections" >> beam_jobs.WriteRejections(out_dir)
     )
-
-
-def _check_output_empty(out_dir: str) -> None:
-    leftovers = FileSystems.match([FileSystems.join(out_dir, "**")])[0].metadata_list
-    if leftovers:
-        raise DataError(f"output folder {out_dir} is not empty (it holds {leftovers[0].path}); choose a new one")
 
 
 def query_counters(result) -> dict[str, int]:
     """The job's counters by name, summed over steps; records_read and scored present even when 0."""
-    counters = {RECORDS_READ: 0, SCORED: 0}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(value)
-    return dict(sorted(counters.items()))
+    return beam_jobs.query_counters(result, COUNTER_NAMESPACE, (RECORDS_READ, SCORED))
 
 
 def run(
@@ -333,8 +309,8 @@ def run(
     weights = weights or client.RankWeights()
     files = log_files(examples)
     models = find_models(serving_dir, ctr_version, cvr_version, rank_version, task_models)
-    _check_output_empty(out_dir)
-    _LOGGER.info(
+    beam_jobs.check_output_empty(out_dir)
+    logger.info(
         "Scoring %d log files with %s; rankscore = pCTR^%g * pCVR^%g * length^%g",
         len(files), models.describe(), weights.ctr, weights.cvr, weights.length,
     )
@@ -344,16 +320,10 @@ def run(
     result.wait_until_finish()
 
     counters = query_counters(result)
-    with FileSystems.create(FileSystems.join(out_dir, COUNTERS_FILE)) as handle:
-        handle.write(json.dumps(counters, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+    beam_jobs.write_counters(out_dir, counters)
     return counters
 
 
 def format_counters(counters: Mapping[str, int]) -> str:
     """records read = scored + rejected, with the rejections by reason."""
-    prefix = f"{REJECTED}/"
-    reasons = {name[len(prefix):]: value for name, value in counters.items() if name.startswith(prefix)}
-    line = f"{counters.get(RECORDS_READ, 0)} records read = {counters.get(SCORED, 0)} scored + {sum(reasons.values())} rejected"
-    if reasons:
-        line += " (" + ", ".join(f"{reason} {value}" for reason, value in sorted(reasons.items())) + ")"
-    return line
+    return beam_jobs.format_reasons(f"{counters.get(RECORDS_READ, 0)} records read", f"{counters.get(SCORED, 0)} scored", counters, f"{REJECTED}/")

@@ -151,7 +151,7 @@ def test_mode_arguments_are_checked():
 
 
 def test_the_reader_finds_damage_that_tensorflow_misses(tmp_path, tiny_logs):
-    from lt4rec.components.log_example_gen.executor import CorruptFileError, read_tfrecords
+    from lt4rec.logs.beam_jobs import CorruptFileError, read_tfrecords
 
     source = os.path.join(tiny_logs, "20201011", "part-00000.gz")
     with open(source, "rb") as handle:

@@ -56,6 +56,8 @@ from lt4rec.components import artifacts
 from lt4rec.components.evaluator import extractors
 from lt4rec.models import tfma_metrics
 
+logger = logging.getLogger(__name__)
+
 TRAIN_SPLIT = "train"
 REPORT_FILE = "baselines.json"
 NO_SKILL = "NoSkillBaseline"
@@ -449,7 +451,7 @@ class Executor(tfx_executor.Executor):
         statistics = self._split_statistics(input_dict[specs.EXAMPLES_KEY], baselines, eval_splits, output_uri)
         configured, notes = configure(eval_config, baselines, statistics, eval_splits)
         for note in notes:
-            logging.info("Evaluator: %s", note)
+            logger.info("Evaluator: %s", note)
 
         configured_json = proto_utils.proto_to_json(configured)
         super().Do(input_dict, output_dict, _with_extractors({**exec_properties, specs.EVAL_CONFIG_KEY: configured_json}))
@@ -465,12 +467,12 @@ class Executor(tfx_executor.Executor):
         )  # fmt: skip
         _write_json(_to_json(summary), os.path.join(output_uri, REPORT_FILE))
         lines = [describe(check) for check in summary["checks"]]
-        logging.info("Evaluator: model vs baselines\n  %s", "\n  ".join(lines))
+        logger.info("Evaluator: model vs baselines\n  %s", "\n  ".join(lines))
         if blessing is not None:
             blessing.set_string_custom_property(CHECKS_PROPERTY, "; ".join(lines))
             if blessed is False:
                 blessing.set_string_custom_property(REASONS_PROPERTY, "; ".join(summary["failures"]))
-                logging.info("Evaluator: not blessed: %s", "; ".join(summary["failures"]))
+                logger.info("Evaluator: not blessed: %s", "; ".join(summary["failures"]))
 
     def _split_statistics(self, examples, baselines: list[Baseline], eval_splits: list[str], output_uri: str) -> SplitStatistics:
         """One Beam pass over the train and eval splits, in batches (see `_SplitSums`)."""

@@ -16,7 +16,6 @@ request id, so that the impressions of one request stay together.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
 import json
@@ -24,12 +23,9 @@ import logging
 import math
 import os
 import re
-import struct
-import zlib
 from typing import Any, Iterator
 
 import apache_beam as beam
-import google_crc32c
 import tensorflow as tf
 from tfx.components.example_gen import driver as example_gen_driver
 from tfx.components.example_gen import input_processor
@@ -40,7 +36,11 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from lt4rec import errors
+from lt4rec.logs import beam_jobs
+from lt4rec.logs.beam_jobs import CorruptFileError, read_tfrecords
 from lt4rec.models import features
+
+logger = logging.getLogger(__name__)
 
 EVAL_DAYS = "eval_days"
 FIRST_DAY = "first_day"
@@ -100,40 +100,6 @@ def _values(feature: tf.train.Feature) -> list:
     return list(getattr(feature, kind).value) if kind else []
 
 
-class CorruptFileError(Exception):
-    """A log file whose bytes are damaged; the message says how."""
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def read_tfrecords(path: str) -> Iterator[bytes]:
-    """The records of a GZIP TFRecord file, checking every byte.
-
-    TensorFlow's own reader ends quietly when a GZIP file is cut at a record boundary
-    (or has lost its trailer), losing the rest without a word; Python's gzip module
-    notices the missing end-of-stream marker, and the TFRecord checksums catch the rest.
-    """
-    with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
-        try:
-            while header := stream.read(12):
-                if len(header) < 12:
-                    raise CorruptFileError("a record header is cut short")
-                length, length_crc = struct.unpack("<QI", header)
-                if _masked_crc(header[:8]) != length_crc:
-                    raise CorruptFileError("a record length fails its checksum")
-                record, footer = stream.read(length), stream.read(4)
-                if len(record) < length or len(footer) < 4:
-                    raise CorruptFileError("a record is cut short")
-                if _masked_crc(record) != struct.unpack("<I", footer)[0]:
-                    raise CorruptFileError("a record fails its checksum")
-                yield record
-        except (EOFError, OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-            raise CorruptFileError(f"bad GZIP data: {error}") from None
-
-
 class _ReadLogFile(beam.DoFn):
     """Reads one GZIP TFRecord file; yields (day, serialized example) or a rejection."""
 
@@ -145,28 +111,21 @@ class _ReadLogFile(beam.DoFn):
                 try:
                     example = tf.train.Example.FromString(record)
                 except Exception as error:  # a protobuf DecodeError
-                    yield beam.pvalue.TaggedOutput(REJECTED_DIR, _rejection(path, index, NOT_AN_EXAMPLE, "", str(error), record))
+                    yield _rejection(path, index, NOT_AN_EXAMPLE, "", str(error), record)
                     continue
                 problem = check_row(example)
                 if problem is None:
                     yield day, record
                 else:
                     reason, field, detail = problem
-                    yield beam.pvalue.TaggedOutput(REJECTED_DIR, _rejection(path, index, reason, field, detail, record))
+                    yield _rejection(path, index, reason, field, detail, record)
         except CorruptFileError as error:
             detail = f"not a valid GZIP TFRecord file: it breaks off after {index + 1} records ({error})"
-            yield beam.pvalue.TaggedOutput(REJECTED_DIR, _rejection(path, index + 1, CORRUPT_FILE, "", detail, b""))
+            yield _rejection(path, index + 1, CORRUPT_FILE, "", detail, b"")
 
 
-def _rejection(path: str, index: int, reason: str, field: str, detail: str, record: bytes) -> dict:
-    return {
-        "file": path,
-        "record": index,
-        "reason": reason,
-        "field": field,
-        "detail": detail,
-        "serialized_example_hex": record.hex(),
-    }
+def _rejection(path: str, index: int, reason: str, field: str, detail: str, record: bytes) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(REJECTED_DIR, beam_jobs.rejected_record(path, index, reason, field, detail, record))
 
 
 def describe_rejection(rejection: dict) -> str:
@@ -218,7 +177,7 @@ def resolve_span(exec_properties: dict[str, Any], examples) -> dict[str, Any]:
         example_gen_utils.FINGERPRINT_PROPERTY_NAME: processor.get_input_fingerprint(span, version),
     }
     example_gen_driver.update_output_artifact(resolved, examples.mlmd_artifact)
-    logging.info("LogExampleGen: no driver resolved the day; span %d: %s", span, input_config.splits[0].pattern)
+    logger.info("LogExampleGen: no driver resolved the day; span %d: %s", span, input_config.splits[0].pattern)
     return resolved
 
 
@@ -241,7 +200,7 @@ class Executor(BaseExampleGenExecutor):
         examples.set_int_custom_property("rejected_rows", rejected)
         examples.set_string_custom_property("rejected_by_reason", json.dumps(counts["rejected"], sort_keys=True))
         examples.set_string_custom_property("split_days", json.dumps(counts["split_days"], sort_keys=True))
-        logging.info(
+        logger.info(
             "LogExampleGen: %d rows read, %d rejected, %d corrupt files %s; days per split %s",
             counts[ROWS_READ], rejected, corrupt_files, counts["rejected"], counts["split_days"],
         )
@@ -288,7 +247,7 @@ class Executor(BaseExampleGenExecutor):
             split_days = {"train": days[:-eval_days], "eval": days[-eval_days:]}
         else:
             split_days = {"train": days, "eval": days}
-        logging.info("LogExampleGen: %d files in %d day partitions; %s", len(files), len(days), split_days)
+        logger.info("LogExampleGen: %d files in %d day partitions; %s", len(files), len(days), split_days)
 
         read = (
             pipeline
