@@ -10,7 +10,7 @@ export TF_USE_LEGACY_KERAS := 1
 # tfx 1.16 declares Requires-Python <3.11 although its whole stack has 3.11 wheels.
 export PIP_IGNORE_REQUIRES_PYTHON := 1
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-fast lint format clean-demo
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,22 @@ demo: install
 	$(BIN)/lt4rec pipeline run --data-root $(DEMO)/logs --pipeline-root $(DEMO)/pipeline \
 		--serving-dir $(DEMO)/serving --table-scale 0.05 --min-sparsity 0.5
 
-test: install
+# Everything, as CI runs it: the linter, then every test (whole pipelines, clusters, servers).
+test: lint
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: unit tests only (no e2e or slow ones), a few minutes.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Rewrites the code in the house style (what `make lint` checks).
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean-demo:
 	rm -rf $(DEMO)

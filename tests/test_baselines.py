@@ -33,6 +33,8 @@ from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.conftest import TABLE_SCALE, read_examples, tiny_model, write_examples
 
+pytestmark = pytest.mark.e2e
+
 TRAIN_DAYS, EVAL_DAYS = ("20201011", "20201012"), ("20201013",)
 NO_SKILL_MARGIN, INCUMBENT_MARGIN = "mse_below_no_skill", "auc_above_incumbent"
 

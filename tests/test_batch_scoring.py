@@ -12,6 +12,9 @@ import pytest
 
 from tests.conftest import LT4REC, write_examples
 
+pytestmark = pytest.mark.e2e
+
+
 A, B, C = 1.0, 0.5, 0.2  # rankscore exponents, not all 1, so that each one is checked
 
 

@@ -12,6 +12,9 @@ import tensorflow as tf
 from lt4rec.models import features
 from lt4rec.serving import client
 
+pytestmark = pytest.mark.e2e
+
+
 
 def test_rankscore_is_the_weighted_product():
     pctr, pcvr, length = np.array([0.5, 0.2]), np.array([0.8, 0.9]), np.array([60.0, 600.0])

@@ -17,6 +17,8 @@ from lt4rec.models import sparse_sharing, trainer
 from lt4rec.pipeline import configs, local_runner
 from tests.conftest import TABLE_SCALE, tiny_model
 
+pytestmark = pytest.mark.e2e
+
 
 def _settings(tiny_logs: str, root: str, day: str, masks: str, **bounds) -> configs.PipelineSettings:
     settings = dict(

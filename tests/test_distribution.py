@@ -144,6 +144,7 @@ def mirrored_against_one_device(optimizer: str) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
 def test_two_replicas_train_as_one_device_on_the_same_global_batches(optimizer):
     """Replica slices, all-reduce, loss scaling and masked optimizers, checked end to end."""

@@ -10,6 +10,9 @@ import tensorflow as tf
 
 from lt4rec.models import export, features, masks, network
 
+pytestmark = pytest.mark.slow
+
+
 
 def test_served_models_score_as_the_trained_network(served_models):
     raw = served_models.raw_examples[:50]

@@ -26,6 +26,8 @@ from lt4rec.pipeline import configs, kubeflow_runner, local_runner
 from tests import kubeflow_local
 from tests.conftest import TABLE_SCALE, read_examples, tiny_model
 
+pytestmark = pytest.mark.e2e
+
 IMAGE = "lt4rec:test"
 TASKS = ("ctr", "cvr")
 

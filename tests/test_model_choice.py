@@ -18,6 +18,8 @@ from lt4rec.pipeline import configs, kubeflow_runner, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.conftest import TABLE_SCALE, read_examples, tiny_model
 
+pytestmark = pytest.mark.e2e
+
 ROOTS = dict(data_root="gs://b/logs", pipeline_root="gs://b/pipeline", serving_dir="gs://b/serving")
 SPARSE = {configs.S_WEIGHT: masks.CONNECTION, configs.S_NEURON: masks.NEURON}
 

@@ -13,6 +13,8 @@ import pytest
 from lt4rec.models import distribution, features, masks, network, sparse_sharing, trainer
 from lt4rec.pipeline import trainer_cluster
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def two_workers(finished_run, tmp_path_factory):

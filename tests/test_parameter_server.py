@@ -27,6 +27,8 @@ from lt4rec.models import distribution, features, masks, network, sparse_sharing
 from lt4rec.pipeline import trainer_cluster
 from tests.conftest import read_examples, run_in_fresh_process
 
+pytestmark = pytest.mark.e2e
+
 HASHED_TABLES = ("user", "video", "content_provider", "tag")
 FEATURE_CONFIG_SCALE = 0.01
 NETWORK = network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16))

@@ -18,6 +18,8 @@ from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.conftest import LT4REC, TABLE_SCALE, read_examples
 
+pytestmark = pytest.mark.e2e
+
 def _latest(settings, component: str, output: str) -> str:
     return sorted(glob.glob(os.path.join(settings.pipeline_root, component, output, "*")), key=os.path.getmtime)[-1]
 

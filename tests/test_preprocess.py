@@ -649,6 +649,7 @@ def test_cli_names_a_gz_file_that_is_not_gzip(tmp_path: Path) -> None:
     assert str(fake) in cli_error(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out")])
 
 
+@pytest.mark.e2e
 def test_cli_names_a_truncated_file_found_by_a_worker_process(tmp_path: Path) -> None:
     truncated = tmp_path / "raw" / IMPRESSIONS / "20201011" / "b.jsonl.gz"
     write_truncated_gzip(truncated, many_impressions("cut", 400))
@@ -681,6 +682,7 @@ def test_format_counters_reports_the_accounting() -> None:
 # --- the command line, with two worker processes -----------------------------------------
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_multi_processing(tmp_path: Path) -> None:
     manifest = generator.generate(str(tmp_path / "raw"), rows=300, days=2, seed=7, raw=True)
     completed = subprocess.run(

@@ -33,6 +33,9 @@ from lt4rec import errors
 from lt4rec.serving import server as serving_server
 from tests.conftest import LT4REC
 
+pytestmark = pytest.mark.e2e
+
+
 TASKS = ("ctr", "cvr")
 BATCH = 64
 

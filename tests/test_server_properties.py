@@ -14,6 +14,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from lt4rec.serving import server as serving_server
 
+pytestmark = pytest.mark.e2e
+
+
 # What TF Serving answers a request it cannot serve with; the rest would be a server fault.
 CLIENT_CODES = {
     grpc.StatusCode.OK,

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lt4rec.pipeline import configs, local_runner
+
+pytestmark = pytest.mark.e2e
 
 TFX = os.path.join(os.path.dirname(sys.executable), "tfx")
 RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "local_runner.py")
