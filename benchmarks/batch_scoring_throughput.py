@@ -1,4 +1,4 @@
-"""Throughput of `lt4rec batch-score` on the DirectRunner: one worker, and two worker processes.
+r"""Throughput of `lt4rec batch-score` on the DirectRunner: one worker, and two worker processes.
 
 Generates logs into a temporary folder, fits Transform on them (`offline_transform`, as the
 tests do), builds a RankingNetwork of the default shape (512-256-128 MLP, embeddings of 32;
@@ -10,7 +10,8 @@ pipeline's start-up (worker processes, TensorFlow import, model loading), which 
 user of the command waits for; on small inputs it dominates.
 
     .venv/bin/python benchmarks/batch_scoring_throughput.py --rows 50000
-    .venv/bin/python benchmarks/batch_scoring_throughput.py --modes in_memory "multi_processing x1" "multi_processing x2"
+    .venv/bin/python benchmarks/batch_scoring_throughput.py \
+        --modes in_memory "multi_processing x1" "multi_processing x2"
 
 Setup (generate, Transform analysis, export) takes about 1-2 minutes, each run about a minute.
 """
@@ -54,8 +55,12 @@ def export_models(logs: str, serving_dir: str, workdir: str) -> None:
     model = network.RankingNetwork(feature_config, network.NetworkConfig())
     model.build_for({name: ids[name] for name in features.FEATURE_NAMES})
     for task in ("ctr", "cvr"):
-        export.export_task_model(model, task, transform_output, os.path.join(serving_dir, task, "1"), matmul=export.DENSE)
-    export.export_rank_model(model, transform_output, os.path.join(serving_dir, export.RANK_MODEL, "1"), matmul=export.DENSE)
+        export.export_task_model(
+            model, task, transform_output, os.path.join(serving_dir, task, "1"), matmul=export.DENSE
+        )
+    export.export_rank_model(
+        model, transform_output, os.path.join(serving_dir, export.RANK_MODEL, "1"), matmul=export.DENSE
+    )
 
 
 def main() -> None:
@@ -64,8 +69,13 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=2, help="Day partitions to spread them over.")
     parser.add_argument("--rows-per-file", type=int, default=10_000, help="Impressions per log file.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--modes", nargs="+", default=["in_memory", "multi_processing x2"], choices=list(RUNNING_MODES),
-                        help="Running modes to time (one worker: in_memory or 'multi_processing x1').")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["in_memory", "multi_processing x2"],
+        choices=list(RUNNING_MODES),
+        help="Running modes to time (one worker: in_memory or 'multi_processing x1').",
+    )
     parser.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=list(SCORERS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -77,18 +87,28 @@ def main() -> None:
         serving_dir = os.path.join(workdir, "serving")
         export_models(logs, serving_dir, workdir)
         files = len(batch_scoring.log_files(os.path.join(logs, "*", "*")))
-        print(f"generated {args.rows} impressions in {files} files and exported the models in {time.perf_counter() - start:.1f} s")
+        print(
+            f"generated {args.rows} impressions in {files} files and exported the models in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
 
         results = {}
         for mode in args.modes:
             for scorer in args.scorers:
                 out = os.path.join(workdir, f"{mode}_{scorer}".replace(" ", "_"))
                 start = time.perf_counter()
-                counters = batch_scoring.run(os.path.join(logs, "*", "*"), serving_dir, out, beam_args=RUNNING_MODES[mode],
-                                             task_models=SCORERS[scorer])
+                counters = batch_scoring.run(
+                    os.path.join(logs, "*", "*"),
+                    serving_dir,
+                    out,
+                    beam_args=RUNNING_MODES[mode],
+                    task_models=SCORERS[scorer],
+                )
                 results[mode, scorer] = (time.perf_counter() - start, counters)
 
-    header = f"{'running mode':<22}{'scorer':<13}{'rows read':>10}{'scored':>9}{'rejected':>9}{'wall s':>9}{'rows/s':>9}"
+    header = (
+        f"{'running mode':<22}{'scorer':<13}{'rows read':>10}{'scored':>9}{'rejected':>9}{'wall s':>9}{'rows/s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for (mode, scorer), (seconds, counters) in results.items():

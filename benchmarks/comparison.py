@@ -88,15 +88,29 @@ def prepare(name: str, train: dict, args, seed: int, build_batch: dict):
 
     Returns (model, data, train_config, search_config).
     """
-    chosen = configs.select_model(name, network.NetworkConfig(), sparse_sharing.SearchConfig(
-        rounds=args.rounds, remaining=args.remaining, epochs_per_round=args.epochs_per_round, warmup_epochs=args.warmup_epochs,
-        scope=args.scope, min_sparsity=args.min_sparsity,
-    ))
+    chosen = configs.select_model(
+        name,
+        network.NetworkConfig(),
+        sparse_sharing.SearchConfig(
+            rounds=args.rounds,
+            remaining=args.remaining,
+            epochs_per_round=args.epochs_per_round,
+            warmup_epochs=args.warmup_epochs,
+            scope=args.scope,
+            min_sparsity=args.min_sparsity,
+        ),
+    )
     network_config, search_config = chosen["network"], chosen["search"]
     train_config = training.TrainConfig(
-        seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs, patience=args.patience,
-        validation_fraction=args.validation_fraction, loss_weights=(("ctr", args.ctr_loss_weight), ("cvr", args.cvr_loss_weight)),
-        conflict_weight=args.conflict_weight, optimizer=args.optimizer,
+        seed=seed,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        patience=args.patience,
+        validation_fraction=args.validation_fraction,
+        loss_weights=(("ctr", args.ctr_loss_weight), ("cvr", args.cvr_loss_weight)),
+        conflict_weight=args.conflict_weight,
+        optimizer=args.optimizer,
     )
     tf.keras.utils.set_random_seed(seed)
     fit_columns, validation = training.hold_out(train, train_config.validation_fraction, seed)
@@ -140,11 +154,20 @@ def train_model(name: str, train: dict, args, seed: int, build_batch: dict) -> t
 
 def run_seed(seed: int, args) -> dict:
     start = time.perf_counter()
-    splits = load(args.rows, days=args.days, seed=seed, table_scale=args.table_scale, catalogue=args.catalogue,
-                  task_relatedness=args.task_relatedness)
+    splits = load(
+        args.rows,
+        days=args.days,
+        seed=seed,
+        table_scale=args.table_scale,
+        catalogue=args.catalogue,
+        task_relatedness=args.task_relatedness,
+    )
     train, test = _merged(splits), splits["test"]
-    print(f"seed {seed}: {len(train[features.CLICK_LABEL])} train / {test.rows} test impressions ready in "
-          f"{time.perf_counter() - start:.0f} s", flush=True)
+    print(
+        f"seed {seed}: {len(train[features.CLICK_LABEL])} train / {test.rows} test impressions ready in "
+        f"{time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
     no_skill = training.base_rates(train)
     results = {
         TRUTH: _metrics(test, test.truth["p_click"], test.truth["expected_watch_ratio"]),
@@ -159,11 +182,16 @@ def run_seed(seed: int, args) -> dict:
         results[name] = _metrics(test, scores["ctr"], scores["cvr"])
         info[name]["weights"] = {task: _task_weights(model, task) for task in masks.TASKS}
         info[name]["seconds"] = time.perf_counter() - start
-        print(f"  {LABELS[name]}: {info[name]['seconds']:.0f} s, {info[name]['epochs']} epochs; test "
-              + ", ".join(f"{k} {v:.5f}" for k, v in results[name].items()), flush=True)
+        print(
+            f"  {LABELS[name]}: {info[name]['seconds']:.0f} s, {info[name]['epochs']} epochs; test "
+            + ", ".join(f"{k} {v:.5f}" for k, v in results[name].items()),
+            flush=True,
+        )
     for values in results.values():
         values["ctr_closed"] = (values["ctr_auc"] - 0.5) / (results[TRUTH]["ctr_auc"] - 0.5)
-        values["cvr_closed"] = (results[NO_SKILL]["cvr_mse"] - values["cvr_mse"]) / (results[NO_SKILL]["cvr_mse"] - results[TRUTH]["cvr_mse"])
+        values["cvr_closed"] = (results[NO_SKILL]["cvr_mse"] - values["cvr_mse"]) / (
+            results[NO_SKILL]["cvr_mse"] - results[TRUTH]["cvr_mse"]
+        )
     return {"seed": seed, "results": results, "info": info}
 
 
@@ -176,26 +204,47 @@ def report(runs: list[dict], args) -> None:
     seeds = [run["seed"] for run in runs]
     for name in args.models:
         if "overlap" in runs[0]["info"][name]:
-            print(f"\n{LABELS[name]}: masks per layer (seed {seeds[0]}), share of the layer's weights; chosen rounds "
-                  f"ctr {[r['info'][name]['ctr_round'] for r in runs]}, cvr {[r['info'][name]['cvr_round'] for r in runs]}")
+            print(
+                f"\n{LABELS[name]}: masks per layer (seed {seeds[0]}), share of the layer's weights; chosen rounds "
+                f"ctr {[r['info'][name]['ctr_round'] for r in runs]}, "
+                f"cvr {[r['info'][name]['cvr_round'] for r in runs]}"
+            )
             name_width = max(len(layer["layer"]) for layer in runs[0]["info"][name]["overlap"]) + 2
-            print(f"  {'layer':<{name_width}}{'size':>9}{'shared':>9}{'CTR only':>10}{'CVR only':>10}{'unused':>9}{'Jaccard':>9}")
+            print(
+                f"  {'layer':<{name_width}}{'size':>9}{'shared':>9}{'CTR only':>10}"
+                f"{'CVR only':>10}{'unused':>9}{'Jaccard':>9}"
+            )
             for layer in runs[0]["info"][name]["overlap"]:
                 used = layer["shared"] + layer["ctr_only"] + layer["cvr_only"]
-                print(f"  {layer['layer']:<{name_width}}{layer['size']:>9}" + "".join(
-                    f"{layer[key] / layer['size']:>{width}.1%}" for key, width in
-                    (("shared", 9), ("ctr_only", 10), ("cvr_only", 10), ("unused", 9))
-                ) + f"{layer['shared'] / max(used, 1):>9.2f}")
-            print("  seconds per phase: " + ", ".join(
-                f"{phase} {np.mean([r['info'][name]['phases'][phase] for r in runs]):.0f}" for phase in runs[0]["info"][name]["phases"]
-            ))
+                print(
+                    f"  {layer['layer']:<{name_width}}{layer['size']:>9}"
+                    + "".join(
+                        f"{layer[key] / layer['size']:>{width}.1%}"
+                        for key, width in (("shared", 9), ("ctr_only", 10), ("cvr_only", 10), ("unused", 9))
+                    )
+                    + f"{layer['shared'] / max(used, 1):>9.2f}"
+                )
+            print(
+                "  seconds per phase: "
+                + ", ".join(
+                    f"{phase} {np.mean([r['info'][name]['phases'][phase] for r in runs]):.0f}"
+                    for phase in runs[0]["info"][name]["phases"]
+                )
+            )
 
-    print(f"\nTest day, mean ± std over seeds {seeds} ({args.rows} impressions, {args.catalogue} catalogue, {args.days} days):")
-    header = f"{'model':<27}" + "".join(f"{COLUMNS[key][0]:>18}" for key in COLUMNS) + f"{'MLP weights ctr/cvr':>22}{'s':>6}"
+    print(
+        f"\nTest day, mean ± std over seeds {seeds} "
+        f"({args.rows} impressions, {args.catalogue} catalogue, {args.days} days):"
+    )
+    header = (
+        f"{'model':<27}" + "".join(f"{COLUMNS[key][0]:>18}" for key in COLUMNS) + f"{'MLP weights ctr/cvr':>22}{'s':>6}"
+    )
     print(header)
     print("-" * len(header))
     for name in names:
-        cells = "".join(f"{_mean_std([r['results'][name][key] for r in runs], fmt):>18}" for key, (_, fmt, _) in COLUMNS.items())
+        cells = "".join(
+            f"{_mean_std([r['results'][name][key] for r in runs], fmt):>18}" for key, (_, fmt, _) in COLUMNS.items()
+        )
         weights = seconds = ""
         if name in args.models:
             info = runs[0]["info"][name]
@@ -203,20 +252,31 @@ def report(runs: list[dict], args) -> None:
             seconds = f"{np.mean([r['info'][name]['seconds'] for r in runs]):.0f}"
         print(f"{LABELS[name]:<27}{cells}{weights:>22}{seconds:>6}")
     if BASELINE in args.models:
-        print(f"\nPaired difference to single-task (mean ± std of the per-seed differences; CVR MSE relative):")
+        print("\nPaired difference to single-task (mean ± std of the per-seed differences; CVR MSE relative):")
         print(f"{'model':<27}{'CVR MSE':>18}{'CTR AUC':>18}{'GAUC':>18}{'log loss':>18}")
         for name in args.models:
             if name == BASELINE:
                 continue
+
             def paired(key: str, relative: bool = False) -> list[float]:
                 return [
-                    r["results"][name][key] / r["results"][BASELINE][key] - 1 if relative else r["results"][name][key] - r["results"][BASELINE][key]
+                    r["results"][name][key] / r["results"][BASELINE][key] - 1
+                    if relative
+                    else r["results"][name][key] - r["results"][BASELINE][key]
                     for r in runs
                 ]
-            print(f"{LABELS[name]:<27}{_mean_std(paired('cvr_mse', True), '{:+.2%}'):>18}{_mean_std(paired('ctr_auc'), '{:+.4f}'):>18}"
-                  f"{_mean_std(paired('ctr_gauc'), '{:+.4f}'):>18}{_mean_std(paired('ctr_log_loss'), '{:+.4f}'):>18}")
-    print("MLP weights: the hidden layers' weights each task's exported model keeps (experts, gates and towers for MMoE/PLE). "
-          "Gap: share of the way from no skill to the truth. Paper (Tencent data): S-Weight -3.4% CVR MSE, +0.003 CTR AUC.")
+
+            print(
+                f"{LABELS[name]:<27}{_mean_std(paired('cvr_mse', True), '{:+.2%}'):>18}"
+                f"{_mean_std(paired('ctr_auc'), '{:+.4f}'):>18}"
+                f"{_mean_std(paired('ctr_gauc'), '{:+.4f}'):>18}{_mean_std(paired('ctr_log_loss'), '{:+.4f}'):>18}"
+            )
+    print(
+        "MLP weights: the hidden layers' weights each task's exported model keeps "
+        "(experts, gates and towers for MMoE/PLE). "
+        "Gap: share of the way from no skill to the truth. "
+        "Paper (Tencent data): S-Weight -3.4% CVR MSE, +0.003 CTR AUC."
+    )
 
 
 def plot(runs: list[dict], args, path: str) -> None:
@@ -231,11 +291,22 @@ def plot(runs: list[dict], args, path: str) -> None:
     for axis, key in zip(axes, keys):
         values = np.array([[r["results"][name][key] for r in runs] for name in shown])
         models = [name for name in shown if name not in (TRUTH, NO_SKILL)]
-        axis.errorbar(values[: len(models)].mean(axis=1), range(len(models)), xerr=values[: len(models)].std(axis=1), fmt="o", capsize=3)
+        axis.errorbar(
+            values[: len(models)].mean(axis=1),
+            range(len(models)),
+            xerr=values[: len(models)].std(axis=1),
+            fmt="o",
+            capsize=3,
+        )
         for reference, style in ((TRUTH, "--"), (NO_SKILL, ":")):
             if key in ("ctr_auc", "ctr_gauc") and reference == NO_SKILL:
                 continue
-            axis.axvline(np.mean([r["results"][reference][key] for r in runs]), linestyle=style, color="gray", label=LABELS[reference])
+            axis.axvline(
+                np.mean([r["results"][reference][key] for r in runs]),
+                linestyle=style,
+                color="gray",
+                label=LABELS[reference],
+            )
         axis.set_yticks(range(len(models)), [LABELS[name] for name in models])
         axis.invert_yaxis()
         axis.set_title(f"{COLUMNS[key][0]} ({'higher' if COLUMNS[key][2] else 'lower'} is better)")
@@ -243,7 +314,10 @@ def plot(runs: list[dict], args, path: str) -> None:
     axes[0].legend(loc="lower right", fontsize=8)
     for axis in axes[1:]:
         axis.set_yticklabels([])
-    figure.suptitle(f"Test day, {args.rows} impressions ({args.catalogue} catalogue), mean ± std over seeds {[r['seed'] for r in runs]}")
+    figure.suptitle(
+        f"Test day, {args.rows} impressions ({args.catalogue} catalogue), "
+        f"mean ± std over seeds {[r['seed'] for r in runs]}"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"plot: {path}")
@@ -272,7 +346,9 @@ def merge_saved(pieces: list[str], out: str) -> tuple[list[dict], argparse.Names
         with open(path) as f:
             saved = json.load(f)
         saved["settings"].setdefault("task_relatedness", 0.5)  # runs from before the option: the generator's default
-        shared = {key: value for key, value in saved["settings"].items() if key not in PER_RUN_SETTINGS | SEARCH_SETTINGS}
+        shared = {
+            key: value for key, value in saved["settings"].items() if key not in PER_RUN_SETTINGS | SEARCH_SETTINGS
+        }
         taken = [name for name in saved["settings"]["models"] if chosen is None or name in chosen]
         if chosen and chosen - set(taken):
             raise SystemExit(f"{path} has no runs of {sorted(chosen - set(taken))}")
@@ -286,7 +362,9 @@ def merge_saved(pieces: list[str], out: str) -> tuple[list[dict], argparse.Names
             reference_path, reference = first[kind]
             differing = sorted(key for key in reference.keys() | values.keys() if reference.get(key) != values.get(key))
             if differing:
-                raise SystemExit(f"{path}: settings differ from {reference_path}'s in {differing}: those runs do not compare")
+                raise SystemExit(
+                    f"{path}: settings differ from {reference_path}'s in {differing}: those runs do not compare"
+                )
         for run in saved["runs"]:
             merged = by_seed.setdefault(run["seed"], {"seed": run["seed"], "results": {}, "info": {}})
             for name, values in run["results"].items():
@@ -312,15 +390,25 @@ TABLE_SCALE = 0.25  # hashed table sizes, times DEFAULT_TABLES'
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options (also the settings other benchmarks train with: `parse_args([])`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="A few minutes: 200k impressions, seed 0, at most 2 epochs.")
+    parser.add_argument(
+        "--quick", action="store_true", help="A few minutes: 200k impressions, seed 0, at most 2 epochs."
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="Generated impressions per seed.")
     parser.add_argument("--days", type=int, default=9, help="Days: the last one is the test day, the others train.")
-    parser.add_argument("--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES).")
-    parser.add_argument("--task-relatedness", type=float, default=0.5,
-                        help="The generator's rho: the share of the click and watch-ratio interaction the tasks share.")
+    parser.add_argument(
+        "--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES)."
+    )
+    parser.add_argument(
+        "--task-relatedness",
+        type=float,
+        default=0.5,
+        help="The generator's rho: the share of the click and watch-ratio interaction the tasks share.",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(configs.MODELS), default=DEFAULT_MODELS)
-    parser.add_argument("--table-scale", type=float, default=TABLE_SCALE, help="Hashed table sizes, times DEFAULT_TABLES'.")
+    parser.add_argument(
+        "--table-scale", type=float, default=TABLE_SCALE, help="Hashed table sizes, times DEFAULT_TABLES'."
+    )
     parser.add_argument("--epochs", type=int, default=3, help="At most this many epochs per phase (early stopping).")
     parser.add_argument("--warmup-epochs", type=float, default=sparse_sharing.SearchConfig.warmup_epochs)
     parser.add_argument("--patience", type=int, default=training.TrainConfig.patience)
@@ -328,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=sparse_sharing.SearchConfig.rounds)
     parser.add_argument("--remaining", type=float, default=sparse_sharing.SearchConfig.remaining)
     parser.add_argument("--scope", default=sparse_sharing.SearchConfig.scope, choices=masks.SCOPES)
-    parser.add_argument("--min-sparsity", type=float, default=0.7, help="Sparse sharing: only rounds this sparse may be chosen (the target: at most 30%% of the MLP per task).")
+    parser.add_argument(
+        "--min-sparsity",
+        type=float,
+        default=0.7,
+        help="Sparse sharing: only rounds this sparse may be chosen (the target: at most 30%% of the MLP per task).",
+    )
     parser.add_argument("--epochs-per-round", type=int, default=sparse_sharing.SearchConfig.epochs_per_round)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -337,9 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cvr-loss-weight", type=float, default=dict(training.TrainConfig.loss_weights)["cvr"])
     parser.add_argument("--conflict-weight", type=float, default=training.TrainConfig.conflict_weight)
     parser.add_argument("--out", default="comparison", help="Writes OUT.json (every figure) and OUT.png (the plot).")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="Train nothing: the table and plot of runs saved by earlier "
-                        "runs (e.g. one per seed or per machine), merged; their settings must agree (the mask search's "
-                        "only between pieces with sparse sharing). FILE.json:m1,m2 takes only those models of a file.")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        help="Train nothing: the table and plot of runs saved by earlier "
+        "runs (e.g. one per seed or per machine), merged; their settings must agree (the mask search's "
+        "only between pieces with sparse sharing). FILE.json:m1,m2 takes only those models of a file.",
+    )
     return parser
 
 

@@ -76,7 +76,9 @@ print(json.dumps({
 
 
 def measure(sizes: dict[str, int], steps: int, optimizer: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(sizes), str(steps), optimizer], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER, json.dumps(sizes), str(steps), optimizer], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"measuring tables {sizes} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -84,7 +86,10 @@ def measure(sizes: dict[str, int], steps: int, optimizer: str) -> dict:
 
 def report(optimizer: str, runs: list[dict], all_table_runs: int) -> dict:
     print(f"\n{optimizer}:")
-    print(f"{'id table rows':>28} {'embeddings':>11} {'Adam slots':>11} {'MLP+masks':>10} {'RSS built':>10} {'peak RSS':>9} {'step':>8}")
+    print(
+        f"{'id table rows':>28} {'embeddings':>11} {'Adam slots':>11} {'MLP+masks':>10} "
+        f"{'RSS built':>10} {'peak RSS':>9} {'step':>8}"
+    )
     for run in runs:
         rows = "/".join(f"{run['rows'][t] / 1e6:g}M" for t in ID_TABLES)
         print(
@@ -98,10 +103,17 @@ def report(optimizer: str, runs: list[dict], all_table_runs: int) -> dict:
     rss_per_row = (large["rss_built"] - small["rss_built"]) / added_rows
     peak_per_row = (large["peak_rss"] - small["peak_rss"]) / added_rows
     step_per_row = (large["step_seconds"] - small["step_seconds"]) / added_rows
-    held_per_row = (large["embedding_bytes"] + large["optimizer_bytes"] - small["embedding_bytes"] - small["optimizer_bytes"]) / added_rows
+    held_per_row = (
+        large["embedding_bytes"] + large["optimizer_bytes"] - small["embedding_bytes"] - small["optimizer_bytes"]
+    ) / added_rows
     print(f"per id-table row: {held_per_row:.0f} B of variables, {rss_per_row:.0f} B resident after building, "
           f"{peak_per_row:.0f} B at peak while training, {step_per_row * 1e9:.1f} ns of step time")  # fmt: skip
-    per_row = {"variable_bytes": held_per_row, "rss_built_bytes": rss_per_row, "peak_rss_bytes": peak_per_row, "step_seconds": step_per_row}
+    per_row = {
+        "variable_bytes": held_per_row,
+        "rss_built_bytes": rss_per_row,
+        "peak_rss_bytes": peak_per_row,
+        "step_seconds": step_per_row,
+    }
     for rows in (10_000_000, 15_000_000):
         total = rows * len(ID_TABLES)
         # A slope within noise of zero (lazy Adam) extrapolates to no growth, not to a shorter step.
@@ -116,8 +128,12 @@ def report(optimizer: str, runs: list[dict], all_table_runs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000, 2_000_000], help="Rows of every id table, per run.")
-    parser.add_argument("--production-table", type=int, default=15_000_000, help="Rows of the one production-size table (0: skip).")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[250_000, 1_000_000, 2_000_000], help="Rows of every id table, per run."
+    )
+    parser.add_argument(
+        "--production-table", type=int, default=15_000_000, help="Rows of the one production-size table (0: skip)."
+    )
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per run (the median is reported).")
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=list(OPTIMIZERS),
                         help="The task optimizers to compare (TrainConfig.optimizer).")  # fmt: skip
@@ -133,7 +149,9 @@ def main() -> None:
             # Adam's whole-table temporaries would need more memory than this machine has:
             # with it the production table is built only.
             steps = args.steps if optimizer == "lazy_adam" else 0
-            runs.append(measure({"user": args.production_table, **{t: 250_000 for t in ID_TABLES[1:]}}, steps, optimizer))
+            runs.append(
+                measure({"user": args.production_table, **{t: 250_000 for t in ID_TABLES[1:]}}, steps, optimizer)
+            )
         figures[optimizer] = report(optimizer, runs, len(args.rows))
     if args.out:
         with open(args.out, "w") as f:

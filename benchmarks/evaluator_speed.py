@@ -37,7 +37,16 @@ VARIANTS = (TFMA_METRICS, BATCHED_METRICS, "without GAUC", "without baselines")
 BASELINES = ("NoSkillBaseline", "IncumbentBaseline")
 # The standard metrics that the pipeline computes as Batched ones (a run recorded before
 # it did names them without the prefix).
-STANDARD = ("ExampleCount", "WeightedExampleCount", "AUC", "BinaryCrossentropy", "Calibration", "MeanLabel", "MeanPrediction", "MeanSquaredError")
+STANDARD = (
+    "ExampleCount",
+    "WeightedExampleCount",
+    "AUC",
+    "BinaryCrossentropy",
+    "Calibration",
+    "MeanLabel",
+    "MeanPrediction",
+    "MeanSquaredError",
+)
 
 
 def _as_standard(metric: dict, batched: bool) -> None:
@@ -79,12 +88,16 @@ def run(execution: trainer_cluster.RecordedExecution, config: str, out: str) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pipeline-root", default="demo/pipeline", help="A finished pipeline run (holds metadata.sqlite).")
+    parser.add_argument(
+        "--pipeline-root", default="demo/pipeline", help="A finished pipeline run (holds metadata.sqlite)."
+    )
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    execution = trainer_cluster.RecordedExecution.recorded(os.path.join(args.pipeline_root, "metadata.sqlite"), "Evaluator")
+    execution = trainer_cluster.RecordedExecution.recorded(
+        os.path.join(args.pipeline_root, "metadata.sqlite"), "Evaluator"
+    )
     configs = {variant: eval_config(execution.exec_properties["eval_config"], variant) for variant in VARIANTS}
     seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     metrics: dict[str, dict[str, float]] = {}

@@ -128,14 +128,21 @@ print(rss() - before)
 def resident_bytes(paths: list[str], request_file: str) -> int:
     """Resident memory a fresh process gains by loading `paths` and scoring one request each."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, request_file, *paths], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, request_file, *paths], capture_output=True, text=True, env=env, check=True
+    )
     return int(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000, help="Generated impressions (2 of 4 days train).")
-    parser.add_argument("--min-sparsity", type=float, default=0.75, help="Only rounds at least this sparse are chosen (the last round is ~80%%).")
+    parser.add_argument(
+        "--min-sparsity",
+        type=float,
+        default=0.75,
+        help="Only rounds at least this sparse are chosen (the last round is ~80%%).",
+    )
     parser.add_argument("--granularities", nargs="+", default=[masks.CONNECTION, masks.NEURON])
     parser.add_argument("--rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=30, help="Calls per variant per round.")
@@ -145,7 +152,9 @@ def main() -> None:
 
     requests = raw_requests(args.rows, args.seed)
     request = tf.constant(requests[0])
-    transform_output = tft.TFTransformOutput(os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform"))
+    transform_output = tft.TFTransformOutput(
+        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
+    )
     out = tempfile.mkdtemp(prefix="lt4rec-exported-")
     request_file = os.path.join(out, "request.bin")
     with open(request_file, "wb") as f:
@@ -167,27 +176,46 @@ def main() -> None:
                 paths[task][kind] = path
             loaded = {kind: tf.saved_model.load(path) for kind, path in paths[task].items()}
             signatures = {kind: model_.signatures["serving_default"] for kind, model_ in loaded.items()}
-            mlp_ms = time_side_by_side({kind: mlp_function(net) for kind, net in networks.items()}, args.rounds, args.calls)
+            mlp_ms = time_side_by_side(
+                {kind: mlp_function(net) for kind, net in networks.items()}, args.rounds, args.calls
+            )
             request_ms = time_side_by_side(
-                {kind: (lambda s=signature: s(examples=request)) for kind, signature in signatures.items()}, args.rounds, args.calls
+                {kind: (lambda s=signature: s(examples=request)) for kind, signature in signatures.items()},
+                args.rounds,
+                args.calls,
             )
             compacted = networks["compacted"]
-            print(f"{task}: MLP weights kept {compacted.kept_weights:,} of {compacted.dense_weights:,} "
-                  f"({100 * compacted.kept_weights / compacted.dense_weights:.1f}%); compacted widths {compacted.layer_widths} "
-                  f"(dense {networks['dense'].layer_widths}); paths "
-                  + ", ".join(f"{p.path} (density {p.density:.2f}" + (f", dense {p.dense_us:.0f} us vs sparse {p.sparse_us:.0f} us)" if p.dense_us else ")")
-                              for p in compacted.layer_paths))
-            print(f"  {'':10} {'MLP ms':>8} {'x dense':>8} {'request ms':>11} {'x dense':>8} {'disk MB':>8} {'vars MB':>8}")
+            print(
+                f"{task}: MLP weights kept {compacted.kept_weights:,} of {compacted.dense_weights:,} "
+                f"({100 * compacted.kept_weights / compacted.dense_weights:.1f}%); "
+                f"compacted widths {compacted.layer_widths} "
+                f"(dense {networks['dense'].layer_widths}); paths "
+                + ", ".join(
+                    f"{p.path} (density {p.density:.2f}"
+                    + (f", dense {p.dense_us:.0f} us vs sparse {p.sparse_us:.0f} us)" if p.dense_us else ")")
+                    for p in compacted.layer_paths
+                )
+            )
+            print(
+                f"  {'':10} {'MLP ms':>8} {'x dense':>8} {'request ms':>11} "
+                f"{'x dense':>8} {'disk MB':>8} {'vars MB':>8}"
+            )
             for kind in KINDS:
-                print(f"  {kind:10} {mlp_ms[kind]:8.3f} {mlp_ms['dense'] / mlp_ms[kind]:8.2f} {request_ms[kind]:11.2f} "
-                      f"{request_ms['dense'] / request_ms[kind]:8.2f} {folder_bytes(paths[task][kind]) / 1e6:8.2f} "
-                      f"{variable_bytes(networks[kind]) / 1e6:8.2f}")
+                print(
+                    f"  {kind:10} {mlp_ms[kind]:8.3f} {mlp_ms['dense'] / mlp_ms[kind]:8.2f} {request_ms[kind]:11.2f} "
+                    f"{request_ms['dense'] / request_ms[kind]:8.2f} {folder_bytes(paths[task][kind]) / 1e6:8.2f} "
+                    f"{variable_bytes(networks[kind]) / 1e6:8.2f}"
+                )
         pair = {kind: [paths[task][kind] for task in masks.TASKS] for kind in ("dense", "compacted")}
         disk = {kind: sum(folder_bytes(p) for p in pair[kind]) for kind in pair}
         resident = {kind: resident_bytes(pair[kind], request_file) for kind in pair}
-        print(f"CTR + CVR together: on disk {disk['compacted'] / 1e6:.2f} MB vs two dense single-task-shaped models "
-              f"{disk['dense'] / 1e6:.2f} MB ({disk['compacted'] / disk['dense']:.3f}); resident memory after loading and one "
-              f"request {resident['compacted'] / 1e6:.1f} MB vs {resident['dense'] / 1e6:.1f} MB ({resident['compacted'] / resident['dense']:.3f})")
+        print(
+            f"CTR + CVR together: on disk {disk['compacted'] / 1e6:.2f} MB vs two dense single-task-shaped models "
+            f"{disk['dense'] / 1e6:.2f} MB ({disk['compacted'] / disk['dense']:.3f}); "
+            "resident memory after loading and one "
+            f"request {resident['compacted'] / 1e6:.1f} MB vs {resident['dense'] / 1e6:.1f} MB "
+            f"({resident['compacted'] / resident['dense']:.3f})"
+        )
         print("  (the embedding tables, which every model carries whole, dominate both)")
         json.dump({"granularity": granularity, "paths": paths}, open(os.path.join(out, f"{granularity}.json"), "w"))
 

@@ -17,7 +17,6 @@ the CTR model's latency, CVR MSE against the CVR model's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -63,15 +62,23 @@ def structure_points(name: str, train: dict, test, args, build_batch: dict, tran
         paths["rank"] = os.path.join(folder, "rank")
         export.export_rank_model(model, transform_output, paths["rank"])
         point = {
-            "structure": name, "round": round_index, **_quality(model, test),
+            "structure": name,
+            "round": round_index,
+            **_quality(model, test),
             "remaining": {task: masks.remaining_fraction(chosen[task]) for task in masks.TASKS},
             "widths": {task: networks[task].layer_widths for task in masks.TASKS},
-            "paths": paths, "train_seconds": time.perf_counter() - start,
+            "paths": paths,
+            "train_seconds": time.perf_counter() - start,
         }
         points.append(point)
-        print(f"  round {round_index}: ctr {100 * point['remaining']['ctr']:.1f}% / cvr {100 * point['remaining']['cvr']:.1f}% of MLP "
-              f"weights, widths ctr {point['widths']['ctr']} cvr {point['widths']['cvr']}; test CTR AUC {point['ctr_auc']:.4f}, "
-              f"CVR MSE {point['cvr_mse']:.5f} ({point['train_seconds']:.0f} s)", flush=True)
+        print(
+            f"  round {round_index}: ctr {100 * point['remaining']['ctr']:.1f}% / "
+            f"cvr {100 * point['remaining']['cvr']:.1f}% of MLP "
+            f"weights, widths ctr {point['widths']['ctr']} cvr {point['widths']['cvr']}; "
+            f"test CTR AUC {point['ctr_auc']:.4f}, "
+            f"CVR MSE {point['cvr_mse']:.5f} ({point['train_seconds']:.0f} s)",
+            flush=True,
+        )
         if round_index == args.levels[0] and name == args.structures[0]:
             masks.set_task_masks(model, {task: model.initial_masks(task) for task in masks.TASKS})
             for task in masks.TASKS:
@@ -88,21 +95,32 @@ def plot(result: dict, path: str) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     dense = result["dense"]
-    for axis, task, key, label in ((axes[0], "ctr", "ctr_auc", "CTR AUC (higher is better)"), (axes[1], "cvr", "cvr_mse", "CVR MSE (lower is better)")):
+    for axis, task, key, label in (
+        (axes[0], "ctr", "ctr_auc", "CTR AUC (higher is better)"),
+        (axes[1], "cvr", "cvr_mse", "CVR MSE (lower is better)"),
+    ):
         for name, title in STRUCTURES.items():
             points = [p for p in result["points"] if p["structure"] == name]
             if not points:
                 continue
             axis.plot([p["ms"][task] for p in points], [p[key] for p in points], "o-", label=title)
             for p in points:
-                axis.annotate(f"{100 * p['remaining'][task]:.0f}%", (p["ms"][task], p[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                axis.annotate(
+                    f"{100 * p['remaining'][task]:.0f}%",
+                    (p["ms"][task], p[key]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                )
         axis.plot([dense["ms"][task]], [dense[key]], "s", color="black", label="dense single-task")
         axis.set_xlabel(f"{task.upper()} model, whole serving_default call on 200 raw candidates (ms)")
         axis.set_title(label)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.suptitle(f"Frontier: {result['settings']['rows']} impressions, seed {result['settings']['seed']}; "
-                    "labels: share of MLP weights the task keeps")
+    figure.suptitle(
+        f"Frontier: {result['settings']['rows']} impressions, seed {result['settings']['seed']}; "
+        "labels: share of MLP weights the task keeps"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"plot: {path}")
@@ -114,29 +132,55 @@ def main() -> None:
     parser.set_defaults(rows=200_000, epochs=2, rounds=6, remaining=0.05, min_sparsity=0.0, out="frontier")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--structures", nargs="+", choices=list(STRUCTURES), default=list(STRUCTURES))
-    parser.add_argument("--levels", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="Search rounds to train and export.")
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="Search rounds to train and export."
+    )
     parser.add_argument("--timing-rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=20, help="Calls per model per timing round.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     start = time.perf_counter()
-    splits = load(args.rows, days=args.days, seed=args.seed, table_scale=args.table_scale, catalogue=args.catalogue,
-                  task_relatedness=args.task_relatedness)
-    folder = data_folder(args.rows, args.days, args.seed, args.table_scale, args.task_relatedness, catalogue=args.catalogue)
+    splits = load(
+        args.rows,
+        days=args.days,
+        seed=args.seed,
+        table_scale=args.table_scale,
+        catalogue=args.catalogue,
+        task_relatedness=args.task_relatedness,
+    )
+    folder = data_folder(
+        args.rows, args.days, args.seed, args.table_scale, args.task_relatedness, catalogue=args.catalogue
+    )
     train, test = comparison._merged(splits), splits["test"]
     transform_output = tft.TFTransformOutput(os.path.join(folder, "transform"))
     request = tf.constant(raw_requests(args.rows, args.seed, folder=folder)[0])
     build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
     out = tempfile.mkdtemp(prefix="lt4rec-frontier-")
-    print(f"{args.rows} impressions ({args.catalogue} catalogue, {args.days} days), ready in {time.perf_counter() - start:.0f} s; "
-          f"exports under {out}", flush=True)
+    print(
+        f"{args.rows} impressions ({args.catalogue} catalogue, {args.days} days), "
+        f"ready in {time.perf_counter() - start:.0f} s; "
+        f"exports under {out}",
+        flush=True,
+    )
 
     start = time.perf_counter()
     single_task, _ = comparison.train_model(comparison.BASELINE, train, args, args.seed, build_batch)
-    dense = {"structure": DENSE, **_quality(single_task, test), "paths": {task: os.path.join(out, "dense", task) for task in masks.TASKS}}
-    print(f"single-task: test CTR AUC {dense['ctr_auc']:.4f}, CVR MSE {dense['cvr_mse']:.5f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    points = [point for name in args.structures for point in structure_points(name, train, test, args, build_batch, transform_output, out)]
+    dense = {
+        "structure": DENSE,
+        **_quality(single_task, test),
+        "paths": {task: os.path.join(out, "dense", task) for task in masks.TASKS},
+    }
+    print(
+        f"single-task: test CTR AUC {dense['ctr_auc']:.4f}, CVR MSE {dense['cvr_mse']:.5f} "
+        f"({time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
+    points = [
+        point
+        for name in args.structures
+        for point in structure_points(name, train, test, args, build_batch, transform_output, out)
+    ]
 
     weights = tf.constant([1.0, 1.0, 1.0])
     calls = {}
@@ -150,19 +194,32 @@ def main() -> None:
         point["ms"] = {kind: ms[(index, kind)] for kind in point["paths"]}
         point["disk_mb"] = {kind: folder_bytes(path) / 1e6 for kind, path in point["paths"].items()}
 
-    print(f"\n{'model':<26} {'MLP kept ctr/cvr':>17} {'CTR AUC':>8} {'CVR MSE':>8} {'CTR ms':>7} {'x dense':>7} {'CVR ms':>7} "
-          f"{'x dense':>7} {'rank ms':>8} {'x 2 dense':>9} {'rank MB':>8}")
+    print(
+        f"\n{'model':<26} {'MLP kept ctr/cvr':>17} {'CTR AUC':>8} {'CVR MSE':>8} "
+        f"{'CTR ms':>7} {'x dense':>7} {'CVR ms':>7} "
+        f"{'x dense':>7} {'rank ms':>8} {'x 2 dense':>9} {'rank MB':>8}"
+    )
     two_dense = dense["ms"]["ctr"] + dense["ms"]["cvr"]
-    print(f"{DENSE:<26} {'100%/100%':>17} {dense['ctr_auc']:8.4f} {dense['cvr_mse']:8.5f} {dense['ms']['ctr']:7.2f} {1:7.2f} "
-          f"{dense['ms']['cvr']:7.2f} {1:7.2f} {'':>8} {'':>9} {'':>8}")
+    print(
+        f"{DENSE:<26} {'100%/100%':>17} {dense['ctr_auc']:8.4f} {dense['cvr_mse']:8.5f} "
+        f"{dense['ms']['ctr']:7.2f} {1:7.2f} "
+        f"{dense['ms']['cvr']:7.2f} {1:7.2f} {'':>8} {'':>9} {'':>8}"
+    )
     for point in points:
         kept = f"{100 * point['remaining']['ctr']:.0f}%/{100 * point['remaining']['cvr']:.0f}%"
-        print(f"{point['structure'] + ' round ' + str(point['round']):<26} {kept:>17} {point['ctr_auc']:8.4f} {point['cvr_mse']:8.5f} "
-              f"{point['ms']['ctr']:7.2f} {dense['ms']['ctr'] / point['ms']['ctr']:7.2f} {point['ms']['cvr']:7.2f} "
-              f"{dense['ms']['cvr'] / point['ms']['cvr']:7.2f} {point['ms']['rank']:8.2f} {two_dense / point['ms']['rank']:9.2f} "
-              f"{point['disk_mb']['rank']:8.2f}")
-    print(f"dense single-task model on disk: {dense['disk_mb']['ctr']:.2f} MB each. Quality: the dense row's is a single-task model "
-          "trained on the same batches; its latency is the unpruned network's (same shape).")
+        print(
+            f"{point['structure'] + ' round ' + str(point['round']):<26} {kept:>17} "
+            f"{point['ctr_auc']:8.4f} {point['cvr_mse']:8.5f} "
+            f"{point['ms']['ctr']:7.2f} {dense['ms']['ctr'] / point['ms']['ctr']:7.2f} {point['ms']['cvr']:7.2f} "
+            f"{dense['ms']['cvr'] / point['ms']['cvr']:7.2f} {point['ms']['rank']:8.2f} "
+            f"{two_dense / point['ms']['rank']:9.2f} "
+            f"{point['disk_mb']['rank']:8.2f}"
+        )
+    print(
+        f"dense single-task model on disk: {dense['disk_mb']['ctr']:.2f} MB each. "
+        "Quality: the dense row's is a single-task model "
+        "trained on the same batches; its latency is the unpruned network's (same shape)."
+    )
     result = {"settings": {k: v for k, v in vars(args).items()}, "dense": dense, "points": points}
     with open(f"{args.out}.json", "w") as f:
         json.dump(result, f, indent=2, default=float)

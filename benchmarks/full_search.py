@@ -45,7 +45,9 @@ def main() -> None:
     tf.keras.utils.set_random_seed(args.seed)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    data = sparse_sharing.Datasets.from_split(inputs.TransformedSplit.from_patterns(train_files, transform_output), train_config, masks.TASKS)
+    data = sparse_sharing.Datasets.from_split(
+        inputs.TransformedSplit.from_patterns(train_files, transform_output), train_config, masks.TASKS
+    )
     seconds["data ready"] = time.perf_counter() - start
     model = network.RankingNetwork(features.scaled_config(args.table_scale), network.NetworkConfig())
     model.build_for(next(iter(data.validation)))
@@ -82,11 +84,19 @@ def main() -> None:
         "eval": result.to_dict(),
         "shared_training_examples_per_second": [p.examples_per_second for p in phases["shared training"]],
     }
-    print(f"\nAlgorithm 1 on {args.rows:,} impressions ({data.mode}), one process, {train_config.batch_size}-example batches:")
+    print(
+        f"\nAlgorithm 1 on {args.rows:,} impressions ({data.mode}), one process, "
+        f"{train_config.batch_size}-example batches:"
+    )
     for phase, value in seconds.items():
         print(f"  {phase:<18} {value:8.0f} s")
     print(f"  {'whole':<18} {wall:8.0f} s ({wall / 3600:.2f} h), peak RSS {figures['peak_rss_gb']:.2f} GB")
-    print("  chosen: " + ", ".join(f"{task} round {c['round']} ({c['remaining']:.1%} of MLP weights)" for task, c in figures["chosen"].items()))
+    print(
+        "  chosen: "
+        + ", ".join(
+            f"{task} round {c['round']} ({c['remaining']:.1%} of MLP weights)" for task, c in figures["chosen"].items()
+        )
+    )
     print("  eval: " + ", ".join(f"{key} {value:.4f}" for key, value in figures["eval"].items()))
     if args.out:
         with open(args.out, "w") as f:

@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="Processes for training logs (default: one per CPU).")
     parser.add_argument(
-        "--modes", nargs="+", choices=[mode.split()[-1] for mode in MODES], default=[mode.split()[-1] for mode in MODES],
+        "--modes",
+        nargs="+",
+        choices=[mode.split()[-1] for mode in MODES],
+        default=[mode.split()[-1] for mode in MODES],
         help="Output modes to time: tfrecord, json, csv (default: all).",
     )
     args = parser.parse_args()

@@ -66,7 +66,9 @@ MODES = {  # name: (rank model, context once)
 }
 
 
-def ranking_requests(records: list[list[bytes]]) -> list[tuple[tf.train.Example, list[tf.train.Example], list[tf.train.Example]]]:
+def ranking_requests(
+    records: list[list[bytes]],
+) -> list[tuple[tf.train.Example, list[tf.train.Example], list[tf.train.Example]]]:
     """(context, candidates without it, whole candidates) per request: the first row's context on all rows."""
     requests = []
     for request in records:
@@ -138,12 +140,17 @@ def main() -> None:
     import tensorflow_transform as tft
 
     model, _ = trained_model(args.rows, masks.CONNECTION, args.min_sparsity, args.seed)
-    transform_output = tft.TFTransformOutput(os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform"))
+    transform_output = tft.TFTransformOutput(
+        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
+    )
     base = tempfile.mkdtemp(prefix="lt4rec-grpc-")
     for task in masks.TASKS:
         exported = export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))
-        print(f"{task}: compacted widths {exported.layer_widths}, "
-              f"{100 * exported.kept_weights / exported.dense_weights:.1f}% of MLP weights, paths {[p.path for p in exported.layer_paths]}")
+        print(
+            f"{task}: compacted widths {exported.layer_widths}, "
+            f"{100 * exported.kept_weights / exported.dense_weights:.1f}% of MLP weights, "
+            f"paths {[p.path for p in exported.layer_paths]}"
+        )
     export.export_rank_model(model, transform_output, os.path.join(base, export.RANK_MODEL, "1"))
     requests = ranking_requests(raw_requests(args.rows, args.seed))
 
@@ -151,28 +158,42 @@ def main() -> None:
     target = f"localhost:{port}"
     lt4rec = os.path.join(os.path.dirname(sys.executable), "lt4rec")
     server_log = open(os.path.join(base, "serve.log"), "w")
-    server = subprocess.Popen([lt4rec, "serve", "--model-base-path", base, "--port", str(port)], stdout=server_log, stderr=server_log)
+    server = subprocess.Popen(
+        [lt4rec, "serve", "--model-base-path", base, "--port", str(port)], stdout=server_log, stderr=server_log
+    )
     try:
         wait_until_serving(target)
-        print(f"lt4rec serve on {target}; {len(requests)} distinct requests of {len(requests[0][2])} candidates; "
-              f"{args.seconds:.0f} s per way and concurrency")
+        print(
+            f"lt4rec serve on {target}; {len(requests)} distinct requests of {len(requests[0][2])} candidates; "
+            f"{args.seconds:.0f} s per way and concurrency"
+        )
         for mode in MODES:
             load_test(target, requests, mode, 1, 2.0)  # warm up every model, signature and the channel
-        print(f"{'way of asking':<28} {'concurrency':>11} {'requests':>9} {'req/s':>7} {'x first':>7} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'x first':>7} {'errors':>7}")
+        print(
+            f"{'way of asking':<28} {'concurrency':>11} {'requests':>9} {'req/s':>7} {'x first':>7} "
+            f"{'p50 ms':>8} {'p99 ms':>8} "
+            f"{'x first':>7} {'errors':>7}"
+        )
         for concurrency in args.concurrency:
             results = {mode: load_test(target, requests, mode, concurrency, args.seconds) for mode in MODES}
             first = results[next(iter(MODES))]
             for mode, result in results.items():
-                print(f"{mode:<28} {concurrency:>11} {result['requests']:>9} {result['rps']:7.1f} {result['rps'] / first['rps']:7.2f} "
-                      f"{result['p50']:8.1f} {result['p99']:8.1f} {first['p99'] / result['p99']:7.2f} {len(result['errors']):>7}")
+                print(
+                    f"{mode:<28} {concurrency:>11} {result['requests']:>9} {result['rps']:7.1f} "
+                    f"{result['rps'] / first['rps']:7.2f} "
+                    f"{result['p50']:8.1f} {result['p99']:8.1f} {first['p99'] / result['p99']:7.2f} "
+                    f"{len(result['errors']):>7}"
+                )
                 for error in sorted(set(result["errors"]))[:5]:
                     print(f"    {error}")
     finally:
         server.send_signal(signal.SIGTERM)
         start = time.perf_counter()
         code = server.wait(timeout=60)
-        print(f"server stopped by SIGTERM: exit code {code} after {time.perf_counter() - start:.1f} s (its log: {server_log.name})")
+        print(
+            f"server stopped by SIGTERM: exit code {code} after {time.perf_counter() - start:.1f} s "
+            f"(its log: {server_log.name})"
+        )
 
 
 if __name__ == "__main__":

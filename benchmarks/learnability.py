@@ -47,7 +47,10 @@ def _single_task(task: str, train: dict[str, np.ndarray], test, args, seed: int)
     """Trains a single-task net; returns its test predictions after each epoch, and seconds."""
     tf.keras.utils.set_random_seed(seed)
     config = network.NetworkConfig(
-        variant=network.SINGLE_TASK, tasks=(task,), embedding_dim=args.embedding_dim, hidden_units=tuple(args.hidden_units)
+        variant=network.SINGLE_TASK,
+        tasks=(task,),
+        embedding_dim=args.embedding_dim,
+        hidden_units=tuple(args.hidden_units),
     )
     model = network.RankingNetwork(features.scaled_config(args.table_scale), config)
     model.build_for({name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES})
@@ -66,7 +69,11 @@ def _single_task(task: str, train: dict[str, np.ndarray], test, args, seed: int)
 def run(rows: int, seed: int, args) -> dict:
     start = time.perf_counter()
     splits = load(
-        rows, days=args.days, seed=seed, table_scale=args.table_scale, catalogue=args.catalogue,
+        rows,
+        days=args.days,
+        seed=seed,
+        table_scale=args.table_scale,
+        catalogue=args.catalogue,
         world_settings=args.world_settings,
     )
     folder = data_folder(rows, args.days, seed, args.table_scale, 0.5, None, args.catalogue, args.world_settings)
@@ -81,26 +88,47 @@ def run(rows: int, seed: int, args) -> dict:
     truth = metrics.compute(click, ratio, user, test.truth["p_click"], test.truth["expected_watch_ratio"])
     const = metrics.compute(click, ratio, user, np.full(len(click), const_ctr), np.full(len(click), const_cvr))
     result = {
-        "rows": rows, "seed": seed, "train": len(train[features.CLICK_LABEL]), "test": len(click),
-        "users": world["users"], "videos": world["videos"], "prepare_s": time.perf_counter() - start,
+        "rows": rows,
+        "seed": seed,
+        "train": len(train[features.CLICK_LABEL]),
+        "test": len(click),
+        "users": world["users"],
+        "videos": world["videos"],
+        "prepare_s": time.perf_counter() - start,
         "prepare": preparation_seconds(folder),
-        "truth_auc": truth.ctr_auc, "truth_mse": truth.cvr_mse, "const_mse": const.cvr_mse,
-        "truth_log_loss": truth.ctr_log_loss, "const_log_loss": const.ctr_log_loss,
+        "truth_auc": truth.ctr_auc,
+        "truth_mse": truth.cvr_mse,
+        "const_mse": const.cvr_mse,
+        "truth_log_loss": truth.ctr_log_loss,
+        "const_log_loss": const.ctr_log_loss,
         "pctr_auc": metrics.auc(clicked, test.production_pctr),
-        "pctr_mean": float(test.production_pctr.mean()), "ctr": float(clicked.mean()),
+        "pctr_mean": float(test.production_pctr.mean()),
+        "ctr": float(clicked.mean()),
         "epochs": [],
     }
     ctr_by_epoch, result["ctr_s"] = _single_task("ctr", train, test, args, seed)
     cvr_by_epoch, result["cvr_s"] = _single_task("cvr", train, test, args, seed)
     for epoch, (ctr, cvr) in enumerate(zip(ctr_by_epoch, cvr_by_epoch)):
         model = metrics.compute(click, ratio, user, ctr, cvr)
-        result["epochs"].append({"auc": model.ctr_auc, "log_loss": model.ctr_log_loss, "calibration": model.ctr_calibration,
-                                 "mse": model.cvr_mse})
+        result["epochs"].append(
+            {
+                "auc": model.ctr_auc,
+                "log_loss": model.ctr_log_loss,
+                "calibration": model.ctr_calibration,
+                "mse": model.cvr_mse,
+            }
+        )
     result.update(result["epochs"][-1])
-    print(f"rows {rows} seed {seed}: " + json.dumps({k: v for k, v in result.items() if k != "epochs"}, default=float), flush=True)
+    print(
+        f"rows {rows} seed {seed}: " + json.dumps({k: v for k, v in result.items() if k != "epochs"}, default=float),
+        flush=True,
+    )
     for epoch, values in enumerate(result["epochs"]):
-        print(f"  epoch {epoch + 1}: CTR AUC {values['auc']:.4f}, log loss {values['log_loss']:.4f}, "
-              f"CVR MSE {values['mse']:.5f}", flush=True)
+        print(
+            f"  epoch {epoch + 1}: CTR AUC {values['auc']:.4f}, log loss {values['log_loss']:.4f}, "
+            f"CVR MSE {values['mse']:.5f}",
+            flush=True,
+        )
     return result
 
 
@@ -110,11 +138,15 @@ def _closed(model: float, none: float, best: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000], help="Generated impressions (sizes to try).")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[200_000, 1_000_000], help="Generated impressions (sizes to try)."
+    )
     parser.add_argument("--days", type=int, default=9, help="Days: the last one is the test day, the others train.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES).")
-    parser.add_argument("--world", default="{}", help='Further WorldConfig settings as JSON, e.g. \'{"signal": 1.5}\'.')
+    parser.add_argument(
+        "--catalogue", default="paper", help="The generator's catalogue shape (logs/world.py CATALOGUES)."
+    )
+    parser.add_argument("--world", default="{}", help="Further WorldConfig settings as JSON, e.g. '{\"signal\": 1.5}'.")
     parser.add_argument("--table-scale", type=float, default=0.25, help="Hashed table sizes, times DEFAULT_TABLES'.")
     parser.add_argument("--embedding-dim", type=int, default=32)
     parser.add_argument("--hidden-units", type=int, nargs="+", default=[512, 256, 128])
@@ -128,21 +160,34 @@ def main() -> None:
 
     results = [run(rows, seed, args) for rows in args.rows for seed in args.seeds]
 
-    print(f"\n{args.catalogue} catalogue, {args.days} days (last = test), {args.world_settings or 'default world'}; "
-          f"single-task nets, {args.epochs} epoch(s) of batch {args.batch_size}, table scale {args.table_scale}")
-    header = (f"{'rows':>8}{'seed':>5}{'users':>8}{'videos':>8} | {'AUC model':>9}{'truth':>7}{'pctr':>7}{'closed':>7} | "
-              f"{'MSE model':>9}{'truth':>8}{'const':>8}{'closed':>7} | {'prep s':>6}{'train s':>8}")
+    print(
+        f"\n{args.catalogue} catalogue, {args.days} days (last = test), {args.world_settings or 'default world'}; "
+        f"single-task nets, {args.epochs} epoch(s) of batch {args.batch_size}, table scale {args.table_scale}"
+    )
+    header = (
+        f"{'rows':>8}{'seed':>5}{'users':>8}{'videos':>8} | {'AUC model':>9}{'truth':>7}{'pctr':>7}{'closed':>7} | "
+        f"{'MSE model':>9}{'truth':>8}{'const':>8}{'closed':>7} | {'prep s':>6}{'train s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['rows']:>8}{r['seed']:>5}{r['users']:>8}{r['videos']:>8} | {r['auc']:>9.4f}{r['truth_auc']:>7.4f}{r['pctr_auc']:>7.4f}"
-              f"{100 * _closed(r['auc'], 0.5, r['truth_auc']):>6.0f}% | {r['mse']:>9.5f}{r['truth_mse']:>8.5f}{r['const_mse']:>8.5f}"
-              f"{100 * _closed(r['mse'], r['const_mse'], r['truth_mse']):>6.0f}% | {sum(r['prepare'].values()):>6.0f}"
-              f"{r['ctr_s'] + r['cvr_s']:>8.0f}")
-    print("closed: share of the gap from no skill (AUC 0.5; CVR: the training mean) to the truth that the model closes. "
-          "pctr: the log's production pCTR. prep s: generation + Transform (when prepared now; "
-          + "; ".join(f"{r['rows']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["prepare"].items()) for r in results[:: len(args.seeds)])
-          + ")")
+        print(
+            f"{r['rows']:>8}{r['seed']:>5}{r['users']:>8}{r['videos']:>8} | "
+            f"{r['auc']:>9.4f}{r['truth_auc']:>7.4f}{r['pctr_auc']:>7.4f}"
+            f"{100 * _closed(r['auc'], 0.5, r['truth_auc']):>6.0f}% | "
+            f"{r['mse']:>9.5f}{r['truth_mse']:>8.5f}{r['const_mse']:>8.5f}"
+            f"{100 * _closed(r['mse'], r['const_mse'], r['truth_mse']):>6.0f}% | {sum(r['prepare'].values()):>6.0f}"
+            f"{r['ctr_s'] + r['cvr_s']:>8.0f}"
+        )
+    print(
+        "closed: share of the gap from no skill (AUC 0.5; CVR: the training mean) to the truth that the model closes. "
+        "pctr: the log's production pCTR. prep s: generation + Transform (when prepared now; "
+        + "; ".join(
+            f"{r['rows']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["prepare"].items())
+            for r in results[:: len(args.seeds)]
+        )
+        + ")"
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,13 @@ from lt4rec.pipeline import trainer_cluster
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pipeline-root", default="demo/pipeline", help="A finished pipeline run (holds metadata.sqlite).")
+    parser.add_argument(
+        "--pipeline-root", default="demo/pipeline", help="A finished pipeline run (holds metadata.sqlite)."
+    )
     parser.add_argument("--epochs", type=int, default=8, help="Passes of the shared training per Trainer run.")
-    parser.add_argument("--out", default=None, help="Where the Trainer outputs and worker logs go (default: a temp dir).")
+    parser.add_argument(
+        "--out", default=None, help="Where the Trainer outputs and worker logs go (default: a temp dir)."
+    )
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first pass includes tracing)")
@@ -50,15 +54,21 @@ def main() -> None:
         with open(os.path.join(folder, "model", trainer.TRAINING_FOLDER, trainer.PHASES_FILE)) as f:
             results[workers] = (json.load(f), max(worker.seconds for worker in started))
 
-    print(f"\nTrainer of {args.pipeline_root}, {args.epochs} passes of masked mixed training, {os.cpu_count()} cores, global batch "
+    print(f"\nTrainer of {args.pipeline_root}, {args.epochs} passes of masked mixed training, "
+          f"{os.cpu_count()} cores, global batch "
           f"{json.loads(execution.exec_properties['custom_config'])['train']['batch_size']}:")  # fmt: skip
     print(f"{'pass':<26} {'examples':>9} {'1 worker ex/s':>14} {'2 workers ex/s':>15} {'ratio':>6}")
     for one, two in zip(results[1][0], results[2][0]):
         ratio = two["examples_per_second"] / one["examples_per_second"]
         examples = f"{sum(one['examples'].values())}/{sum(two['examples'].values())}"
-        print(f"{one['phase']:<26} {examples:>9} {one['examples_per_second']:>14,.0f} {two['examples_per_second']:>15,.0f} {ratio:>6.2f}")
+        print(
+            f"{one['phase']:<26} {examples:>9} {one['examples_per_second']:>14,.0f} "
+            f"{two['examples_per_second']:>15,.0f} {ratio:>6.2f}"
+        )
     steady = [statistics.median(p["examples_per_second"] for p in phases[1:]) for phases, _ in (results[1], results[2])]
-    print(f"{'median of passes 2..n':<26} {'':>9} {steady[0]:>14,.0f} {steady[1]:>15,.0f} {steady[1] / steady[0]:>6.2f}")
+    print(
+        f"{'median of passes 2..n':<26} {'':>9} {steady[0]:>14,.0f} {steady[1]:>15,.0f} {steady[1] / steady[0]:>6.2f}"
+    )
     print(f"whole Trainer wall time: 1 worker {results[1][1]:.1f} s, 2 workers {results[2][1]:.1f} s")
     print("(2 workers on this machine's cores: the all-reduce's cost, not a speed-up)")
 

@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--impressions", type=float, default=297e6)
     parser.add_argument("--days", type=int, default=9)
     parser.add_argument("--train-days", type=int, default=8)
-    parser.add_argument("--table-rows", nargs="+", default=["user=10e6", "video=11e6", "content_provider=10e6", "tag=10e6"],
+    parser.add_argument("--table-rows", nargs="+",
+                        default=["user=10e6", "video=11e6", "content_provider=10e6", "tag=10e6"],
                         help="Id table rows at the paper's scale, table=rows.")  # fmt: skip
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--workers-per-ps", type=int, default=4, help="Parameter servers: max(2, workers / this).")
@@ -100,11 +101,14 @@ def main() -> None:
     tables_held_gb = table_rows * per_row["variable_bytes"] / GB
 
     print(f"Measured ({args.full_search}, {args.embedding_memory}; 2 cores):")
-    print(f"  Algorithm 1 on {run['rows']:,} impressions, {run['input']}, {run['train']['optimizer']}, batch {run['train']['batch_size']}: "
-          + ", ".join(f"{p} {s:.0f} s" for p, s in run["seconds"].items()) + f"; peak RSS {run['peak_rss_gb']:.2f} GB")  # fmt: skip
+    print(f"  Algorithm 1 on {run['rows']:,} impressions, {run['input']}, {run['train']['optimizer']}, "
+          f"batch {run['train']['batch_size']}: "
+          + ", ".join(f"{p} {s:.0f} s" for p, s in run["seconds"].items())
+          + f"; peak RSS {run['peak_rss_gb']:.2f} GB")  # fmt: skip
     print(f"  {run_pass:,} examples per pass; shared training {1 / example_seconds:,.0f} examples/s")
     print(f"  per id-table row ({run['train']['optimizer']}): {per_row['variable_bytes']:.0f} B of variables, "
-          f"{per_row['peak_rss_bytes']:.0f} B of peak RSS, {per_row['step_seconds'] * 1e9:.2f} ns per step")  # fmt: skip
+          f"{per_row['peak_rss_bytes']:.0f} B of peak RSS, "
+          f"{per_row['step_seconds'] * 1e9:.2f} ns per step")  # fmt: skip
     print(f"  network: {dense / 1e6:.2f} MB of dense weights ({traffic['dense_variables']} variables, largest "
           f"{largest / 1e6:.2f} MB), {traffic['id_positions']} id positions per example")  # fmt: skip
     print("Assumed:")
@@ -112,7 +116,8 @@ def main() -> None:
           f"({paper_pass / 1e6:.0f}M per pass after the {validation:.0%} validation share); id tables "
           f"{', '.join(args.table_rows)} ({table_rows / 1e6:.0f}M rows)")  # fmt: skip
     print(f"  the passes per phase measured at {run['rows']:,} impressions; workers of 2 cores like this one, batch "
-          f"{args.worker_batch} each; {args.bandwidth_gbit:g} Gbit/s per machine, no overlap of compute and transfer")  # fmt: skip
+          f"{args.worker_batch} each; {args.bandwidth_gbit:g} Gbit/s per machine, "
+          "no overlap of compute and transfer")  # fmt: skip
     print(f"  one step's transfer: {sparse / 1e6:.1f} MB of id rows per worker, {dense / 1e6:.2f} MB of dense weights")
     print()
     print(f"{'strategy':<22} {'workers':>7} {'PS':>4} {'GB/worker':>10} {'GB/PS':>7} {'step ms':>8} "
@@ -139,7 +144,8 @@ def main() -> None:
             total = search + training + one_worker["count"] / workers + eval_seconds
             ps_text = f"{ps_gb:.1f}" if servers else "-"
             print(f"{strategy:<22} {workers:>7} {servers or '-':>4} {worker_gb:>10.1f} {ps_text:>7} "
-                  f"{step * 1000:>8.0f} {search / 3600:>9.1f} {training / 3600:>10.1f} {total / 3600:>8.1f}")  # fmt: skip
+                  f"{step * 1000:>8.0f} {search / 3600:>9.1f} {training / 3600:>10.1f} "
+                  f"{total / 3600:>8.1f}")  # fmt: skip
     print("total: search, training, the counting pass (split over the workers) and the eval of one day on one worker.")
 
 

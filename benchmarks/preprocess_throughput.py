@@ -41,16 +41,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as workdir:
         raw_dir = os.path.join(workdir, "raw")
         start = time.perf_counter()
-        manifest = generator.generate(raw_dir, rows=args.rows, days=args.days, seed=args.seed, raw=True, raw_format="json")
+        manifest = generator.generate(
+            raw_dir, rows=args.rows, days=args.days, seed=args.seed, raw=True, raw_format="json"
+        )
         generate_seconds = time.perf_counter() - start
         lines = sum(manifest["counts"][f"{source}_lines"] for source in raw_events.SOURCES)
-        print(f"generated {args.rows} impressions as {lines} raw JSON lines (default faults) in {generate_seconds:.1f} s")
+        print(
+            f"generated {args.rows} impressions as {lines} raw JSON lines (default faults) in {generate_seconds:.1f} s"
+        )
 
         results = {}
         for mode, beam_args in RUNNING_MODES.items():
             results[mode] = _measure(raw_dir, os.path.join(workdir, mode.replace(" ", "_")), beam_args)
 
-    header = f"{'running mode':<22}{'rows':>8}{'input lines':>13}{'examples':>10}{'wall s':>9}{'lines/s':>10}{'impressions/s':>15}"
+    header = (
+        f"{'running mode':<22}{'rows':>8}{'input lines':>13}{'examples':>10}"
+        f"{'wall s':>9}{'lines/s':>10}{'impressions/s':>15}"
+    )
     print(header)
     print("-" * len(header))
     for mode, (seconds, counters) in results.items():

@@ -33,7 +33,9 @@ from lt4rec.models import export, features, masks
 from transformed_logs import data_folder
 
 
-def stage_functions(task_network: export.TaskNetwork, transform_output: tft.TFTransformOutput, request: tf.Tensor) -> dict:
+def stage_functions(
+    task_network: export.TaskNetwork, transform_output: tft.TFTransformOutput, request: tf.Tensor
+) -> dict:
     """Each stage of a task model's serving_default, on the previous stage's output for `request`."""
     spec = export.raw_input_spec(transform_output)
     transform_layer = transform_output.transform_features_layer()
@@ -66,7 +68,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     model, _ = trained_model(args.rows, masks.CONNECTION, args.min_sparsity, args.seed)
-    transform_output = tft.TFTransformOutput(os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform"))
+    transform_output = tft.TFTransformOutput(
+        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
+    )
     out = tempfile.mkdtemp(prefix="lt4rec-breakdown-")
     paths = {name: os.path.join(out, name) for name in ("dense", "ctr", "cvr", "rank", "dense_cvr")}
     networks = {task: task_networks(model, task) for task in masks.TASKS}
@@ -82,12 +86,17 @@ def main() -> None:
     candidates = tf.constant([example.SerializeToString() for example in stripped])
     context_bytes = tf.constant(context.SerializeToString())
     weights = tf.constant([1.0, 1.0, 1.0])
-    print(f"S-Weight, {args.rows} generated impressions; one request: {len(whole)} candidates, "
-          f"{sum(len(e) for e in examples.numpy()) / 1e3:.0f} kB whole, "
-          f"{(sum(len(e) for e in candidates.numpy()) + len(context_bytes.numpy())) / 1e3:.0f} kB with the context once")
+    print(
+        f"S-Weight, {args.rows} generated impressions; one request: {len(whole)} candidates, "
+        f"{sum(len(e) for e in examples.numpy()) / 1e3:.0f} kB whole, "
+        f"{(sum(len(e) for e in candidates.numpy()) + len(context_bytes.numpy())) / 1e3:.0f} kB with the context once"
+    )
     compacted = networks["ctr"]["compacted"]
-    print(f"CTR model: widths {compacted.layer_widths}, {100 * compacted.kept_weights / compacted.dense_weights:.1f}% of MLP weights, "
-          f"paths {[p.path for p in compacted.layer_paths]}")
+    print(
+        f"CTR model: widths {compacted.layer_widths}, "
+        f"{100 * compacted.kept_weights / compacted.dense_weights:.1f}% of MLP weights, "
+        f"paths {[p.path for p in compacted.layer_paths]}"
+    )
 
     stages = time_side_by_side(stage_functions(compacted, transform_output, examples), args.rounds, args.calls)
     default, in_context = "serving_default", export.CONTEXT_SIGNATURE
@@ -96,10 +105,18 @@ def main() -> None:
         "dense single-task CTR": lambda: signature["dense"][default](examples=examples),
         "CTR model": lambda: signature["ctr"][default](examples=examples),
         "CTR model, context once": lambda: signature["ctr"][in_context](context=context_bytes, examples=candidates),
-        "CTR + CVR models (two calls)": lambda: (signature["ctr"][default](examples=examples), signature["cvr"][default](examples=examples)),
-        "dense CTR + CVR (two calls)": lambda: (signature["dense"][default](examples=examples), signature["dense_cvr"][default](examples=examples)),
+        "CTR + CVR models (two calls)": lambda: (
+            signature["ctr"][default](examples=examples),
+            signature["cvr"][default](examples=examples),
+        ),
+        "dense CTR + CVR (two calls)": lambda: (
+            signature["dense"][default](examples=examples),
+            signature["dense_cvr"][default](examples=examples),
+        ),
         "rank model (one call)": lambda: signature["rank"][default](examples=examples, rank_weights=weights),
-        "rank model, context once": lambda: signature["rank"][in_context](context=context_bytes, examples=candidates, rank_weights=weights),
+        "rank model, context once": lambda: signature["rank"][in_context](
+            context=context_bytes, examples=candidates, rank_weights=weights
+        ),
     }
     whole_ms = time_side_by_side(calls, args.rounds, args.calls)
 
@@ -110,13 +127,17 @@ def main() -> None:
     sizes = {"dense single-task CTR": "dense", "CTR model": "ctr", "rank model (one call)": "rank"}
     for name, ms in whole_ms.items():
         size = f"{folder_bytes(paths[sizes[name]]) / 1e6:8.2f}" if name in sizes else ""
-        print(f"{name:<30} {ms:7.2f} {whole_ms['dense single-task CTR'] / ms:8.2f} "
-              f"{whole_ms['CTR + CVR models (two calls)'] / ms:12.2f} {size}")
+        print(
+            f"{name:<30} {ms:7.2f} {whole_ms['dense single-task CTR'] / ms:8.2f} "
+            f"{whole_ms['CTR + CVR models (two calls)'] / ms:12.2f} {size}"
+        )
     dense_pair = folder_bytes(paths["dense"]) + folder_bytes(paths["dense_cvr"])
     pair = folder_bytes(paths["ctr"]) + folder_bytes(paths["cvr"])
-    print(f"\non disk: CTR + CVR {pair / 1e6:.2f} MB, rank {folder_bytes(paths['rank']) / 1e6:.2f} MB, "
-          f"two dense single-task models {dense_pair / 1e6:.2f} MB (pair {pair / dense_pair:.3f}, "
-          f"rank alone {folder_bytes(paths['rank']) / dense_pair:.3f})")
+    print(
+        f"\non disk: CTR + CVR {pair / 1e6:.2f} MB, rank {folder_bytes(paths['rank']) / 1e6:.2f} MB, "
+        f"two dense single-task models {dense_pair / 1e6:.2f} MB (pair {pair / dense_pair:.3f}, "
+        f"rank alone {folder_bytes(paths['rank']) / dense_pair:.3f})"
+    )
 
 
 if __name__ == "__main__":

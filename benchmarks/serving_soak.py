@@ -49,7 +49,9 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
         return int(next(line for line in status if line.startswith(field)).split()[1]) / 1024
 
 
-def predict(model: str, examples: list[bytes], version: int | None = None, signature: str = "") -> predict_pb2.PredictRequest:
+def predict(
+    model: str, examples: list[bytes], version: int | None = None, signature: str = ""
+) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = model, signature
     if version is not None:
@@ -91,7 +93,9 @@ def main() -> None:
     import tensorflow_transform as tft
 
     model, _ = trained_model(args.rows, masks.CONNECTION, 0.5, args.seed)
-    transform_output = tft.TFTransformOutput(os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform"))
+    transform_output = tft.TFTransformOutput(
+        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
+    )
     base = tempfile.mkdtemp(prefix="lt4rec-soak-")
     for task in masks.TASKS:
         export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))
@@ -101,8 +105,9 @@ def main() -> None:
     (port,) = free_ports(1)
     target = f"localhost:{port}"
     log = open(os.path.join(base, "serve.log"), "w")
-    command = [os.path.join(os.path.dirname(sys.executable), "lt4rec"), "serve", "--model-base-path", base, "--port", str(port),
-               "--poll-seconds", "1", "--max-request-bytes", str(MAX_REQUEST_BYTES), "--max-values-per-feature", str(MAX_VALUES)]  # fmt: skip
+    command = [os.path.join(os.path.dirname(sys.executable), "lt4rec"), "serve",
+               "--model-base-path", base, "--port", str(port), "--poll-seconds", "1",
+               "--max-request-bytes", str(MAX_REQUEST_BYTES), "--max-values-per-feature", str(MAX_VALUES)]  # fmt: skip
     server = subprocess.Popen(command, stdout=log, stderr=log)
     wait_until_serving(target)
     outcomes: collections.Counter = collections.Counter()  # (kind, code)
@@ -181,9 +186,12 @@ def main() -> None:
         print(f"{kind:<22} {answer:<20} {count:>9}")
     good = sum(count for (kind, _), count in outcomes.items() if kind.startswith("ranking"))
     failed = sum(count for (kind, answer), count in outcomes.items() if kind.startswith("ranking") and answer != "OK")
-    print(f"sent before the signal: {sum(outcomes.values())} requests, {good} good ({failed} failed), "
-          f"{len(unexpected)} answered with an unexpected code {sorted(set(unexpected))[:5]}")
-    print(f"server resident memory: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end, peak {rss_peak:.0f} MB; "
+    print(
+        f"sent before the signal: {sum(outcomes.values())} requests, {good} good ({failed} failed), "
+        f"{len(unexpected)} answered with an unexpected code {sorted(set(unexpected))[:5]}"
+    )
+    print(f"server resident memory: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end, "
+          f"peak {rss_peak:.0f} MB; "
           "every 10 s: " + " ".join(f"{mb:.0f}" for _, mb in samples))  # fmt: skip
     print(f"SIGTERM: exit code {code} after {drain:.2f} s (server log: {log.name})")
 

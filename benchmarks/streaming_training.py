@@ -33,7 +33,9 @@ def peak_rss_gb() -> float:
     return int(line.split()[1]) / 2**20
 
 
-def measure(transform_dir: str, files: list[str], mode: str, steps: int, warmup_steps: int, remaining: float, seed: int) -> dict:
+def measure(
+    transform_dir: str, files: list[str], mode: str, steps: int, warmup_steps: int, remaining: float, seed: int
+) -> dict:
     """In this process: the data as the Trainer builds it, then timed training steps."""
     import numpy as np
     import tensorflow as tf
@@ -76,10 +78,14 @@ def measure(transform_dir: str, files: list[str], mode: str, steps: int, warmup_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="Generated impressions (3 of 4 days train).")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[1_000_000], help="Generated impressions (3 of 4 days train)."
+    )
     parser.add_argument("--steps", type=int, default=400, help="Timed training steps per run.")
     parser.add_argument("--warmup-steps", type=int, default=50, help="Untimed steps first (tracing, buffers filling).")
-    parser.add_argument("--memory-up-to", type=int, default=5_000_000, help="Skip the in-memory path above this many rows.")
+    parser.add_argument(
+        "--memory-up-to", type=int, default=5_000_000, help="Skip the in-memory path above this many rows."
+    )
     parser.add_argument("--repeats", type=int, default=1, help="Runs of each mode, alternating (medians reported).")
     parser.add_argument("--remaining", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
@@ -90,7 +96,14 @@ def main() -> None:
 
     if args.measure:  # the child process
         transform_dir, files, mode = args.measure
-        print("RESULT " + json.dumps(measure(transform_dir, json.loads(files), mode, args.steps, args.warmup_steps, args.remaining, args.seed)))
+        print(
+            "RESULT "
+            + json.dumps(
+                measure(
+                    transform_dir, json.loads(files), mode, args.steps, args.warmup_steps, args.remaining, args.seed
+                )
+            )
+        )
         return
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -103,29 +116,63 @@ def main() -> None:
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
         for _ in range(args.repeats):
             for mode in modes:
-                command = [sys.executable, __file__, "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
-                           "--remaining", str(args.remaining), "--seed", str(args.seed), "--measure", transform_dir, json.dumps(files), mode]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup-steps",
+                    str(args.warmup_steps),
+                    "--remaining",
+                    str(args.remaining),
+                    "--seed",
+                    str(args.seed),
+                    "--measure",
+                    transform_dir,
+                    json.dumps(files),
+                    mode,
+                ]
                 finished = subprocess.run(command, capture_output=True, text=True)
                 if finished.returncode != 0:
                     raise RuntimeError(f"{mode} at {rows} rows failed:\n{finished.stderr[-3000:]}")
                 (line,) = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
                 run = json.loads(line.removeprefix("RESULT "))
                 runs[mode].append(run)
-                print(f"{rows:>10,} rows {mode:<10} ready in {run['ready_seconds']:6.1f} s, {run['examples_per_second']:8,.0f} examples/s, "
-                      f"peak RSS {run['peak_rss_gb']:.2f} GB", flush=True)
+                print(
+                    f"{rows:>10,} rows {mode:<10} ready in {run['ready_seconds']:6.1f} s, "
+                    f"{run['examples_per_second']:8,.0f} examples/s, "
+                    f"peak RSS {run['peak_rss_gb']:.2f} GB",
+                    flush=True,
+                )
         for mode, mode_runs in runs.items():
-            results.append({"rows": rows, "mode": mode, **{key: statistics.median(run[key] for run in mode_runs) for key in mode_runs[0] if key != "mode"}})
+            results.append(
+                {
+                    "rows": rows,
+                    "mode": mode,
+                    **{key: statistics.median(run[key] for run in mode_runs) for key in mode_runs[0] if key != "mode"},
+                }
+            )
 
-    print(f"\nTrainer input, {os.cpu_count()} cores, {args.steps} timed mixed steps of batch 512 (sparse-sharing network), "
-          f"median of {args.repeats}:")
-    print(f"{'impressions':>12} {'input':<10} {'data ready s':>13} {'RSS ready GB':>13} {'examples/s':>11} {'peak RSS GB':>12}")
+    print(
+        f"\nTrainer input, {os.cpu_count()} cores, {args.steps} timed mixed steps of batch 512 "
+        "(sparse-sharing network), "
+        f"median of {args.repeats}:"
+    )
+    print(
+        f"{'impressions':>12} {'input':<10} {'data ready s':>13} "
+        f"{'RSS ready GB':>13} {'examples/s':>11} {'peak RSS GB':>12}"
+    )
     for r in results:
-        print(f"{r['rows']:>12,} {r['mode']:<10} {r['ready_seconds']:>13.1f} {r['peak_rss_gb_ready']:>13.2f} {r['examples_per_second']:>11,.0f} {r['peak_rss_gb']:>12.2f}")
+        print(
+            f"{r['rows']:>12,} {r['mode']:<10} {r['ready_seconds']:>13.1f} {r['peak_rss_gb_ready']:>13.2f} "
+            f"{r['examples_per_second']:>11,.0f} {r['peak_rss_gb']:>12.2f}"
+        )
     for rows in args.rows:
         by_mode = {r["mode"]: r for r in results if r["rows"] == rows}
         if len(by_mode) == 2:
             ratio = by_mode["streaming"]["examples_per_second"] / by_mode["memory"]["examples_per_second"]
             print(f"{rows:,} rows: streaming / in-memory examples/s = {ratio:.2f}")
+
 
 if __name__ == "__main__":
     main()

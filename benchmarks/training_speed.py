@@ -31,7 +31,9 @@ def _trainer(variant: str, feature_config, sample, remaining: float, seed: int) 
         kernels = masks.get_kernels(model)
         task_masks = {}
         for task in model.config.tasks:  # magnitude masks of perturbed kernels: overlapping, not equal
-            noisy = {name: np.abs(kernel) + rng.normal(0, kernel.std(), kernel.shape) for name, kernel in kernels.items()}
+            noisy = {
+                name: np.abs(kernel) + rng.normal(0, kernel.std(), kernel.shape) for name, kernel in kernels.items()
+            }
             task_masks[task] = masks.prune_by_magnitude(noisy, masks.full_masks(model), 1, 1 - remaining)
         masks.set_task_masks(model, task_masks)
     return training.MultiTaskTrainer(model, training.TrainConfig(seed=seed))
@@ -50,7 +52,9 @@ def main() -> None:
     train = splits["train"].examples
     feature_config = features.scaled_config(0.1)
     sample = {name: tf.constant(splits["test"].examples[name][:2]) for name in features.FEATURE_NAMES}
-    batches = {task: training.task_batches(train, task, training.TrainConfig().batch_size, args.seed) for task in masks.TASKS}
+    batches = {
+        task: training.task_batches(train, task, training.TrainConfig().batch_size, args.seed) for task in masks.TASKS
+    }
     trainers = {
         "masked (sparse sharing)": _trainer(network.SPARSE_SHARING, feature_config, sample, args.remaining, args.seed),
         "dense (shared bottom)": _trainer(network.SHARED_BOTTOM, feature_config, sample, args.remaining, args.seed),
@@ -62,8 +66,11 @@ def main() -> None:
         for name, trainer in trainers.items():
             speeds[name].append(trainer.train(batches, name, args.seed + repeat).examples_per_second)
 
-    print(f"{splits['train'].rows} training impressions per pass (+ their clicks as CVR batches), batch 512, MLP 512-256-128, "
-          f"{args.repeats} timed passes each, alternating")
+    print(
+        f"{splits['train'].rows} training impressions per pass (+ their clicks as CVR batches), "
+        "batch 512, MLP 512-256-128, "
+        f"{args.repeats} timed passes each, alternating"
+    )
     header = f"{'network':<26}{'MLP weights kept':>18}{'examples/s (median)':>21}{'all passes':>28}"
     print(header)
     print("-" * len(header))

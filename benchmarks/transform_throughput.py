@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=3, help="Day partitions to spread them over.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--table-scale", type=float, default=0.05, help="As `lt4rec pipeline run --table-scale` (`make demo` uses 0.05)."
+        "--table-scale",
+        type=float,
+        default=0.05,
+        help="As `lt4rec pipeline run --table-scale` (`make demo` uses 0.05).",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -64,7 +64,10 @@ def _production_pctr(files: list[str]) -> np.ndarray:
 
     spec = {features.PRODUCTION_PCTR: tf.io.FixedLenFeature([], tf.string)}
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
-    values = [tf.strings.to_number(tf.io.parse_example(batch, spec)[features.PRODUCTION_PCTR], tf.float64).numpy() for batch in records]
+    values = [
+        tf.strings.to_number(tf.io.parse_example(batch, spec)[features.PRODUCTION_PCTR], tf.float64).numpy()
+        for batch in records
+    ]
     return np.concatenate(values)
 
 
@@ -112,10 +115,18 @@ def load(
         start = time.perf_counter()
         logs = os.path.join(folder, "logs")
         generator.generate(
-            logs, rows=rows, days=days, seed=seed, task_relatedness=task_relatedness, catalogue=catalogue, world_settings=world_settings
+            logs,
+            rows=rows,
+            days=days,
+            seed=seed,
+            task_relatedness=task_relatedness,
+            catalogue=catalogue,
+            world_settings=world_settings,
         )
         seconds["generate"] = time.perf_counter() - start
-        day_files = [sorted(glob.glob(os.path.join(logs, day, "part-*.gz"))) for day in sorted(os.listdir(logs)) if day.isdigit()]
+        day_files = [
+            sorted(glob.glob(os.path.join(logs, day, "part-*.gz"))) for day in sorted(os.listdir(logs)) if day.isdigit()
+        ]
         by_split = {"train": sum(day_files[:-2], []), "validation": day_files[-2], "test": day_files[-1]}
         transform_dir = os.path.join(folder, "transform")
         start = time.perf_counter()
@@ -139,8 +150,14 @@ def load(
         seconds["save"] = time.perf_counter() - start
         logger.info("Prepared %s in %s", folder, ", ".join(f"{step} {value:.0f} s" for step, value in seconds.items()))
         settings = {
-            "rows": rows, "days": days, "seed": seed, "table_scale": table_scale, "task_relatedness": task_relatedness,
-            "catalogue": catalogue, "world_settings": dict(world_settings or {}), "seconds": seconds,
+            "rows": rows,
+            "days": days,
+            "seed": seed,
+            "table_scale": table_scale,
+            "task_relatedness": task_relatedness,
+            "catalogue": catalogue,
+            "world_settings": dict(world_settings or {}),
+            "seconds": seconds,
         }
         with open(os.path.join(folder, "settings.json"), "w") as f:
             json.dump(settings, f, indent=2)
@@ -160,7 +177,12 @@ def preparation_seconds(folder: str) -> dict[str, float]:
 
 
 def transformed_files(
-    rows: int, days: int = 4, seed: int = 0, table_scale: float = 0.1, cache: str | None = None, catalogue: str = "sample"
+    rows: int,
+    days: int = 4,
+    seed: int = 0,
+    table_scale: float = 0.1,
+    cache: str | None = None,
+    catalogue: str = "sample",
 ) -> tuple[str, list[str]]:
     """Generated logs through the project's Transform, written as Transform writes its output.
 
@@ -178,12 +200,16 @@ def transformed_files(
         if not os.path.exists(os.path.join(logs, generator.MANIFEST)):
             generator.generate(logs, rows=rows, days=days, seed=seed, catalogue=catalogue)
         generated = time.perf_counter() - start
-        day_files = [sorted(glob.glob(os.path.join(logs, day, "part-*.gz"))) for day in sorted(os.listdir(logs)) if day.isdigit()]
+        day_files = [
+            sorted(glob.glob(os.path.join(logs, day, "part-*.gz"))) for day in sorted(os.listdir(logs)) if day.isdigit()
+        ]
         train_logs = sum(day_files[:-1], [])
         transform_dir = os.path.join(folder, "transform")
         for unfinished in (transform_dir, train_dir):  # of an interrupted preparation
             shutil.rmtree(unfinished, ignore_errors=True)
-        offline_transform.analyze(train_logs[: max(1, len(train_logs) // 10)], features.scaled_config(table_scale), transform_dir)
+        offline_transform.analyze(
+            train_logs[: max(1, len(train_logs) // 10)], features.scaled_config(table_scale), transform_dir
+        )
         _write_transformed(train_logs, transform_dir, train_dir)
         with open(done, "w") as f:
             json.dump({"rows": rows, "generate_seconds": generated, "seconds": time.perf_counter() - start}, f)
@@ -191,8 +217,14 @@ def transformed_files(
     return os.path.join(folder, "transform"), sorted(glob.glob(os.path.join(train_dir, "*.gz")))
 
 
-def transformed_eval_files(rows: int, days: int = 4, seed: int = 0, table_scale: float = 0.1, cache: str | None = None,
-                           catalogue: str = "sample") -> list[str]:
+def transformed_eval_files(
+    rows: int,
+    days: int = 4,
+    seed: int = 0,
+    table_scale: float = 0.1,
+    cache: str | None = None,
+    catalogue: str = "sample",
+) -> list[str]:
     """The last day of `transformed_files`' logs through the same Transform graph: the eval split."""
     transform_dir, _ = transformed_files(rows, days, seed, table_scale, cache, catalogue)
     folder = os.path.dirname(transform_dir)
@@ -219,7 +251,9 @@ def _write_transformed(log_files: list[str], transform_dir: str, out_dir: str, r
         if writer is None or written >= rows_per_file:
             if writer is not None:
                 writer.close()
-            writer = tf.io.TFRecordWriter(os.path.join(out_dir, f"transformed_examples-{len(os.listdir(out_dir)):05d}.gz"), options="GZIP")
+            writer = tf.io.TFRecordWriter(
+                os.path.join(out_dir, f"transformed_examples-{len(os.listdir(out_dir)):05d}.gz"), options="GZIP"
+            )
             written = 0
         arrays = []
         for values in batch.values():

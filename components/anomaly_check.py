@@ -6,7 +6,6 @@ downstream looks at them. Transform runs after this component, which raises a
 reaches training.
 """
 
-
 import os
 
 from tensorflow_data_validation.utils import anomalies_util

@@ -4,10 +4,12 @@ From the Trainer's model it writes `<serving_dir>/ctr/<version>/` and
 `<serving_dir>/cvr/<version>/`, each the task's network with its mask folded in and its
 switched-off units removed (`models/export.py`), but only if the Evaluator blessed the
 model; for sparse sharing also `<serving_dir>/rank/<version>/`, the joint model that
-scores both tasks (and the rankscore) in one pass over the shared front. Each version is written under a dot-folder and moved into place so that a server
-polling the folder loads it whole or not at all (`publish_version`: on object stores,
-where a rename copies object by object, the graph file comes last). Versions are consecutive integers (1, 2, ...), the next after the highest already
-under `serving_dir`, so that TF Serving loads each push as a new version.
+scores both tasks (and the rankscore) in one pass over the shared front. Each version is
+written under a dot-folder and moved into place so that a server polling the folder loads
+it whole or not at all (`publish_version`: on object stores, where a rename copies object
+by object, the graph file comes last). Versions are consecutive integers (1, 2, ...), the
+next after the highest already under `serving_dir`, so that TF Serving loads each push as
+a new version.
 
 It also publishes the pushed Trainer model (serving model and `training/` folder: weights
 and masks) to `<serving_dir>/.base_model/`, a fixed place from which daily runs on
@@ -22,9 +24,9 @@ import os
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tfx.components.util import model_utils
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.components.util import model_utils
 from tfx.types import standard_artifacts
 
 from lt4rec.models import export, network, trainer
@@ -117,7 +119,9 @@ def TaskPusher(
             export.export_rank_model(trained, transform_output, staging)
         else:
             task_network = export.export_task_model(trained, task, transform_output, staging, compact=True)
-            pushed_model.set_string_custom_property(f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths)))
+            pushed_model.set_string_custom_property(
+                f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths))
+            )
         publish_version(staging, destination)
         pushed_model.set_string_custom_property(f"{task}_destination", destination)
     pushed_model.set_string_custom_property("base_model", publish_base_model(model.uri, serving_dir, version))

@@ -42,7 +42,9 @@ def count(namespace: str, name: str, value: int = 1) -> None:
     _counter(namespace, name).inc(value)
 
 
-def query_counters(result: beam.runners.runner.PipelineResult, namespace: str, always: Iterable[str] = ()) -> dict[str, int]:
+def query_counters(
+    result: beam.runners.runner.PipelineResult, namespace: str, always: Iterable[str] = ()
+) -> dict[str, int]:
     """The job's counters by name, summed over steps; those named in `always` present even when 0."""
     counters = dict.fromkeys(always, 0)
     for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
@@ -70,7 +72,7 @@ def rejected_record(path: str, index: int, reason: str, field: str, detail: str,
 
 def format_reasons(total: str, used: str, counters: Mapping[str, int], prefix: str) -> str:
     """`<total> = <used> + N rejected (reason n, ...)` from the counters named `<prefix><reason>`."""
-    reasons = {name[len(prefix):]: value for name, value in counters.items() if name.startswith(prefix)}
+    reasons = {name[len(prefix) :]: value for name, value in counters.items() if name.startswith(prefix)}
     line = f"{total} = {used} + {sum(reasons.values())} rejected"
     if reasons:
         line += " (" + ", ".join(f"{reason} {value}" for reason, value in sorted(reasons.items())) + ")"
@@ -88,7 +90,8 @@ class WriteRejections(beam.PTransform):
         return (
             rejections
             | "To JSON" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False))
-            | "Write" >> beam.io.WriteToText(FileSystems.join(self._out_dir, REJECTED_PREFIX), file_name_suffix=".jsonl")
+            | "Write"
+            >> beam.io.WriteToText(FileSystems.join(self._out_dir, REJECTED_PREFIX), file_name_suffix=".jsonl")
         )
 
 

@@ -145,11 +145,22 @@ def generate(
         raise ValueError(f"raw_format must be one of {raw_events.FORMATS}, got {raw_format!r}")
     config = world_lib.world_config(
         catalogue,
-        **{**(world_settings or {}), "rows": rows, "days": days, "seed": seed, "task_relatedness": task_relatedness, "start_day": start_day},
+        **{
+            **(world_settings or {}),
+            "rows": rows,
+            "days": days,
+            "seed": seed,
+            "task_relatedness": task_relatedness,
+            "start_day": start_day,
+        },
     )
     logger.info(
         "Building the world: %d rows over %d days, seed %d, task relatedness %.2f, %s catalogue",
-        rows, days, seed, task_relatedness, catalogue,
+        rows,
+        days,
+        seed,
+        task_relatedness,
+        catalogue,
     )
     world = world_lib.World(config)
     os.makedirs(out_dir, exist_ok=True)
@@ -254,7 +265,9 @@ class _Deflated:
     @classmethod
     def of(cls, data: bytes | np.ndarray) -> "_Deflated":
         compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
-        return cls(compressor.compress(data) + compressor.flush(isal_zlib.Z_SYNC_FLUSH), isal_zlib.crc32(data), len(data))
+        return cls(
+            compressor.compress(data) + compressor.flush(isal_zlib.Z_SYNC_FLUSH), isal_zlib.crc32(data), len(data)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +312,9 @@ def _encode_chunk(encoder: "ExampleEncoder", rows_per_file: int, chunk: _Chunk) 
             truth = rows.truth(start, stop)
             if in_part == 0:
                 truth = f"{TRUTH_HEADER}\n".encode() + truth
-            pieces.append(_Piece(folder, part, stop - start, _Deflated.of(rows.tfrecords(start, stop)), _Deflated.of(truth)))
+            pieces.append(
+                _Piece(folder, part, stop - start, _Deflated.of(rows.tfrecords(start, stop)), _Deflated.of(truth))
+            )
             before += stop - start
             start = stop
     return pieces
@@ -390,12 +405,12 @@ def _bytes_entry(key: str, values: bytes) -> bytes:
 
 def _prefix(key: str, length: int) -> bytes:
     """What comes before `length` bytes of encoded elements in `key`'s bytes_list entry."""
-    return _bytes_entry(key, bytes(length))[:-length or None]
+    return _bytes_entry(key, bytes(length))[: -length or None]
 
 
 def _single_prefix(key: str, length: int) -> bytes:
     """What comes before a `length`-byte value in `key`'s single-valued bytes_list entry."""
-    return _bytes_entry(key, _field(1, bytes(length)))[:-length or None]
+    return _bytes_entry(key, _field(1, bytes(length)))[: -length or None]
 
 
 def _table(parts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -458,7 +473,9 @@ def _digits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not shift.any():
         return digits, lengths
     columns = np.arange(width)[None, :] + shift[:, None]
-    return np.where(columns < width, np.take_along_axis(digits, np.minimum(columns, width - 1), axis=1), 0).astype(np.uint8), lengths
+    return np.where(columns < width, np.take_along_axis(digits, np.minimum(columns, width - 1), axis=1), 0).astype(
+        np.uint8
+    ), lengths
 
 
 def _pack(fields: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -511,7 +528,10 @@ class ExampleEncoder:
             ]
         )
         self._categories = _padded(  # by category2
-            [_bytes_entry("FEA_ICAT1", category1[parent[c]]) + _bytes_entry("FEA_ICAT2", category2[c]) for c in range(n_category2)]
+            [
+                _bytes_entry("FEA_ICAT1", category1[parent[c]]) + _bytes_entry("FEA_ICAT2", category2[c])
+                for c in range(n_category2)
+            ]
         )
         self._source_categories = _padded(  # by category2 * 4 + SICAT1 missing * 2 + SICAT2 missing
             [
@@ -534,9 +554,17 @@ class ExampleEncoder:
         self._context = _table(
             [
                 _bytes_entry("FEA_DURATION", _bytes_value(str(bucket)))
-                + (_bytes_entry("FEA_COVERQUALITY", _bytes_value(str(quality - 1))) if quality else self._missing["FEA_COVERQUALITY"])
+                + (
+                    _bytes_entry("FEA_COVERQUALITY", _bytes_value(str(quality - 1)))
+                    if quality
+                    else self._missing["FEA_COVERQUALITY"]
+                )
                 + _bytes_entry("FEA_ALGID", _bytes_value(str(algorithm + 1)))
-                + (_bytes_entry("FEA_ORDER", _bytes_value(str(position - 1))) if position else self._missing["FEA_ORDER"])
+                + (
+                    _bytes_entry("FEA_ORDER", _bytes_value(str(position - 1)))
+                    if position
+                    else self._missing["FEA_ORDER"]
+                )
                 for bucket in range(len(features.DURATION_BUCKET_EDGES_SECONDS) + 1)
                 for quality in range(world_lib.N_COVER_QUALITIES + 1)
                 for algorithm in range(world_lib.N_RECALL_ALGORITHMS)
@@ -565,7 +593,10 @@ class ExampleEncoder:
             [_prefix("FEA_UCAT", len(category1[0]) * n) for n in range(world_lib.USER_CATEGORY_LENGTH[0] + 1)]
         )
         self._video_prefixes = {
-            prefix: (_single_prefix(f"FEA_{prefix}VID", 11), _matrix([_single_prefix(f"FEA_{prefix}CP", n) for n in range(9)]))
+            prefix: (
+                _single_prefix(f"FEA_{prefix}VID", 11),
+                _matrix([_single_prefix(f"FEA_{prefix}CP", n) for n in range(9)]),
+            )
             for prefix in ("", "S")
         }
 
@@ -582,13 +613,19 @@ class ExampleEncoder:
         # to SICAT2; SIKEYWORD; STAG (byte strings, lengths).
         categories, count = world.user_categories[user], world.user_category_count[user]
         listed = self._category1[categories] * (np.arange(categories.shape[1]) < count[:, None])[:, :, None]
-        user_categories = _pack([_fixed(self._user_category_prefixes[count]), (listed.reshape(n, -1), count * self._category1.shape[1])])
+        user_categories = _pack(
+            [_fixed(self._user_category_prefixes[count]), (listed.reshape(n, -1), count * self._category1.shape[1])]
+        )
         duration = world_lib.duration_bucket(world.video_seconds[video])
         quality = np.where(missing["FEA_COVERQUALITY"], 0, world.video_cover_quality[video] + 1)
         position = np.where(missing["FEA_ORDER"], 0, impressions.position + 1)
-        context = (duration * (world_lib.N_COVER_QUALITIES + 1) + quality) * world_lib.N_RECALL_ALGORITHMS + impressions.algorithm
+        context = (
+            duration * (world_lib.N_COVER_QUALITIES + 1) + quality
+        ) * world_lib.N_RECALL_ALGORITHMS + impressions.algorithm
         source_categories = world.video_category2[source] * 4 + missing["FEA_SICAT1"] * 2 + missing["FEA_SICAT2"]
-        source_keywords = _walk_index(world.video_keyword_walk[source], impressions.source_keyword_count, world.keyword_walks)
+        source_keywords = _walk_index(
+            world.video_keyword_walk[source], impressions.source_keyword_count, world.keyword_walks
+        )
         source_tags = _walk_index(world.video_tag_walk[source], impressions.source_tag_count, world.tag_walks)
         no_source_keywords, no_source_tags = len(self._source_keywords[0]) - 1, len(self._source_tags[0]) - 2
         pieces = [
@@ -601,34 +638,55 @@ class ExampleEncoder:
                     ]
                 )
             ),
-            _strings(_pack([self._video_entries("", vid, video), _gathered(self._categories, world.video_category2[video])])),
-            _taken(self._keywords, _walk_index(world.video_keyword_walk[video], world.video_keyword_count[video], world.keyword_walks)),
+            _strings(
+                _pack([self._video_entries("", vid, video), _gathered(self._categories, world.video_category2[video])])
+            ),
+            _taken(
+                self._keywords,
+                _walk_index(world.video_keyword_walk[video], world.video_keyword_count[video], world.keyword_walks),
+            ),
             _taken(self._tags, _walk_index(world.video_tag_walk[video], world.video_tag_count[video], world.tag_walks)),
             _taken(self._context, context * (world_lib.MAX_REQUEST_SIZE + 1) + position),
             _strings(
                 _instead(
                     ~has_source,
                     self._no_source,
-                    _pack([self._video_entries("S", _video_ids(source), source), _gathered(self._source_categories, source_categories)]),
+                    _pack(
+                        [
+                            self._video_entries("S", _video_ids(source), source),
+                            _gathered(self._source_categories, source_categories),
+                        ]
+                    ),
                 )
             ),
             _taken(self._source_keywords, np.where(has_source, source_keywords, no_source_keywords)),
-            _taken(self._source_tags, np.where(has_source, np.where(missing["FEA_STAG"], no_source_tags + 1, source_tags), no_source_tags)),
+            _taken(
+                self._source_tags,
+                np.where(has_source, np.where(missing["FEA_STAG"], no_source_tags + 1, source_tags), no_source_tags),
+            ),
         ]
         pieces_length = sum(lengths for _, lengths in pieces)
 
         # The head: framing, label, watch ratio, request id and pCTR, with the example's length.
         at = _fixed(_rows(b"@", n))
-        seqnum = _pack([_fixed(uid), at, _digits(impressions.time_ms), at, _digits(impressions.request_no)])  # records.request_id
+        # records.request_id
+        seqnum = _pack([_fixed(uid), at, _digits(impressions.time_ms), at, _digits(impressions.request_no)])
         if seqnum[1].max() >= _MAX_SEQNUM:
             raise ValueError("a request id past the encoder's length")
         pctr = _fixed(np.hstack([_rows(self._pctr_prefix, n), _pctr_digits(impressions.production_pctr)]))
         example_length = (
-            self._labels.shape[1] + len(self._ratio_prefix) + 4 + self._seqnum_prefixes.shape[1] + seqnum[1] + pctr[0].shape[1] + pieces_length
+            self._labels.shape[1]
+            + len(self._ratio_prefix)
+            + 4
+            + self._seqnum_prefixes.shape[1]
+            + seqnum[1]
+            + pctr[0].shape[1]
+            + pieces_length
         )
         if example_length.min() < 1 << 7 or example_length.max() >= 1 << 14:
             raise ValueError("an example outside the lengths of a two-byte varint")
-        record_length = 3 + example_length  # an Example: its features field (1 byte), its length (2 bytes), the features
+        # an Example: its features field (1 byte), its length (2 bytes), the features
+        record_length = 3 + example_length
         head = _pack(
             [
                 _fixed(
@@ -654,7 +712,9 @@ class ExampleEncoder:
         crc_places.fill(bytes(4))  # (np.full would make it b"": numpy's bytes drop trailing zeros)
         comma = _fixed(_rows(b",", n))
         truth_values = np.empty(n, dtype=object)
-        truth_values[:] = list(map(b"%r,%r\n".__mod__, zip(impressions.p_click.tolist(), impressions.expected_watch_ratio.tolist())))
+        truth_values[:] = list(
+            map(b"%r,%r\n".__mod__, zip(impressions.p_click.tolist(), impressions.expected_watch_ratio.tolist()))
+        )
         return EncodedRows(
             np.stack([_strings(head)[0]] + [strings for strings, _ in pieces] + [crc_places], axis=1),
             np.concatenate([[0], np.cumsum(head[1] + pieces_length + 4)]),
@@ -693,7 +753,10 @@ class EncodedRows:
         value = google_crc32c.value
         with memoryview(joined) as view:
             crcs = np.fromiter(
-                (value(bytes(view[begin:end])) for begin, end in zip((offsets[:-1] + 12).tolist(), (offsets[1:] - 4).tolist())),
+                (
+                    value(bytes(view[begin:end]))
+                    for begin, end in zip((offsets[:-1] + 12).tolist(), (offsets[1:] - 4).tolist())
+                ),
                 dtype=np.uint64,
                 count=stop - start,
             )
@@ -830,11 +893,17 @@ def _write_raw(
                         parts = [first, watched - first]
                         counts["injected_split_play"] += 1
                     for k, part in enumerate(parts):
-                        play = {**key, "time_ms": click_ms + 1_000 * (k + 1), "watched_seconds": part, "video_seconds": length}
+                        play = {
+                            **key,
+                            "time_ms": click_ms + 1_000 * (k + 1),
+                            "watched_seconds": part,
+                            "video_seconds": length,
+                        }
                         emit(raw_events.PLAYS, play)
             for _ in range(int(rng.binomial(len(impressions), faults.click_without_impression))):
                 orphan = {
-                    "request_id": f"{records.user_id(int(rng.integers(0, world.n_users)))}@{int(rng.integers(0, 2**40))}@orphan",
+                    "request_id": f"{records.user_id(int(rng.integers(0, world.n_users)))}@"
+                    f"{int(rng.integers(0, 2**40))}@orphan",
                     "video_id": records.video_id(int(rng.integers(0, world.n_videos))),
                     "time_ms": int(impressions.time_ms[int(rng.integers(0, len(impressions)))]),
                 }

@@ -245,13 +245,18 @@ class JoinFn(beam.DoFn):
 
         if not impressions:
             for click in clicks:
-                yield _reject_parsed(raw_events.CLICKS, CLICK_WITHOUT_IMPRESSION, f"no impression with {key_text}", click)
+                yield _reject_parsed(
+                    raw_events.CLICKS, CLICK_WITHOUT_IMPRESSION, f"no impression with {key_text}", click
+                )
             for play in plays:
                 yield _reject_parsed(raw_events.PLAYS, PLAY_WITHOUT_IMPRESSION, f"no impression with {key_text}", play)
             return
         impression, conflicting = impressions[0], impressions[1:]
         for other in conflicting:
-            detail = f"another impression with {key_text} is kept, from {impression.file_name} (time_ms {impression.event['time_ms']})"
+            detail = (
+                f"another impression with {key_text} is kept, from {impression.file_name} "
+                f"(time_ms {impression.event['time_ms']})"
+            )
             yield _reject_parsed(raw_events.IMPRESSIONS, CONFLICTING_IMPRESSION, detail, other)
 
         clicked = bool(clicks)
@@ -263,7 +268,9 @@ class JoinFn(beam.DoFn):
             _count(CLICKS_JOINED)
         else:
             for play in plays:
-                yield _reject_parsed(raw_events.PLAYS, PLAY_WITHOUT_CLICK, f"the impression with {key_text} has no click", play)
+                yield _reject_parsed(
+                    raw_events.PLAYS, PLAY_WITHOUT_CLICK, f"the impression with {key_text} has no click", play
+                )
             plays = []
 
         watch_ratio = self._watch_ratio(plays) if plays else 0.0
@@ -361,13 +368,17 @@ def _raw_files(raw_dir: str) -> tuple[dict[str, list[str]], dict[str, list[str]]
         paths = sorted(metadata.path for metadata in match.metadata_list)
         # Hadoop's `_SUCCESS`, `.crc` files, and whatever is in a `_temporary/` folder.
         root = FileSystems.join(raw_dir, source)
-        is_marker = {path: any(part.startswith(("_", ".")) for part in os.path.relpath(path, root).split(os.sep)) for path in paths}
+        is_marker = {
+            path: any(part.startswith(("_", ".")) for part in os.path.relpath(path, root).split(os.sep))
+            for path in paths
+        }
         markers[source] = [path for path in paths if is_marker[path]]
         files[source] = [path for path in paths if not is_marker[path]]
     if not files[raw_events.IMPRESSIONS]:
         where = raw_dir if FileSystems.exists(raw_dir) else f"{raw_dir} (which does not exist)"
         raise DataError(
-            f"no raw impression files in {where}: expected {FileSystems.join(raw_dir, raw_events.IMPRESSIONS, 'YYYYMMDD', '<files>')}"
+            f"no raw impression files in {where}: "
+            f"expected {FileSystems.join(raw_dir, raw_events.IMPRESSIONS, 'YYYYMMDD', '<files>')}"
         )
     return files, markers
 
@@ -463,11 +474,7 @@ def build_pipeline(
         )
         | "Check written" >> beam.ParDo(CheckWrittenFn(out_dir))
     )
-    (
-        rejections
-        | "All rejections" >> beam.Flatten()
-        | "Write rejections" >> beam_jobs.WriteRejections(out_dir)
-    )
+    (rejections | "All rejections" >> beam.Flatten() | "Write rejections" >> beam_jobs.WriteRejections(out_dir))
 
 
 def _query_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -497,10 +504,16 @@ def run(
         _check_csv_headers(files)
     beam_jobs.check_output_empty(out_dir)
     for source in raw_events.SOURCES:
-        logger.info("Reading %d %s %s files from %s", len(files[source]), file_format, source, FileSystems.join(raw_dir, source))
+        logger.info(
+            "Reading %d %s %s files from %s", len(files[source]), file_format, source, FileSystems.join(raw_dir, source)
+        )
         for path in markers[source]:
             logger.warning("Skipping %s: a marker file (its name or folder starts with _ or .)", path)
-    logger.info("Writing day partitions of examples to %s, rejected lines to %s-*.jsonl", out_dir, FileSystems.join(out_dir, REJECTED_PREFIX))
+    logger.info(
+        "Writing day partitions of examples to %s, rejected lines to %s-*.jsonl",
+        out_dir,
+        FileSystems.join(out_dir, REJECTED_PREFIX),
+    )
 
     options = PipelineOptions(list(beam_args or []))
     # WriteToFiles' temporary files go to a folder of this run, removed once it ends.
@@ -522,7 +535,8 @@ def run(
         damaged = [record["detail"] for record in beam_jobs.read_rejections(out_dir) if record["reason"] == UNREADABLE]
         _remove_output(out_dir, temp_dir)
         raise DataError(
-            f"{len(damaged)} damaged raw file(s): " + "; ".join(sorted(damaged))
+            f"{len(damaged)} damaged raw file(s): "
+            + "; ".join(sorted(damaged))
             + " (pass --allow-damaged-files to use their lines before the damage)"
         )
     for source in raw_events.SOURCES:
@@ -530,7 +544,11 @@ def run(
             counters[f"{FILES_SKIPPED}/{source}/{MARKER_FILE}"] = len(markers[source])
     counters = dict(sorted(counters.items()))
     beam_jobs.write_counters(out_dir, counters)
-    skipped = [{"source": source, "file": path, "reason": MARKER_FILE} for source in raw_events.SOURCES for path in markers[source]]
+    skipped = [
+        {"source": source, "file": path, "reason": MARKER_FILE}
+        for source in raw_events.SOURCES
+        for path in markers[source]
+    ]
     if skipped:
         with FileSystems.create(FileSystems.join(out_dir, SKIPPED_FILES_FILE)) as handle:
             handle.write(json.dumps(skipped, indent=2).encode("utf-8") + b"\n")
@@ -563,12 +581,17 @@ def format_counters(counters: Mapping[str, int]) -> str:
         total = f"{source:<12} {counters.get(f'{LINES_READ}/{source}', 0):>10} lines read"
         lines.append(beam_jobs.format_reasons(total, f"{used_count} {used_name}", counters, f"{REJECTED}/{source}/"))
     files = ", ".join(f"{source} {counters.get(f'{FILES_READ}/{source}', 0)}" for source in raw_events.SOURCES)
-    skipped = {name[len(FILES_SKIPPED) + 1 :]: value for name, value in counters.items() if name.startswith(f"{FILES_SKIPPED}/")}
+    skipped = {
+        name[len(FILES_SKIPPED) + 1 :]: value
+        for name, value in counters.items()
+        if name.startswith(f"{FILES_SKIPPED}/")
+    }
     lines.append(f"files read: {files}" + (
-        "; skipped: " + ", ".join(f"{name} {value}" for name, value in sorted(skipped.items())) + f" (named in {SKIPPED_FILES_FILE})"
+        "; skipped: " + ", ".join(f"{name} {value}" for name, value in sorted(skipped.items()))
+        + f" (named in {SKIPPED_FILES_FILE})"
         if skipped else ""))  # fmt: skip
     day_prefix = f"{EXAMPLES_WRITTEN}/"
-    days = {name[len(day_prefix):]: value for name, value in counters.items() if name.startswith(day_prefix)}
+    days = {name[len(day_prefix) :]: value for name, value in counters.items() if name.startswith(day_prefix)}
     lines.append("examples per day: " + (", ".join(f"{day} {value}" for day, value in sorted(days.items())) or "none"))
     lines.append(f"watch ratios clipped to 1: {counters.get(WATCH_RATIOS_CLIPPED, 0)}")
     lines.append(f"clicks without a play: {counters.get(CLICKS_WITHOUT_PLAY, 0)}")

@@ -114,7 +114,9 @@ def _check_utf8(event: Mapping[str, Any]) -> None:
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise RawEventError(BAD_VALUE, f"{key} is not UTF-8 text (it has a lone surrogate): {text!r}") from None
+                    raise RawEventError(
+                        BAD_VALUE, f"{key} is not UTF-8 text (it has a lone surrogate): {text!r}"
+                    ) from None
 
 
 def _parse_json(source: str, line: str) -> dict[str, Any]:
@@ -151,7 +153,11 @@ def _parse_csv(source: str, line: str) -> dict[str, Any]:
 
 
 def _typed(source: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    event = {"request_id": _text(raw, "request_id"), "video_id": _text(raw, "video_id"), "time_ms": _integer(raw, "time_ms")}
+    event = {
+        "request_id": _text(raw, "request_id"),
+        "video_id": _text(raw, "video_id"),
+        "time_ms": _integer(raw, "time_ms"),
+    }
     if source == IMPRESSIONS:
         event["user_id"] = _text(raw, "user_id")
         event["position"] = _text(raw, "position", default=features.MISSING_VALUE)

@@ -124,7 +124,9 @@ def log_records(world: world_lib.World, impressions: world_lib.Impressions) -> I
             )
         for name, flags in missing.items():
             if flags[i]:
-                record[name] = [features.MISSING_VALUE] if features.FEATURES_BY_NAME[name].multivalued else features.MISSING_VALUE
+                record[name] = (
+                    [features.MISSING_VALUE] if features.FEATURES_BY_NAME[name].multivalued else features.MISSING_VALUE
+                )
         yield record
 
 

@@ -227,7 +227,10 @@ def _masked_mean_of(table: np.ndarray, members: np.ndarray, present: np.ndarray)
     (each row is the same einsum), but the gathered vectors stay in cache, not in fresh memory."""
     block = 4096
     return np.concatenate(
-        [_masked_mean(table[members[start : start + block]], present[start : start + block]) for start in range(0, len(members), block)]
+        [
+            _masked_mean(table[members[start : start + block]], present[start : start + block])
+            for start in range(0, len(members), block)
+        ]
     )
 
 
@@ -270,7 +273,9 @@ class World:
         )
         # A video's keywords (tags) are row video_keyword_walk[v] of keyword_walks (tag_...),
         # of which the first video_keyword_count[v] (video_tag_count[v]) are its own.
-        self.keyword_walks, self.video_keyword_walk = _topic_walks(rng, self.topic_keywords, self.video_category2, KEYWORD_LENGTH[0])
+        self.keyword_walks, self.video_keyword_walk = _topic_walks(
+            rng, self.topic_keywords, self.video_category2, KEYWORD_LENGTH[0]
+        )
         self.video_keyword_count = _lengths(rng, n, KEYWORD_LENGTH)
         self.tag_walks, self.video_tag_walk = _topic_walks(rng, self.topic_tags, self.video_category2, TAG_LENGTH[0])
         self.video_tag_count = _lengths(rng, n, TAG_LENGTH)
@@ -349,7 +354,7 @@ class World:
         request_source = np.where(has_source, self._popular_videos(rng, n_requests), -1)
 
         request = np.repeat(np.arange(n_requests), size)[:rows]
-        position = (np.arange(len(request)) - np.repeat(np.cumsum(size) - size, size)[:rows])
+        position = np.arange(len(request)) - np.repeat(np.cumsum(size) - size, size)[:rows]
         user = request_user[request]
         source = request_source[request]
         video = self._distinct_per_request(rng, request)
@@ -380,7 +385,9 @@ class World:
     def video_vectors(self, video: np.ndarray) -> np.ndarray:
         """Latent vectors [n, 3, dim] of videos: their attributes' plus their own."""
         dim = self.config.latent_dim
-        keyword_mean = self._keyword_walk_means[self.video_keyword_walk[video] * (KEYWORD_LENGTH[0] + 1) + self.video_keyword_count[video]]
+        keyword_mean = self._keyword_walk_means[
+            self.video_keyword_walk[video] * (KEYWORD_LENGTH[0] + 1) + self.video_keyword_count[video]
+        ]
         tag_mean = self._tag_walk_means[self.video_tag_walk[video] * (TAG_LENGTH[0] + 1) + self.video_tag_count[video]]
         own = _hashed_normal(self._video_noise_seed, video, (3, dim)) * (self.config.video_own_scale / np.sqrt(dim))
         return (
@@ -525,7 +532,10 @@ def _hashed_normal(seed: int, keys: np.ndarray, shape: tuple[int, ...]) -> np.nd
     width, block = int(np.prod(shape)), 2048
     normal = np.empty((len(keys), width))
     for start in range(0, len(keys), block):
-        x = keys[start : start + block].astype(np.uint64)[:, None] * np.uint64(2 * width) + np.arange(2 * width, dtype=np.uint64)[None, :]
+        x = (
+            keys[start : start + block].astype(np.uint64)[:, None] * np.uint64(2 * width)
+            + np.arange(2 * width, dtype=np.uint64)[None, :]
+        )
         x += np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)

@@ -71,7 +71,9 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
 @click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=1), help="Impressions to generate.")
-@click.option("--days", default=3, show_default=True, type=click.IntRange(min=1), help="Day partitions to spread them over.")
+@click.option(
+    "--days", default=3, show_default=True, type=click.IntRange(min=1), help="Day partitions to spread them over."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic world (fixes everything).")
 @click.option(
     "--task-relatedness",
@@ -86,8 +88,12 @@ def cli(verbose: bool) -> None:
     show_default=True,
     help="First day partition, YYYYMMDD.",
 )
-@click.option("--rows-per-file", default=200_000, show_default=True, type=click.IntRange(min=1), help="Rows per partition file.")
-@click.option("--raw", is_flag=True, help="Write raw impression/click/play event logs (with faults) instead of joined logs.")
+@click.option(
+    "--rows-per-file", default=200_000, show_default=True, type=click.IntRange(min=1), help="Rows per partition file."
+)
+@click.option(
+    "--raw", is_flag=True, help="Write raw impression/click/play event logs (with faults) instead of joined logs."
+)
 @click.option(
     "--raw-format",
     default="json",
@@ -181,31 +187,72 @@ def preprocess(ctx: click.Context, raw_dir: str, out_dir: str, file_format: str,
     """
     from lt4rec.logs import preprocess as preprocess_lib
 
-    counters = preprocess_lib.run(raw_dir, out_dir, file_format=file_format, beam_args=list(ctx.args), allow_damaged_files=allow_damaged_files)
+    counters = preprocess_lib.run(
+        raw_dir, out_dir, file_format=file_format, beam_args=list(ctx.args), allow_damaged_files=allow_damaged_files
+    )
     click.echo(preprocess_lib.format_counters(counters))
 
 
 def rankscore_options(command):
     """The exponents a, b, c of rankscore = pCTR^a * pCVR^b * video_length^c (`serving.client.RankWeights`)."""
-    for name, letter, task in reversed((("--ctr-exponent", "a", "pCTR"), ("--cvr-exponent", "b", "pCVR"), ("--length-exponent", "c", "length"))):
-        command = click.option(name, letter, default=1.0, show_default=True, type=float,
-                               help=f"{letter} in pCTR^a * pCVR^b * length^c (the exponent of {task}).")(command)
+    for name, letter, task in reversed(
+        (("--ctr-exponent", "a", "pCTR"), ("--cvr-exponent", "b", "pCVR"), ("--length-exponent", "c", "length"))
+    ):
+        command = click.option(
+            name,
+            letter,
+            default=1.0,
+            show_default=True,
+            type=float,
+            help=f"{letter} in pCTR^a * pCVR^b * length^c (the exponent of {task}).",
+        )(command)
     return command
 
 
 @cli.command(name="batch-score", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--examples", "examples_pattern", required=True, help="GZIP TFRecord logs to score (a glob; _* and .* files skipped).")
-@click.option("--serving-dir", required=True, help="Folder of the pushed models: SERVING_DIR/{rank,ctr,cvr}/<version>/.")
+@click.option(
+    "--examples",
+    "examples_pattern",
+    required=True,
+    help="GZIP TFRecord logs to score (a glob; _* and .* files skipped).",
+)
+@click.option(
+    "--serving-dir", required=True, help="Folder of the pushed models: SERVING_DIR/{rank,ctr,cvr}/<version>/."
+)
 @click.option("--out", "out_dir", required=True, help="Where to write the scores (a new or empty folder).")
-@click.option("--rank-version", default=None, type=click.IntRange(min=0), help="Joint rank model version (default: the latest, if pushed).")
+@click.option(
+    "--rank-version",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Joint rank model version (default: the latest, if pushed).",
+)
 @click.option("--task-models", is_flag=True, help="Score with the CTR and CVR models even when a rank model is pushed.")
-@click.option("--ctr-version", default=None, type=click.IntRange(min=0), help="CTR model version (default: the latest; implies --task-models).")
-@click.option("--cvr-version", default=None, type=click.IntRange(min=0), help="CVR model version (default: the latest; implies --task-models).")
+@click.option(
+    "--ctr-version",
+    default=None,
+    type=click.IntRange(min=0),
+    help="CTR model version (default: the latest; implies --task-models).",
+)
+@click.option(
+    "--cvr-version",
+    default=None,
+    type=click.IntRange(min=0),
+    help="CVR model version (default: the latest; implies --task-models).",
+)
 @rankscore_options
 @click.pass_context
 def batch_score(
-    ctx: click.Context, examples_pattern: str, serving_dir: str, out_dir: str,
-    rank_version: int | None, task_models: bool, ctr_version: int | None, cvr_version: int | None, a: float, b: float, c: float,
+    ctx: click.Context,
+    examples_pattern: str,
+    serving_dir: str,
+    out_dir: str,
+    rank_version: int | None,
+    task_models: bool,
+    ctr_version: int | None,
+    cvr_version: int | None,
+    a: float,
+    b: float,
+    c: float,
 ) -> None:
     """Score logged impressions with the pushed models (an Apache Beam job).
 
@@ -221,80 +268,220 @@ def batch_score(
     from lt4rec.serving import batch_scoring, client
 
     counters = batch_scoring.run(
-        examples_pattern, serving_dir, out_dir, weights=client.RankWeights(a, b, c),
-        ctr_version=ctr_version, cvr_version=cvr_version, beam_args=list(ctx.args), rank_version=rank_version, task_models=task_models,
+        examples_pattern,
+        serving_dir,
+        out_dir,
+        weights=client.RankWeights(a, b, c),
+        ctr_version=ctr_version,
+        cvr_version=cvr_version,
+        beam_args=list(ctx.args),
+        rank_version=rank_version,
+        task_models=task_models,
     )
     click.echo(batch_scoring.format_counters(counters))
 
 
 # configs.MODELS' names (tested to agree), here so that --help needs no TensorFlow.
-MODEL_CHOICES = ("s_weight", "s_neuron", "single_task", "hard_sharing", "shared_bottom", "layer_sharing", "mmoe", "ple", "esmm")
+MODEL_CHOICES = (
+    "s_weight",
+    "s_neuron",
+    "single_task",
+    "hard_sharing",
+    "shared_bottom",
+    "layer_sharing",
+    "mmoe",
+    "ple",
+    "esmm",
+)
 _SPARSE_MODELS = {"connection": "s_weight", "neuron": "s_neuron"}  # --granularity's model
 
 _MODEL_OPTIONS = [
-    click.option("--model", type=click.Choice(MODEL_CHOICES), default=None, show_default="s_weight",
-                 help="s_weight / s_neuron: sparse sharing with connection / neuron masks (MaskSearch, then the "
-                      "Trainer under its masks); the others train from scratch without MaskSearch: single_task (two "
-                      "separate networks), hard_sharing, shared_bottom, layer_sharing (the paper's Layer_Share), "
-                      "mmoe, ple, esmm. Every model pushes a CTR and a CVR model."),
-    click.option("--masks", "mask_mode", type=click.Choice(["search", "reuse"]), default="search", show_default=True,
-                 help="search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
-                      "in ML Metadata and retrain only the shared weights (daily runs)."),
-    click.option("--embedding-dim", default=32, show_default=True, type=click.IntRange(min=1), help="Embedding dimension per field."),
-    click.option("--hidden-units", default="512,256,128", show_default=True,
-                 help="MLP widths, comma-separated (a bigger shared net: e.g. 1024,512,256)."),
-    click.option("--multi-view-dim", default=0, show_default=True, type=click.IntRange(min=0),
-                 help="Multi-view: extra embedding dimensions per field that only CVR sees (0: off)."),
+    click.option(
+        "--model",
+        type=click.Choice(MODEL_CHOICES),
+        default=None,
+        show_default="s_weight",
+        help="s_weight / s_neuron: sparse sharing with connection / neuron masks (MaskSearch, then the "
+        "Trainer under its masks); the others train from scratch without MaskSearch: single_task (two "
+        "separate networks), hard_sharing, shared_bottom, layer_sharing (the paper's Layer_Share), "
+        "mmoe, ple, esmm. Every model pushes a CTR and a CVR model.",
+    ),
+    click.option(
+        "--masks",
+        "mask_mode",
+        type=click.Choice(["search", "reuse"]),
+        default="search",
+        show_default=True,
+        help="search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
+        "in ML Metadata and retrain only the shared weights (daily runs).",
+    ),
+    click.option(
+        "--embedding-dim",
+        default=32,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Embedding dimension per field.",
+    ),
+    click.option(
+        "--hidden-units",
+        default="512,256,128",
+        show_default=True,
+        help="MLP widths, comma-separated (a bigger shared net: e.g. 1024,512,256).",
+    ),
+    click.option(
+        "--multi-view-dim",
+        default=0,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Multi-view: extra embedding dimensions per field that only CVR sees (0: off).",
+    ),
     click.option("--rounds", default=4, show_default=True, type=click.IntRange(min=1), help="Pruning rounds per task."),
-    click.option("--remaining", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
-                 help="Share of MLP weights left after the last round (sets q)."),
-    click.option("--prune-scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
-                 help="One magnitude threshold over the whole MLP, or the same share per layer."),
-    click.option("--granularity", type=click.Choice(["connection", "neuron"]), default=None,
-                 help="Prune single weights (S-Weight) or whole units (S-Neuron): the same as --model s_weight or "
-                      "--model s_neuron, which is the way to choose it (kept for older scripts)."),
-    click.option("--rewind-to", type=click.Choice(["warmup", "random"]), default="warmup", show_default=True,
-                 help="Rewind each round to sNET_init (after warmup) or to the random initialisation."),
-    click.option("--min-sparsity", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
-                 help="Only rounds with at least this share of MLP weights pruned may be chosen."),
-    click.option("--validation-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-                 help="Share of the train split held out to stop every training phase early and to choose the search's rounds."),
-    click.option("--patience", default=1, show_default=True, type=click.IntRange(min=1),
-                 help="Stop a training phase after this many passes without a better validation loss (the best pass is kept)."),
-    click.option("--warmup-epochs", default=0.2, show_default=True, type=click.FloatRange(min=0, min_open=True), help="At most this many warmup passes; below 1, that share of one pass (a short warmup)."),
-    click.option("--epochs-per-round", default=1, show_default=True, type=click.IntRange(min=1), help="At most this many passes per search round."),
-    click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1),
-                 help="At most this many passes of the final training (any model)."),
+    click.option(
+        "--remaining",
+        default=0.2,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        help="Share of MLP weights left after the last round (sets q).",
+    ),
+    click.option(
+        "--prune-scope",
+        type=click.Choice(["global", "layer"]),
+        default="global",
+        show_default=True,
+        help="One magnitude threshold over the whole MLP, or the same share per layer.",
+    ),
+    click.option(
+        "--granularity",
+        type=click.Choice(["connection", "neuron"]),
+        default=None,
+        help="Prune single weights (S-Weight) or whole units (S-Neuron): the same as --model s_weight or "
+        "--model s_neuron, which is the way to choose it (kept for older scripts).",
+    ),
+    click.option(
+        "--rewind-to",
+        type=click.Choice(["warmup", "random"]),
+        default="warmup",
+        show_default=True,
+        help="Rewind each round to sNET_init (after warmup) or to the random initialisation.",
+    ),
+    click.option(
+        "--min-sparsity",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        help="Only rounds with at least this share of MLP weights pruned may be chosen.",
+    ),
+    click.option(
+        "--validation-fraction",
+        default=0.1,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+        help="Share of the train split held out to stop every training phase early and to choose the search's rounds.",
+    ),
+    click.option(
+        "--patience",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Stop a training phase after this many passes without a better validation loss (the best pass is kept).",
+    ),
+    click.option(
+        "--warmup-epochs",
+        default=0.2,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        help="At most this many warmup passes; below 1, that share of one pass (a short warmup).",
+    ),
+    click.option(
+        "--epochs-per-round",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="At most this many passes per search round.",
+    ),
+    click.option(
+        "--epochs",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="At most this many passes of the final training (any model).",
+    ),
     click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1)),
-    click.option("--input-mode", type=click.Choice(["auto", "memory", "streaming"]), default="auto", show_default=True,
-                 help="Train from the train split held in memory as columns, or streamed from its files (memory bounded "
-                      "by --shuffle-buffer); auto: in memory when the columns fit in --in-memory-limit-gb."),
+    click.option(
+        "--input-mode",
+        type=click.Choice(["auto", "memory", "streaming"]),
+        default="auto",
+        show_default=True,
+        help="Train from the train split held in memory as columns, or streamed from its files (memory bounded "
+        "by --shuffle-buffer); auto: in memory when the columns fit in --in-memory-limit-gb.",
+    ),
     click.option("--in-memory-limit-gb", default=2.0, show_default=True, type=click.FloatRange(min=0.0)),
-    click.option("--shuffle-buffer", default=32_768, show_default=True, type=click.IntRange(min=1),
-                 help="Streaming: examples of a task permuted together (a block; memory holds a few per task)."),
+    click.option(
+        "--shuffle-buffer",
+        default=32_768,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Streaming: examples of a task permuted together (a block; memory holds a few per task).",
+    ),
     click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
-    click.option("--optimizer", type=click.Choice(["adam", "lazy_adam"]), default="lazy_adam", show_default=True,
-                 help="lazy_adam updates only the embedding rows each batch uses (its step cost does not grow with "
-                      "the id tables); adam decays every row's moments on every step."),
-    click.option("--ctr-loss-weight", default=0.7, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_ctr."),
-    click.option("--cvr-loss-weight", default=0.3, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_cvr."),
-    click.option("--conflict-weight", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
-                 help="Gradient conflict: extra CVR loss weight of clicked samples with a watch ratio under "
-                      "--conflict-threshold (0: off)."),
+    click.option(
+        "--optimizer",
+        type=click.Choice(["adam", "lazy_adam"]),
+        default="lazy_adam",
+        show_default=True,
+        help="lazy_adam updates only the embedding rows each batch uses (its step cost does not grow with "
+        "the id tables); adam decays every row's moments on every step.",
+    ),
+    click.option(
+        "--ctr-loss-weight", default=0.7, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_ctr."
+    ),
+    click.option(
+        "--cvr-loss-weight", default=0.3, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_cvr."
+    ),
+    click.option(
+        "--conflict-weight",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(min=0.0),
+        help="Gradient conflict: extra CVR loss weight of clicked samples with a watch ratio under "
+        "--conflict-threshold (0: off).",
+    ),
     click.option("--conflict-threshold", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0)),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and batch order."),
-    click.option("--min-ctr-auc", default=0.5, show_default=True, type=float, help="Bless only at or above this CTR AUC."),
-    click.option("--max-cvr-mse", default=0.25, show_default=True, type=float, help="Bless only at or below this CVR MSE."),
-    click.option("--max-ctr-auc-drop", default=0.01, show_default=True, type=click.FloatRange(min=0.0),
-                 help="Bless only if CTR AUC is at most this much below the latest blessed model's."),
-    click.option("--max-cvr-mse-rise", default=0.005, show_default=True, type=click.FloatRange(min=0.0),
-                 help="Bless only if CVR MSE is at most this much above the latest blessed model's."),
-    click.option("--beat-no-skill/--no-beat-no-skill", default=True, show_default=True,
-                 help="Bless only if CVR MSE is below the no-skill MSE (the train split's mean watch ratio of clicks "
-                      "predicted for every eval click)."),
-    click.option("--beat-incumbent/--no-beat-incumbent", default=True, show_default=True,
-                 help="Bless only if CTR AUC is above the AUC of the logs' production pCTR (`pctr`) on the eval split "
-                      "(skipped, with a note, when the eval split has no pctr)."),
+    click.option(
+        "--min-ctr-auc", default=0.5, show_default=True, type=float, help="Bless only at or above this CTR AUC."
+    ),
+    click.option(
+        "--max-cvr-mse", default=0.25, show_default=True, type=float, help="Bless only at or below this CVR MSE."
+    ),
+    click.option(
+        "--max-ctr-auc-drop",
+        default=0.01,
+        show_default=True,
+        type=click.FloatRange(min=0.0),
+        help="Bless only if CTR AUC is at most this much below the latest blessed model's.",
+    ),
+    click.option(
+        "--max-cvr-mse-rise",
+        default=0.005,
+        show_default=True,
+        type=click.FloatRange(min=0.0),
+        help="Bless only if CVR MSE is at most this much above the latest blessed model's.",
+    ),
+    click.option(
+        "--beat-no-skill/--no-beat-no-skill",
+        default=True,
+        show_default=True,
+        help="Bless only if CVR MSE is below the no-skill MSE (the train split's mean watch ratio of clicks "
+        "predicted for every eval click).",
+    ),
+    click.option(
+        "--beat-incumbent/--no-beat-incumbent",
+        default=True,
+        show_default=True,
+        help="Bless only if CTR AUC is above the AUC of the logs' production pCTR (`pctr`) on the eval split "
+        "(skipped, with a note, when the eval split has no pctr).",
+    ),
 ]
 
 
@@ -312,7 +499,8 @@ def _model_name(options: dict) -> str:
         return _SPARSE_MODELS[granularity or "connection"]
     if granularity is not None and _SPARSE_MODELS[granularity] != model:
         raise click.BadParameter(
-            f"--granularity {granularity} contradicts --model {model} (--model s_weight or s_neuron sets the granularity)",
+            f"--granularity {granularity} contradicts --model {model} "
+            "(--model s_weight or s_neuron sets the granularity)",
             param_hint="--granularity",
         )
     return model
@@ -326,7 +514,9 @@ def _model_settings(options: dict) -> dict:
     try:
         hidden_units = tuple(int(width) for width in options["hidden_units"].split(","))
     except ValueError:
-        raise click.BadParameter(f"{options['hidden_units']!r} is not a comma-separated list of widths", param_hint="--hidden-units")
+        raise click.BadParameter(
+            f"{options['hidden_units']!r} is not a comma-separated list of widths", param_hint="--hidden-units"
+        )
     model = _model_name(options)
     settings = dict(
         masks=options["mask_mode"],
@@ -378,19 +568,42 @@ def pipeline() -> None:
 
 
 _RUN_OPTIONS = [
-    click.option("--data-root", required=True, help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files> (gs:// on a cluster)."),
-    click.option("--pipeline-root", required=True, help="Where TFX keeps artifacts (and, locally, its SQLite metadata store)."),
+    click.option(
+        "--data-root", required=True, help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files> (gs:// on a cluster)."
+    ),
+    click.option(
+        "--pipeline-root", required=True, help="Where TFX keeps artifacts (and, locally, its SQLite metadata store)."
+    ),
     click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go."),
     click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline in ML Metadata."),
-    click.option("--eval-days", default=1, show_default=True, type=click.IntRange(min=1), help="Last days held out for evaluation."),
+    click.option(
+        "--eval-days",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Last days held out for evaluation.",
+    ),
     click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode)."),
     click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode)."),
-    click.option("--span", default=None,
-                 help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval."),
-    click.option("--table-scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
-                 help="Multiply the size of every hashed id table (0.01 for tiny data, >1 for production)."),
-    click.option("--max-rejected-fraction", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
-                 help="Share of log rows that may fail the label checks before the run stops."),
+    click.option(
+        "--span",
+        default=None,
+        help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval.",
+    ),
+    click.option(
+        "--table-scale",
+        default=1.0,
+        show_default=True,
+        type=click.FloatRange(min=0.0, min_open=True),
+        help="Multiply the size of every hashed id table (0.01 for tiny data, >1 for production).",
+    ),
+    click.option(
+        "--max-rejected-fraction",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0),
+        help="Share of log rows that may fail the label checks before the run stops.",
+    ),
 ]
 
 
@@ -406,8 +619,18 @@ def _pipeline_settings(ctx: click.Context, options: dict, **extra: object):
     """PipelineSettings from the options of `run_options`; further arguments are Beam options."""
     from lt4rec.pipeline import configs
 
-    names = ("pipeline_name", "data_root", "pipeline_root", "serving_dir", "eval_days", "first_day", "last_day", "span",
-             "table_scale", "max_rejected_fraction")
+    names = (
+        "pipeline_name",
+        "data_root",
+        "pipeline_root",
+        "serving_dir",
+        "eval_days",
+        "first_day",
+        "last_day",
+        "span",
+        "table_scale",
+        "max_rejected_fraction",
+    )
     model = {name: value for name, value in options.items() if name not in names}
     return configs.PipelineSettings(
         **{name: options[name] for name in names},
@@ -441,28 +664,67 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
 
 
 @pipeline.command(name="compile", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="The pipeline spec (JSON) to write.")
-@click.option("--image", default="lt4rec:latest", show_default=True,
-              help="Container image every component runs in (built from the Dockerfile and pushed).")
-@click.option("--schema-file", default=None, help="The curated schema as the cluster sees it (default: the image's copy).")
-@click.option("--training-workers", type=click.IntRange(min=1), default=None,
-              help="Train as a Vertex AI job of this many replicas (MultiWorkerMirroredStrategy); "
-                   "default: in the pipeline's own container.")
-@click.option("--parameter-servers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="With --training-workers: this many parameter servers in the job besides them (ParameterServerStrategy, "
-                   "the id tables split by rows over them; the chief coordinates, so at least 2 training workers).")
-@click.option("--training-machine-type", default=None, help="Machine type of every training replica (default n1-highmem-16).")
+@click.option(
+    "--out", "out_file", required=True, type=click.Path(dir_okay=False), help="The pipeline spec (JSON) to write."
+)
+@click.option(
+    "--image",
+    default="lt4rec:latest",
+    show_default=True,
+    help="Container image every component runs in (built from the Dockerfile and pushed).",
+)
+@click.option(
+    "--schema-file", default=None, help="The curated schema as the cluster sees it (default: the image's copy)."
+)
+@click.option(
+    "--training-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train as a Vertex AI job of this many replicas (MultiWorkerMirroredStrategy); "
+    "default: in the pipeline's own container.",
+)
+@click.option(
+    "--parameter-servers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --training-workers: this many parameter servers in the job besides them (ParameterServerStrategy, "
+    "the id tables split by rows over them; the chief coordinates, so at least 2 training workers).",
+)
+@click.option(
+    "--training-machine-type", default=None, help="Machine type of every training replica (default n1-highmem-16)."
+)
 @click.option("--gcp-project", default=None, help="The GCP project of the Vertex AI training job.")
 @click.option("--gcp-region", default=None, help="The region of the Vertex AI training job.")
-@click.option("--training-cpus", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
-              help="vCPUs of MaskSearch's and the Trainer's containers.")
-@click.option("--training-memory-gb", type=click.FloatRange(min=0, min_open=True), default=64, show_default=True,
-              help="Memory of MaskSearch's and the Trainer's containers (the train split is held in memory up to "
-                   "--in-memory-limit-gb, else streamed).")
-@click.option("--cpus", type=click.FloatRange(min=0, min_open=True), default=4, show_default=True,
-              help="vCPUs of every other component's container.")
-@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True,
-              help="Memory of every other component's container.")
+@click.option(
+    "--training-cpus",
+    type=click.FloatRange(min=0, min_open=True),
+    default=8,
+    show_default=True,
+    help="vCPUs of MaskSearch's and the Trainer's containers.",
+)
+@click.option(
+    "--training-memory-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=64,
+    show_default=True,
+    help="Memory of MaskSearch's and the Trainer's containers (the train split is held in memory up to "
+    "--in-memory-limit-gb, else streamed).",
+)
+@click.option(
+    "--cpus",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4,
+    show_default=True,
+    help="vCPUs of every other component's container.",
+)
+@click.option(
+    "--memory-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=16,
+    show_default=True,
+    help="Memory of every other component's container.",
+)
 @run_options
 @click.pass_context
 def pipeline_compile(
@@ -503,20 +765,32 @@ def pipeline_compile(
             training_workers, gcp_project or "", gcp_region or "", parameter_servers=parameter_servers, **machine
         )
     elif parameter_servers:
-        raise click.BadParameter("parameter servers train with --training-workers (a Vertex AI job)", param_hint="--parameter-servers")
-    settings = _pipeline_settings(ctx, options, schema_file=schema_file or configs.SCHEMA_PATH, vertex_training=vertex_training)
+        raise click.BadParameter(
+            "parameter servers train with --training-workers (a Vertex AI job)", param_hint="--parameter-servers"
+        )
+    settings = _pipeline_settings(
+        ctx, options, schema_file=schema_file or configs.SCHEMA_PATH, vertex_training=vertex_training
+    )
     resources = kubeflow_runner.Resources(cpus, memory_gb, training_cpus, training_memory_gb)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image, resources))
 
 
 @cli.command()
 @click.option("--target", required=True, help="HOST:PORT of a TF Serving (or `lt4rec serve`) gRPC endpoint.")
-@click.option("--logs", "logs_pattern", required=True, help="GZIP TFRecord logs (a glob) holding the request's candidates.")
-@click.option("--request-id", default=None, help="The request (`seqnum`) whose candidates to rank (default: the first).")
+@click.option(
+    "--logs", "logs_pattern", required=True, help="GZIP TFRecord logs (a glob) holding the request's candidates."
+)
+@click.option(
+    "--request-id", default=None, help="The request (`seqnum`) whose candidates to rank (default: the first)."
+)
 @rankscore_options
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True), help="Seconds per RPC.")
+@click.option(
+    "--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True), help="Seconds per RPC."
+)
 @click.option("--as-json", is_flag=True, help="Print the ranking as JSON lines instead of a table.")
-def score(target: str, logs_pattern: str, request_id: str | None, a: float, b: float, c: float, timeout: float, as_json: bool) -> None:
+def score(
+    target: str, logs_pattern: str, request_id: str | None, a: float, b: float, c: float, timeout: float, as_json: bool
+) -> None:
     """Rank one request's candidate videos with the served CTR and CVR models.
 
     Sends the request's impressions from the logs, as serialized tf.Examples, to the `ctr`
@@ -552,22 +826,61 @@ def score(target: str, logs_pattern: str, request_id: str | None, a: float, b: f
 
 
 @cli.command(name="serve")
-@click.option("--model-base-path", required=True, help="Folder of models: MODEL_BASE_PATH/<model>/<version>/saved_model.pb.")
-@click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one, logged).")
-@click.option("--rest-api-port", default=None, type=click.IntRange(0, 65535),
-              help="Also answer TF Serving's REST API on this port (TF Serving's --rest_api_port; 0: pick a free one).")
-@click.option("--num-versions", default=1, show_default=True, type=click.IntRange(min=1), help="Latest versions served per model.")
-@click.option("--poll-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
-              help="How often to look for new versions (TF Serving's --file_system_poll_wait_seconds).")
-@click.option("--max-batch-size", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Most examples per request; larger ones get RESOURCE_EXHAUSTED.")
-@click.option("--max-request-bytes", default=32 << 20, show_default=True, type=click.IntRange(min=1024),
-              help="Largest request; larger ones get RESOURCE_EXHAUSTED.")
-@click.option("--max-values-per-feature", default=4096, show_default=True, type=click.IntRange(min=1),
-              help="Most values in one feature of one example; more get INVALID_ARGUMENT.")
+@click.option(
+    "--model-base-path", required=True, help="Folder of models: MODEL_BASE_PATH/<model>/<version>/saved_model.pb."
+)
+@click.option(
+    "--port",
+    default=8500,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="gRPC port (0: pick a free one, logged).",
+)
+@click.option(
+    "--rest-api-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Also answer TF Serving's REST API on this port (TF Serving's --rest_api_port; 0: pick a free one).",
+)
+@click.option(
+    "--num-versions", default=1, show_default=True, type=click.IntRange(min=1), help="Latest versions served per model."
+)
+@click.option(
+    "--poll-seconds",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="How often to look for new versions (TF Serving's --file_system_poll_wait_seconds).",
+)
+@click.option(
+    "--max-batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most examples per request; larger ones get RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--max-request-bytes",
+    default=32 << 20,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    help="Largest request; larger ones get RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--max-values-per-feature",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most values in one feature of one example; more get INVALID_ARGUMENT.",
+)
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1), help="Threads answering RPCs.")
-@click.option("--grace-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="On SIGTERM, the time to drain: every request received is answered within it.")
+@click.option(
+    "--grace-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="On SIGTERM, the time to drain: every request received is answered within it.",
+)
 def serve_command(model_base_path: str, port: int, grace_seconds: float, **options) -> None:
     """Serve the models over TF Serving's gRPC APIs (and optionally its REST API), in the foreground.
 

@@ -102,13 +102,17 @@ def training_strategy(replica: Replica, id_table_shapes: Collection[tuple[int, i
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver
     if replica.parameter_servers:
         if replica.serves:
-            raise ValueError(f"{replica.name} serves the chief of a parameter-server cluster (`serve`), it does not train")
+            raise ValueError(
+                f"{replica.name} serves the chief of a parameter-server cluster (`serve`), it does not train"
+            )
         strategy = tf.distribute.ParameterServerStrategy(
             resolver(), variable_partitioner=id_table_partitioner(id_table_shapes, replica.parameter_servers)
         )
         logger.info(
-            "Training as the coordinator of %d workers and %d parameter servers (ParameterServerStrategy, id tables split by rows)",
-            replica.workers - 1, replica.parameter_servers,
+            "Training as the coordinator of %d workers and %d parameter servers "
+            "(ParameterServerStrategy, id tables split by rows)",
+            replica.workers - 1,
+            replica.parameter_servers,
         )
         return strategy
     if not replica.distributed:
@@ -148,9 +152,17 @@ def coordinator(strategy: tf.distribute.Strategy) -> "tf.distribute.coordinator.
 def serve(replica: Replica) -> NoReturn:
     """Run this worker or parameter server of a parameter-server cluster until the job ends."""
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    logger.info("Serving as %s of a cluster of %d parameter servers: the chief schedules the training", replica.name, replica.parameter_servers)
+    logger.info(
+        "Serving as %s of a cluster of %d parameter servers: the chief schedules the training",
+        replica.name,
+        replica.parameter_servers,
+    )
     server = tf.distribute.Server(
-        resolver.cluster_spec(), job_name=replica.task_type, task_index=replica.task_index, protocol=resolver.rpc_layer or "grpc", start=True
+        resolver.cluster_spec(),
+        job_name=replica.task_type,
+        task_index=replica.task_index,
+        protocol=resolver.rpc_layer or "grpc",
+        start=True,
     )
     server.join()
     raise RuntimeError(f"the server of {replica.name} stopped")
@@ -159,7 +171,10 @@ def serve(replica: Replica) -> NoReturn:
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """Wait until every worker gets here (an all-reduce of one number)."""
     if strategy.num_replicas_in_sync > 1:
-        one = lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0))
+
+        def one():
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0))
+
         tf.function(lambda: strategy.run(one))()
 
 

@@ -96,7 +96,9 @@ _FIELD_ORDER = [
 ]
 
 
-def _fields(embeddings: layers.FieldEmbeddings, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None) -> tf.Tensor:
+def _fields(
+    embeddings: layers.FieldEmbeddings, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None
+) -> tf.Tensor:
     """[batch, fields, dim] in `FEATURE_NAMES` order, the context's fields embedded once."""
     if context is None:
         return embeddings(inputs)
@@ -212,7 +214,9 @@ class RankNetwork(tf.Module):
     def metadata(self) -> dict:
         return {"tasks": {network.OUTPUT_NAMES[task]: tower.metadata() for task, tower in self.towers.items()}}
 
-    def __call__(self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None) -> dict[str, tf.Tensor]:
+    def __call__(
+        self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None
+    ) -> dict[str, tf.Tensor]:
         crossed, view = self.front(inputs, context)
         return {network.OUTPUT_NAMES[task]: tower(crossed, view) for task, tower in self.towers.items()}
 
@@ -374,7 +378,9 @@ class DenseTaskModel(tf.Module):
             "mlp_share_kept": 1.0,
             "parameters": self.parameters,
             "embedding_parameters": self.embedding_parameters,
-            "layers": [{"name": v.name, **dataclasses.asdict(path)} for v, path in zip(self._kernels, self.layer_paths)],
+            "layers": [
+                {"name": v.name, **dataclasses.asdict(path)} for v, path in zip(self._kernels, self.layer_paths)
+            ],
         }
 
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -405,7 +411,9 @@ class ServingModule(tf.Module):
     and `cvr`) and the `rank_weights` input it is computed with.
     """
 
-    def __init__(self, score: Scorer, transform_output: tft.TFTransformOutput, context: bool = True, rankscore: bool = False):
+    def __init__(
+        self, score: Scorer, transform_output: tft.TFTransformOutput, context: bool = True, rankscore: bool = False
+    ):
         super().__init__()
         self.score = score
         self.transform_layer = transform_output.transform_features_layer()
@@ -413,11 +421,16 @@ class ServingModule(tf.Module):
         self.rankscore = rankscore
         weights = [tf.TensorSpec([3], tf.float32, name=RANK_WEIGHTS_INPUT)] if rankscore else []
         examples = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
-        raw = {spec.name: tf.TensorSpec([None, spec.max_values], tf.string, name=spec.name) for spec in features.FEATURES}
+        raw = {
+            spec.name: tf.TensorSpec([None, spec.max_values], tf.string, name=spec.name) for spec in features.FEATURES
+        }
         self.serve_examples = tf.function(self._serve_examples, input_signature=[examples, *weights])
         self.serve_raw = tf.function(self._serve_raw, input_signature=[raw, *weights])
         self.serve_context = (
-            tf.function(self._serve_context, input_signature=[tf.TensorSpec([], tf.string, name=CONTEXT_INPUT), examples, *weights])
+            tf.function(
+                self._serve_context,
+                input_signature=[tf.TensorSpec([], tf.string, name=CONTEXT_INPUT), examples, *weights],
+            )
             if context
             else None
         )
@@ -428,7 +441,11 @@ class ServingModule(tf.Module):
         return {name: transformed[name] for name in features.FEATURE_NAMES}
 
     def _outputs(
-        self, raw: Mapping[str, tf.SparseTensor], scores: Mapping[str, tf.Tensor], weights: tf.Tensor | None, rows: tf.Tensor | None = None
+        self,
+        raw: Mapping[str, tf.SparseTensor],
+        scores: Mapping[str, tf.Tensor],
+        weights: tf.Tensor | None,
+        rows: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         """The scores, and the rankscore of the first `rows` rows of `raw` (all by default) if asked for."""
         scores = dict(scores)
@@ -452,7 +469,9 @@ class ServingModule(tf.Module):
         sparse = {name: tf.sparse.from_dense(values) for name, values in raw.items()}
         return self._outputs(sparse, self.score(self._transform(sparse), None), weights)
 
-    def _serve_context(self, context: tf.Tensor, serialized: tf.Tensor, weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def _serve_context(
+        self, context: tf.Tensor, serialized: tf.Tensor, weights: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         """One request: its context features once (a tf.Example), its candidates' features (tf.Examples).
 
         The context goes through parsing and Transform as one more row after the candidates
@@ -484,7 +503,9 @@ _BUCKET_SECONDS = [features.bucket_seconds(bucket) for bucket in range(len(featu
 def video_length_seconds(duration: tf.SparseTensor) -> tf.Tensor:
     """Each row's length in seconds from its raw `FEA_DURATION` bucket (`features.bucket_seconds`); NaN without one."""
     rows = duration.dense_shape[0]
-    first = tf.sparse.to_dense(tf.sparse.reset_shape(duration, tf.stack([rows, tf.maximum(duration.dense_shape[1], 1)])))[:, 0]
+    first = tf.sparse.to_dense(
+        tf.sparse.reset_shape(duration, tf.stack([rows, tf.maximum(duration.dense_shape[1], 1)]))
+    )[:, 0]
     values = tf.math.bincount(tf.cast(duration.indices[:, 0], tf.int32), minlength=tf.cast(rows, tf.int32))
     valid = tf.strings.regex_full_match(first, "0*[0-9]{1,2}") & tf.equal(values, 1)
     bucket = tf.strings.to_number(tf.where(valid, first, "-1"), tf.int32)
@@ -530,12 +551,16 @@ def export_task_model(
     TF Serving leaves alone) gets `METADATA_FILE`: the task, the layer widths, the share
     of MLP weights kept and each layer's matmul path.
     """
-    task_network = TaskNetwork(model, task, compact=compact, matmul=matmul) if model.masked else DenseTaskModel(model, task)
+    task_network = (
+        TaskNetwork(model, task, compact=compact, matmul=matmul) if model.masked else DenseTaskModel(model, task)
+    )
     save_task_network(task_network, transform_output, path)
     return task_network
 
 
-def save_task_network(task_network: "TaskNetwork | DenseTaskModel", transform_output: tft.TFTransformOutput, path: str) -> None:
+def save_task_network(
+    task_network: "TaskNetwork | DenseTaskModel", transform_output: tft.TFTransformOutput, path: str
+) -> None:
     """A built task network as its SavedModel, with its metadata in `assets.extra/`."""
     output = network.OUTPUT_NAMES[task_network.task]
     if isinstance(task_network, TaskNetwork):

@@ -195,10 +195,7 @@ def feature_config(
             )
         )
     if overrides:
-        raise ValueError(
-            f"overrides name no table or feature: {sorted(overrides)}; tables are "
-            f"{sorted(members)}"
-        )
+        raise ValueError(f"overrides name no table or feature: {sorted(overrides)}; tables are " f"{sorted(members)}")
     return FeatureConfig(tuple(tables))
 
 

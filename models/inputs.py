@@ -39,7 +39,9 @@ class TransformedSplit:
     feature_spec: Mapping[str, tf.io.FixedLenFeature]
 
     @classmethod
-    def from_patterns(cls, file_patterns: str | Sequence[str], transform_output: tft.TFTransformOutput) -> "TransformedSplit":
+    def from_patterns(
+        cls, file_patterns: str | Sequence[str], transform_output: tft.TFTransformOutput
+    ) -> "TransformedSplit":
         patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
         files = sorted(path for pattern in patterns for path in tf.io.gfile.glob(pattern))
         if not files:
@@ -79,7 +81,9 @@ class TransformedSplit:
         if repeat:
             names = names.repeat()
 
-        def read(name: tf.Tensor) -> tf.data.Dataset:  # batches of one file's records: no per-record hand-off between threads
+        def read(
+            name: tf.Tensor,
+        ) -> tf.data.Dataset:  # batches of one file's records: no per-record hand-off between threads
             records = tf.data.TFRecordDataset(name, compression_type="GZIP")
             return (records.shard(pipelines, pipeline) if shard_records else records).batch(READ_BATCH)
 
@@ -104,7 +108,9 @@ def held_out(batch: Mapping[str, tf.Tensor], fraction: float, seed: int) -> tf.T
     By content, so an example is held out or not wherever it is read: in memory or streamed,
     in any order, by any worker. Identical examples land on the same side.
     """
-    ids = [tf.reshape(tf.cast(batch[name], tf.int64), [tf.shape(batch[name])[0], -1]) for name in features.FEATURE_NAMES]
+    ids = [
+        tf.reshape(tf.cast(batch[name], tf.int64), [tf.shape(batch[name])[0], -1]) for name in features.FEATURE_NAMES
+    ]
     seeded = tf.concat([tf.fill([tf.shape(ids[0])[0], 1], tf.constant(seed, tf.int64)), *ids], axis=1)
     digest = tf.bitcast(tf.fingerprint(seeded)[:, :4], tf.uint32)
     return tf.cast(digest, tf.float64) < fraction * _HASH_SCALE
@@ -200,7 +206,9 @@ def task_stream(
         return _select(batch, tf.logical_not(held_out(batch, fraction, holdout_seed)) & task_examples(batch, task))
 
     def permuted(block, block_seed):
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block[features.CLICK_LABEL])[0]), seed=block_seed)
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(block[features.CLICK_LABEL])[0]), seed=block_seed
+        )
         return {name: tf.gather(values, order) for name, values in block.items()}
 
     blocks = (

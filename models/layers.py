@@ -74,7 +74,9 @@ class MLP(tf.keras.layers.Layer):
     def __init__(self, units: tuple[int, ...], **kwargs):
         super().__init__(**kwargs)
         self.units = tuple(int(width) for width in units)
-        self.dense_layers = [tf.keras.layers.Dense(width, activation="relu", name=f"dense_{i}") for i, width in enumerate(self.units)]
+        self.dense_layers = [
+            tf.keras.layers.Dense(width, activation="relu", name=f"dense_{i}") for i, width in enumerate(self.units)
+        ]
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         hidden = inputs
@@ -142,15 +144,29 @@ class ExtractionLayer(tf.keras.layers.Layer):
     named outputs and the experts they read (`inputs_needed` says which inputs those are).
     """
 
-    def __init__(self, tasks: tuple[str, ...], shared_experts: int, task_experts: int, units: tuple[int, ...],
-                 last: bool, **kwargs):
+    def __init__(
+        self,
+        tasks: tuple[str, ...],
+        shared_experts: int,
+        task_experts: int,
+        units: tuple[int, ...],
+        last: bool,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.tasks = tuple(tasks)
-        self.shared_experts, self.task_experts, self.units, self.last = int(shared_experts), int(task_experts), tuple(units), bool(last)
+        self.shared_experts, self.task_experts, self.units, self.last = (
+            int(shared_experts),
+            int(task_experts),
+            tuple(units),
+            bool(last),
+        )
         self.shared = Experts(self.shared_experts, self.units, name="shared_experts")
         self.own = {task: Experts(self.task_experts, self.units, name=f"{task}_experts") for task in self.tasks}
         self.gates = {task: Gate(self.task_experts + self.shared_experts, name=f"{task}_gate") for task in self.tasks}
-        self.shared_gate = None if self.last else Gate(len(self.tasks) * self.task_experts + self.shared_experts, name="shared_gate")
+        self.shared_gate = (
+            None if self.last else Gate(len(self.tasks) * self.task_experts + self.shared_experts, name="shared_gate")
+        )
 
     def inputs_needed(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
         """The branches whose inputs the `outputs` depend on (SHARED always: every gate mixes the shared experts)."""
@@ -167,11 +183,19 @@ class ExtractionLayer(tf.keras.layers.Layer):
         result = {}
         for name in outputs:
             if name == SHARED:
-                result[name] = self.shared_gate(inputs[SHARED], tf.concat([*[own[t] for t in self.tasks], shared], axis=1))
+                result[name] = self.shared_gate(
+                    inputs[SHARED], tf.concat([*[own[t] for t in self.tasks], shared], axis=1)
+                )
             else:
                 result[name] = self.gates[name](inputs[name], tf.concat([own[name], shared], axis=1))
         return result
 
     def get_config(self):
-        return {**super().get_config(), "tasks": list(self.tasks), "shared_experts": self.shared_experts,
-                "task_experts": self.task_experts, "units": list(self.units), "last": self.last}
+        return {
+            **super().get_config(),
+            "tasks": list(self.tasks),
+            "shared_experts": self.shared_experts,
+            "task_experts": self.task_experts,
+            "units": list(self.units),
+            "last": self.last,
+        }

@@ -117,11 +117,15 @@ class TaskMaskedPruneLowMagnitude(PruneLowMagnitude):
         weights that the new masks keep, and no later call could bring them back.
         """
         if set(masks_by_task) != set(self.tasks):
-            raise ValueError(f"{self.name}: masks for tasks {sorted(masks_by_task)}, but the layer has {sorted(self.tasks)}")
+            raise ValueError(
+                f"{self.name}: masks for tasks {sorted(masks_by_task)}, but the layer has {sorted(self.tasks)}"
+            )
         arrays = {task: np.asarray(mask, dtype=np.float32) for task, mask in masks_by_task.items()}
         for task, mask in arrays.items():
             if mask.shape != tuple(self.layer.kernel.shape):
-                raise ValueError(f"{self.name}: {task} mask of shape {mask.shape} for a kernel of shape {self.layer.kernel.shape}")
+                raise ValueError(
+                    f"{self.name}: {task} mask of shape {mask.shape} for a kernel of shape {self.layer.kernel.shape}"
+                )
             self.task_masks[task].assign(mask)
         self.union_mask.assign(np.maximum.reduce(list(arrays.values())))
         self.pruning_obj.weight_mask_op()
@@ -157,7 +161,9 @@ def set_task_masks(model: tf.keras.layers.Layer, masks_by_task: Mapping[str, Map
     layers = {layer.name: layer for layer in masked_layers(model)}
     for task, masks in masks_by_task.items():
         if set(masks) != set(layers):
-            raise ValueError(f"{task} masks for layers {sorted(masks)}, but the model's masked layers are {sorted(layers)}")
+            raise ValueError(
+                f"{task} masks for layers {sorted(masks)}, but the model's masked layers are {sorted(layers)}"
+            )
     for name, layer in layers.items():
         layer.set_task_masks({task: masks[name] for task, masks in masks_by_task.items()})
 
@@ -237,7 +243,11 @@ def prune_by_magnitude(
     initial = initial if initial is not None else {name: np.ones(kernels[name].shape, np.float32) for name in names}
 
     def items(name: str) -> int:  # the prunable items the task starts with in one kernel
-        return int(np.count_nonzero(initial[name])) if granularity == CONNECTION else int(np.count_nonzero(initial[name].max(axis=0)))
+        return (
+            int(np.count_nonzero(initial[name]))
+            if granularity == CONNECTION
+            else int(np.count_nonzero(initial[name].max(axis=0)))
+        )
 
     # Scores of the prunable items: kernel entries, or units (columns); dropped items score -1.
     scores = {}
@@ -335,7 +345,9 @@ def units_kept(mask: np.ndarray) -> np.ndarray:
 
 def save_masks(path: str, masks_by_task: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Write masks as one .npz (keys `<task>/<layer>`), compressed: they are mostly zeros."""
-    arrays = {f"{task}/{name}": mask.astype(np.uint8) for task, masks in masks_by_task.items() for name, mask in masks.items()}
+    arrays = {
+        f"{task}/{name}": mask.astype(np.uint8) for task, masks in masks_by_task.items() for name, mask in masks.items()
+    }
     buffer = io.BytesIO()  # zip needs a seekable file; GFile (for gs:// paths) is not
     np.savez_compressed(buffer, **arrays)
     with tf.io.gfile.GFile(path, "wb") as f:
@@ -350,4 +362,3 @@ def load_masks(path: str) -> dict[str, Masks]:
         task, name = key.split("/", 1)
         result.setdefault(task, {})[name] = arrays[key].astype(np.float32)
     return result
-

@@ -94,15 +94,23 @@ class NetworkConfig:
         if self.multi_view_dim and "cvr" not in self.tasks:
             raise ValueError("multi-view adds CVR-only embeddings: the network needs the cvr task")
         if self.multi_view_dim and self.variant in EXPERT_VARIANTS:
-            raise ValueError(f"multi-view is not supported by {self.variant}: its experts read one input for both tasks")
+            raise ValueError(
+                f"multi-view is not supported by {self.variant}: its experts read one input for both tasks"
+            )
         if self.variant in EXPERT_VARIANTS:
             counts = {"num_experts": self.num_experts, "extraction_layers": self.extraction_layers}
             if self.variant == PLE:
-                counts = {"shared_experts": self.shared_experts, "task_experts": self.task_experts,
-                          "extraction_layers": self.extraction_layers}
+                counts = {
+                    "shared_experts": self.shared_experts,
+                    "task_experts": self.task_experts,
+                    "extraction_layers": self.extraction_layers,
+                }
             small = {name: value for name, value in counts.items() if value < 1}
             if small or not self.expert_units:
-                raise ValueError(f"{self.variant} needs experts of at least one layer and counts of at least 1, not {small or self.expert_units}")
+                raise ValueError(
+                    f"{self.variant} needs experts of at least one layer and counts of at least 1, "
+                    f"not {small or self.expert_units}"
+                )
         widths = (*self.hidden_units, *self.ctr_tower_units, *self.expert_units, *self.tower_units)
         if any(width < 1 for width in widths):
             raise ValueError(f"layer widths must be positive: {widths}")
@@ -154,7 +162,8 @@ class RankingNetwork(tf.keras.Model):
         if config.separate_networks:  # each task its own embeddings (the cross has no weights)
             self.embeddings = None
             self.task_embeddings = {
-                task: layers.FieldEmbeddings(feature_config, dim, name=f"{task}_field_embeddings") for task in config.tasks
+                task: layers.FieldEmbeddings(feature_config, dim, name=f"{task}_field_embeddings")
+                for task in config.tasks
             }
         else:
             self.embeddings = layers.FieldEmbeddings(feature_config, dim, name="field_embeddings")
@@ -183,8 +192,12 @@ class RankingNetwork(tf.keras.Model):
             else:
                 self.extraction = [
                     layers.ExtractionLayer(
-                        config.tasks, config.shared_experts, config.task_experts, config.expert_units,
-                        last=level == config.extraction_layers - 1, name=f"extraction_{level}",
+                        config.tasks,
+                        config.shared_experts,
+                        config.task_experts,
+                        config.expert_units,
+                        last=level == config.extraction_layers - 1,
+                        name=f"extraction_{level}",
                     )
                     for level in range(config.extraction_layers)
                 ]
@@ -192,7 +205,9 @@ class RankingNetwork(tf.keras.Model):
         else:
             shared = _mlp(config.hidden_units, "mlp", masked=config.variant == SPARSE_SHARING)
             self.towers = {task: shared for task in config.tasks}
-        self.heads = {task: tf.keras.layers.Dense(1, activation="sigmoid", name=f"{task}_head") for task in config.tasks}
+        self.heads = {
+            task: tf.keras.layers.Dense(1, activation="sigmoid", name=f"{task}_head") for task in config.tasks
+        }
 
     def start_at_base_rates(self, rates: Mapping[str, float]) -> None:
         """Set each head's bias to logit(base rate), so an untrained model predicts what no skill does.
@@ -242,8 +257,10 @@ class RankingNetwork(tf.keras.Model):
             view = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
         if self.task_embeddings is not None:  # separate networks: no zeros for the other task's view
             crossed = {name: self.cross(self.task_embeddings[name](inputs)) for name in tasks}
-            return {name: tf.concat([crossed[name], view], axis=1) if view is not None and name == "cvr" else crossed[name]
-                    for name in tasks}
+            return {
+                name: tf.concat([crossed[name], view], axis=1) if view is not None and name == "cvr" else crossed[name]
+                for name in tasks
+            }
         shared = self.cross(self.embeddings(inputs))
         if self.experts is not None:  # MMoE: every task's gate mixes the same experts
             experts = self.experts(shared)
@@ -264,7 +281,10 @@ class RankingNetwork(tf.keras.Model):
     def parameter_counts(self) -> dict[str, int]:
         """Weights and biases of the built network: embedding tables, and everything else."""
         embedding_ids = {
-            id(variable) for layer in self.submodules if isinstance(layer, layers.FieldEmbeddings) for variable in layer.trainable_variables
+            id(variable)
+            for layer in self.submodules
+            if isinstance(layer, layers.FieldEmbeddings)
+            for variable in layer.trainable_variables
         }
         counts = {"embeddings": 0, "network": 0}
         for variable in self.trainable_variables:

@@ -45,7 +45,9 @@ def analyze(train_files: list[str], feature_config: features.FeatureConfig, tran
     )
 
 
-def transformed_batches(files: list[str], transform_dir: str, batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+def transformed_batches(
+    files: list[str], transform_dir: str, batch_size: int = 4096
+) -> Iterator[dict[str, np.ndarray]]:
     """The transformed examples (feature ids and labels) of GZIP log files, batch by batch, in order."""
     import tensorflow_transform as tft
 
@@ -54,7 +56,10 @@ def transformed_batches(files: list[str], transform_dir: str, batch_size: int = 
     spec = output.raw_feature_spec()
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size):
         transformed = layer(tf.io.parse_example(batch, spec))
-        yield {name: transformed[name].numpy() for name in (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL)}
+        yield {
+            name: transformed[name].numpy()
+            for name in (*features.FEATURE_NAMES, features.CLICK_LABEL, features.WATCH_RATIO_LABEL)
+        }
 
 
 def transform(files: list[str], transform_dir: str) -> dict[str, np.ndarray]:

@@ -60,7 +60,13 @@ def pruning_curve(searches: Mapping[str, TaskSearch], path: str) -> None:
             ax.annotate(f"r{r.round}", (x, y), xytext=(0, 11), textcoords="offset points", ha="center", fontsize=8)
         best = search.best
         ax.plot(
-            [100.0 * best.remaining], [best.value], linestyle="none", marker="*", markersize=16, color="#e31a1c", zorder=3,
+            [100.0 * best.remaining],
+            [best.value],
+            linestyle="none",
+            marker="*",
+            markersize=16,
+            color="#e31a1c",
+            zorder=3,
             label=f"chosen: round {best.round} ({100 * best.remaining:.1f}% left, {best.value:.4f})",
         )
         ax.set_xscale("log")
@@ -94,8 +100,11 @@ def mask_overlap(overlaps: Sequence[LayerOverlap], path: str) -> None:
         shares = [o.fractions()[key] for o in rows]
         bars = ax.barh(names, [100 * s for s in shares], left=starts, color=colour, edgecolor="white", label=label)
         ax.bar_label(
-            bars, labels=[f"{100 * s:.1f}%" if s >= MIN_LABELLED_SHARE else "" for s in shares],
-            label_type="center", color=text_colour, fontsize=8,
+            bars,
+            labels=[f"{100 * s:.1f}%" if s >= MIN_LABELLED_SHARE else "" for s in shares],
+            label_type="center",
+            color=text_colour,
+            fontsize=8,
         )
         starts = [start + 100 * s for start, s in zip(starts, shares)]
     ax.invert_yaxis()  # first layer on top, the total at the bottom
@@ -121,9 +130,19 @@ def summary_text(searches: Mapping[str, TaskSearch], overlaps: Sequence[LayerOve
     lines = [f"Mask search: validation metric per round ({CHOSEN_MARK} = chosen round)"]
     for search in searches.values():
         metric, best = search.rounds[0].metric, search.best
-        lines += ["", f"{search.task}: {metric}, {_direction(search.task)}; chose round {best.round} ({100 * best.remaining:.2f}% of the weights left)"]
+        lines += [
+            "",
+            f"{search.task}: {metric}, {_direction(search.task)}; chose round {best.round} "
+            f"({100 * best.remaining:.2f}% of the weights left)",
+        ]
         rows = [
-            [CHOSEN_MARK if r.round == best.round else "", str(r.round), f"{100 * r.remaining:.2f}%", f"{r.value:.5f}", f"{r.seconds:.1f}"]
+            [
+                CHOSEN_MARK if r.round == best.round else "",
+                str(r.round),
+                f"{100 * r.remaining:.2f}%",
+                f"{r.value:.5f}",
+                f"{r.seconds:.1f}",
+            ]
             for r in search.rounds
         ]
         lines += _table(["", "round", "remaining", metric, "seconds"], rows)

@@ -54,9 +54,7 @@ def _is_missing(strings: tf.Tensor) -> tf.Tensor:
 def encode_table(strings: Mapping[str, tf.Tensor], table: features.TableSpec) -> dict[str, tf.Tensor]:
     """Ids of every feature of one table, from its [batch, width] strings."""
     if table.encoding == features.Encoding.HASH:
-        encoded = {
-            name: tf.strings.to_hash_bucket_fast(value, table.size - 1) + 1 for name, value in strings.items()
-        }
+        encoded = {name: tf.strings.to_hash_bucket_fast(value, table.size - 1) + 1 for name, value in strings.items()}
     else:
         present = [tf.boolean_mask(value, tf.logical_not(_is_missing(value))) for value in strings.values()]
         vocabulary = tft.vocabulary(
@@ -66,7 +64,10 @@ def encode_table(strings: Mapping[str, tf.Tensor], table: features.TableSpec) ->
             name: tft.apply_vocabulary(value, vocabulary, default_value=-1) + FIRST_VOCABULARY_ID
             for name, value in strings.items()
         }
-        encoded = {name: tf.where(ids < FIRST_VOCABULARY_ID, tf.constant(OOV_ID, tf.int64), ids) for name, ids in encoded.items()}
+        encoded = {
+            name: tf.where(ids < FIRST_VOCABULARY_ID, tf.constant(OOV_ID, tf.int64), ids)
+            for name, ids in encoded.items()
+        }
     return {
         name: tf.where(_is_missing(strings[name]), tf.constant(features.MISSING_ID, tf.int64), ids)
         for name, ids in encoded.items()
@@ -83,7 +84,9 @@ def preprocessing_fn(inputs: Mapping[str, tf.Tensor], custom_config: Mapping | N
         }
         outputs.update(encode_table(strings, table))
     outputs[features.CLICK_LABEL] = tf.reshape(tf.cast(_dense(inputs[features.CLICK_LABEL]), tf.int64), [-1])
-    outputs[features.WATCH_RATIO_LABEL] = tf.reshape(tf.cast(_dense(inputs[features.WATCH_RATIO_LABEL]), tf.float32), [-1])
+    outputs[features.WATCH_RATIO_LABEL] = tf.reshape(
+        tf.cast(_dense(inputs[features.WATCH_RATIO_LABEL]), tf.float32), [-1]
+    )
     return outputs
 
 

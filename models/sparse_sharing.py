@@ -57,7 +57,9 @@ class SearchConfig:
         if self.rewind_to not in REWIND_TARGETS:
             raise ValueError(f"rewind_to must be one of {REWIND_TARGETS}, not {self.rewind_to!r}")
         if not (0 < self.warmup_epochs < 1 or float(self.warmup_epochs).is_integer() and self.warmup_epochs >= 1):
-            raise ValueError(f"warmup_epochs must be a share of one pass in (0, 1) or whole passes, not {self.warmup_epochs}")
+            raise ValueError(
+                f"warmup_epochs must be a share of one pass in (0, 1) or whole passes, not {self.warmup_epochs}"
+            )
         masks.rate_for(self.remaining, self.rounds)  # validates remaining and rounds
         if not 0 <= self.min_sparsity < 1:
             raise ValueError(f"min_sparsity {self.min_sparsity} is not in [0, 1)")
@@ -156,18 +158,30 @@ class Datasets:
         strategy = strategy or tf.distribute.get_strategy()
         coordinator = distribution.coordinator(strategy)
         counts = inputs.count(split, *config.holdout)
-        mode = inputs.STREAMING if coordinator else inputs.choose_mode(config.input_mode, counts, split, int(config.in_memory_limit_gb * 2**30))
+        mode = (
+            inputs.STREAMING
+            if coordinator
+            else inputs.choose_mode(config.input_mode, counts, split, int(config.in_memory_limit_gb * 2**30))
+        )
         logger.info(
             "Train split: %d files, %d examples (%d clicked), %d held out for validation; %s (%.2f GB as columns)",
-            len(split.files), counts.rows, counts.clicks, counts.held_rows,
-            "in memory" if mode == inputs.MEMORY else "streamed", (counts.rows + counts.held_rows) * split.row_bytes / 2**30,
+            len(split.files),
+            counts.rows,
+            counts.clicks,
+            counts.held_rows,
+            "in memory" if mode == inputs.MEMORY else "streamed",
+            (counts.rows + counts.held_rows) * split.row_bytes / 2**30,
         )
         if mode == inputs.MEMORY:
             train, validation = training.hold_out(inputs.in_memory(split.batches()), *config.holdout)
             return cls.from_columns(train, validation, config.batch_size, config.seed, tasks, strategy)
 
-        def stream(task: str, input_context: tf.distribute.InputContext | None = None, seed: int | None = config.seed) -> tf.data.Dataset:
-            return inputs.task_stream(split, task, config.batch_size, seed, config.holdout, config.shuffle_buffer, input_context)
+        def stream(
+            task: str, input_context: tf.distribute.InputContext | None = None, seed: int | None = config.seed
+        ) -> tf.data.Dataset:
+            return inputs.task_stream(
+                split, task, config.batch_size, seed, config.holdout, config.shuffle_buffer, input_context
+            )
 
         def train(task: str):
             if coordinator:
@@ -181,7 +195,9 @@ class Datasets:
         return cls(
             train={task: train(task) for task in tasks},
             validation=inputs.held_out_stream(split, 4 * config.batch_size, config.holdout),
-            steps={task: training.steps_per_pass(counts.task_rows(task), config.batch_size, strategy) for task in tasks},
+            steps={
+                task: training.steps_per_pass(counts.task_rows(task), config.batch_size, strategy) for task in tasks
+            },
             base_rates=counts.base_rates,
             mode=inputs.STREAMING,
         )
@@ -232,7 +248,9 @@ class SparseSharing:
 
     def _initial_masks(self, **overrides: masks.Masks) -> None:
         """Every task's round-0 mask, except those given."""
-        masks.set_task_masks(self.model, {task: overrides.get(task, self.model.initial_masks(task)) for task in self.model.config.tasks})
+        masks.set_task_masks(
+            self.model, {task: overrides.get(task, self.model.initial_masks(task)) for task in self.model.config.tasks}
+        )
 
     def warmup(self) -> list[training.PhaseStats]:
         """Step 1: the whole net on mixed batches; its weights become sNET_init."""
@@ -265,22 +283,48 @@ class SparseSharing:
             self.rewind(config.rewind_to)
             self._initial_masks(**{task: current})
             self.trainer.fit(
-                batches, self.data.validation, f"{task} search round {round_index}", config.epochs_per_round,
-                self.seed + 1000 * (round_index + 1), steps,
+                batches,
+                self.data.validation,
+                f"{task} search round {round_index}",
+                config.epochs_per_round,
+                self.seed + 1000 * (round_index + 1),
+                steps,
             )
             score = getattr(training.evaluate(self.model, self.data.validation), metric_name)
-            result = RoundResult(task, round_index, masks.remaining_fraction(current), metric_name, score, time.perf_counter() - start)
-            logger.info("%s search round %d: %.1f%% of MLP weights left, validation %s %.5f", task, round_index, 100 * result.remaining, metric_name, score)
+            result = RoundResult(
+                task, round_index, masks.remaining_fraction(current), metric_name, score, time.perf_counter() - start
+            )
+            logger.info(
+                "%s search round %d: %.1f%% of MLP weights left, validation %s %.5f",
+                task,
+                round_index,
+                100 * result.remaining,
+                metric_name,
+                score,
+            )
             results.append(result)
             round_masks.append(current)
             if on_round:
                 on_round(result)
             if round_index < config.rounds:
                 current = masks.prune_by_magnitude(
-                    masks.get_kernels(self.model), current, round_index + 1, config.rate, config.scope, config.granularity, initial
+                    masks.get_kernels(self.model),
+                    current,
+                    round_index + 1,
+                    config.rate,
+                    config.scope,
+                    config.granularity,
+                    initial,
                 )
         best = select_round(results, config.min_sparsity)
-        logger.info("%s: chose round %d (%.1f%% of weights, %s %.5f)", task, best, 100 * results[best].remaining, metric_name, results[best].value)
+        logger.info(
+            "%s: chose round %d (%.1f%% of weights, %s %.5f)",
+            task,
+            best,
+            100 * results[best].remaining,
+            metric_name,
+            results[best].value,
+        )
         return TaskSearch(task, results, best, round_masks[best], round_masks)
 
     def train_shared(self, task_masks: Mapping[str, masks.Masks]) -> list[training.PhaseStats]:
@@ -330,5 +374,7 @@ def load_search(folder: str, model: network.RankingNetwork) -> dict[str, masks.M
     searched = network.NetworkConfig.from_dict(read_report(folder)["network"])
     if searched != model.config:
         raise ValueError(f"the masks in {folder} were searched on network {searched}, not on {model.config}")
-    tf.train.Checkpoint(network=model).read(os.path.join(folder, SNET_INIT_CHECKPOINT)).assert_existing_objects_matched()
+    tf.train.Checkpoint(network=model).read(
+        os.path.join(folder, SNET_INIT_CHECKPOINT)
+    ).assert_existing_objects_matched()
     return masks.load_masks(os.path.join(folder, MASKS_FILE))

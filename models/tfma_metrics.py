@@ -72,7 +72,9 @@ def _gauc_computations(
 ) -> metric_types.MetricComputations:
     """One computation per (model, output): each output has its own labels and predictions."""
     if query_key:
-        raise ValueError(f"GAUC groups by its feature ({feature!r}) itself: remove query_key {query_key!r} from its MetricsSpec")
+        raise ValueError(
+            f"GAUC groups by its feature ({feature!r}) itself: remove query_key {query_key!r} from its MetricsSpec"
+        )
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
@@ -81,7 +83,9 @@ def _gauc_computations(
             )
             combiner = _GAUCCombiner(key, eval_config, feature)
             computations.append(
-                metric_types.MetricComputation(keys=[key], preprocessors=[_with_feature(feature, model_name, output_name)], combiner=combiner)
+                metric_types.MetricComputation(
+                    keys=[key], preprocessors=[_with_feature(feature, model_name, output_name)], combiner=combiner
+                )
             )
     return computations
 
@@ -90,7 +94,9 @@ def _with_feature(feature: str, model_name: str, output_name: str) -> metric_typ
     """The metric inputs of one model output, with one feature of the example beside them
     ("" names the only model or output: no filter, which a name would be)."""
     return metric_types.FeaturePreprocessor(
-        feature_keys=[feature], model_names=[model_name] if model_name else None, output_names=[output_name] if output_name else None
+        feature_keys=[feature],
+        model_names=[model_name] if model_name else None,
+        output_names=[output_name] if output_name else None,
     )
 
 
@@ -127,9 +133,18 @@ def _examples(
             return [(label, prediction, weight)]
     examples = []
     for labels, predictions, weights in metric_util.to_label_prediction_example_weight(
-        element, eval_config=eval_config, model_name=key.model_name, output_name=name, example_weighted=example_weighted, flatten=False
+        element,
+        eval_config=eval_config,
+        model_name=key.model_name,
+        output_name=name,
+        example_weighted=example_weighted,
+        flatten=False,
     ):
-        labels, predictions, weights = np.ravel(labels).tolist(), np.ravel(predictions).tolist(), np.ravel(weights).tolist()
+        labels, predictions, weights = (
+            np.ravel(labels).tolist(),
+            np.ravel(predictions).tolist(),
+            np.ravel(weights).tolist(),
+        )
         examples.extend(zip(labels, predictions, weights * len(labels) if len(weights) == 1 else weights))
     return examples
 
@@ -184,7 +199,9 @@ class _GAUCCombiner(beam.CombineFn):
     def extract_output(self, accumulator: _GAUCAccumulator) -> dict[metric_types.MetricKey, Any]:
         users = np.frombuffer(accumulator.users, dtype=np.int64) if accumulator.users else np.empty(0, np.int64)
         labels = np.frombuffer(accumulator.labels, dtype=np.float32) if accumulator.labels else np.empty(0, np.float32)
-        predictions = np.frombuffer(accumulator.predictions, dtype=np.float64) if accumulator.predictions else np.empty(0)
+        predictions = (
+            np.frombuffer(accumulator.predictions, dtype=np.float64) if accumulator.predictions else np.empty(0)
+        )
         return {self._key: metrics.gauc(labels, predictions, users)}
 
 
@@ -252,9 +269,13 @@ def histogram_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float(np.sum(positives * (below + 0.5 * negatives)) / (total_pos * total_neg))
 
 
-def _keys(name: str, model_name: str, output_name: str, example_weighted: bool, *extra: str) -> list[metric_types.MetricKey]:
+def _keys(
+    name: str, model_name: str, output_name: str, example_weighted: bool, *extra: str
+) -> list[metric_types.MetricKey]:
     return [
-        metric_types.MetricKey(name=n, model_name=model_name, output_name=output_name, example_weighted=example_weighted)
+        metric_types.MetricKey(
+            name=n, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+        )
         for n in (name, *extra)
     ]
 
@@ -370,7 +391,9 @@ def _incumbent_computations(
             )  # fmt: skip
             combiner = _IncumbentCombiner(keys, eval_config, example_weighted, feature)
             computations.append(
-                metric_types.MetricComputation(keys=keys, preprocessors=[_with_feature(feature, model_name, output_name)], combiner=combiner)
+                metric_types.MetricComputation(
+                    keys=keys, preprocessors=[_with_feature(feature, model_name, output_name)], combiner=combiner
+                )
             )
     return computations
 
@@ -396,7 +419,9 @@ class _IncumbentCombiner(beam.CombineFn):
     def create_accumulator(self) -> _IncumbentAccumulator:
         return _IncumbentAccumulator()
 
-    def add_input(self, accumulator: _IncumbentAccumulator, element: metric_types.StandardMetricInputs) -> _IncumbentAccumulator:
+    def add_input(
+        self, accumulator: _IncumbentAccumulator, element: metric_types.StandardMetricInputs
+    ) -> _IncumbentAccumulator:
         features = element.features or {}
         value = features.get(self._feature) if hasattr(features, "get") else None
         if value is None:
@@ -405,7 +430,9 @@ class _IncumbentCombiner(beam.CombineFn):
         if math.isnan(score):
             return accumulator  # no single valid score: not an example of the incumbent's
         ((label, prediction, weight),) = _examples(element, self._keys[0], self._eval_config, self._example_weighted)
-        incumbent_bucket, model_bucket = (min(int(value * NUM_BUCKETS), NUM_BUCKETS - 1) for value in (score, prediction))
+        incumbent_bucket, model_bucket = (
+            min(int(value * NUM_BUCKETS), NUM_BUCKETS - 1) for value in (score, prediction)
+        )
         accumulator.histograms[0, incumbent_bucket] += weight * label
         accumulator.histograms[1, incumbent_bucket] += weight * (1 - label)
         accumulator.histograms[2, model_bucket] += weight * label
@@ -506,7 +533,9 @@ class OutputSums:
         """The histogram as TFMA's calibration histogram combiner gives it: its buckets that
         hold anything, in order. With a NaN prediction it fails, as TFMA's does."""
         if self.nan_predictions:
-            raise ValueError(f"{self.nan_predictions} NaN predictions: TFMA's calibration histogram (AUC) has no bucket for them")
+            raise ValueError(
+                f"{self.nan_predictions} NaN predictions: TFMA's calibration histogram (AUC) has no bucket for them"
+            )
         return [
             calibration_histogram.Bucket(int(index), *(float(value) for value in self.histogram[:, index]))
             for index in np.flatnonzero(self.histogram.any(axis=0))
@@ -531,7 +560,9 @@ class _OutputAccumulator:
 class _OutputSumsCombiner(beam.CombineFn):
     """An output's `OutputSums`, from each example's label, prediction and weight."""
 
-    def __init__(self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], example_weighted: bool) -> None:
+    def __init__(
+        self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], example_weighted: bool
+    ) -> None:
         self._key = key
         self._eval_config = eval_config
         self._example_weighted = example_weighted
@@ -539,10 +570,14 @@ class _OutputSumsCombiner(beam.CombineFn):
     def create_accumulator(self) -> _OutputAccumulator:
         return _OutputAccumulator()
 
-    def add_input(self, accumulator: _OutputAccumulator, element: metric_types.StandardMetricInputs) -> _OutputAccumulator:
+    def add_input(
+        self, accumulator: _OutputAccumulator, element: metric_types.StandardMetricInputs
+    ) -> _OutputAccumulator:
         examples = _examples(element, self._key, self._eval_config, self._example_weighted)
         if len(examples) != 1:
-            raise ValueError(f"{self._key}: the Batched metrics need one label and one prediction per example, got {len(examples)}")
+            raise ValueError(
+                f"{self._key}: the Batched metrics need one label and one prediction per example, got {len(examples)}"
+            )
         ((label, prediction, weight),) = examples
         accumulator.labels.append(label)
         accumulator.predictions.append(prediction)
@@ -576,12 +611,16 @@ def _output_sums(
     key = metric_types.MetricKey(
         name=OUTPUT_SUMS_NAME, model_name=model_name, output_name=output_name, example_weighted=example_weighted
     )
-    return metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=_OutputSumsCombiner(key, eval_config, example_weighted))
+    return metric_types.MetricComputation(
+        keys=[key], preprocessors=None, combiner=_OutputSumsCombiner(key, eval_config, example_weighted)
+    )
 
 
 def _single_values_only(name: str, sub_keys: Optional[list]) -> None:
     if any(sub_key is not None for sub_key in sub_keys or []):
-        raise ValueError(f"{name}: the Batched metrics are for one-value outputs, not sub keys {sub_keys} (binarize, top_k)")
+        raise ValueError(
+            f"{name}: the Batched metrics are for one-value outputs, not sub keys {sub_keys} (binarize, top_k)"
+        )
 
 
 class _OutputSumsMetric(metric_types.Metric):
@@ -612,7 +651,9 @@ class _OutputSumsMetric(metric_types.Metric):
                     name=name, model_name=model_name, output_name=output_name, example_weighted=example_weighted
                 )
 
-                def result(metrics, key=key, sums_key=sums.keys[0], value=self.value) -> dict[metric_types.MetricKey, float]:
+                def result(
+                    metrics, key=key, sums_key=sums.keys[0], value=self.value
+                ) -> dict[metric_types.MetricKey, float]:
                     return {key: value(metrics[sums_key])}
 
                 computations += [sums, metric_types.DerivedMetricComputation(keys=[key], result=result)]
@@ -683,7 +724,9 @@ class BatchedCalibration(_OutputSumsMetric):
 
     @staticmethod
     def value(sums: OutputSums) -> float:
-        return float("nan") if np.isclose(sums.weighted_labels, 0.0) else sums.weighted_predictions / sums.weighted_labels
+        return (
+            float("nan") if np.isclose(sums.weighted_labels, 0.0) else sums.weighted_predictions / sums.weighted_labels
+        )
 
 
 metric_types.register_metric(BatchedCalibration)
@@ -732,7 +775,9 @@ class BatchedAUC(metric_types.Metric):
         summation_method: str = "interpolation",
         name: str = confusion_matrix_metrics.AUC_NAME,
     ) -> None:
-        super().__init__(_auc_computations, num_thresholds=num_thresholds, curve=curve, summation_method=summation_method, name=name)
+        super().__init__(
+            _auc_computations, num_thresholds=num_thresholds, curve=curve, summation_method=summation_method, name=name
+        )
 
 
 metric_types.register_metric(BatchedAUC)
@@ -752,18 +797,30 @@ def _auc_computations(
     """TFMA's AUC computations with their one combiner, the calibration histogram's, replaced
     by the output's sums and a derived histogram under the same key."""
     _single_values_only(name, sub_keys)
-    auc = confusion_matrix_metrics.AUC(num_thresholds=num_thresholds, curve=curve, summation_method=summation_method, name=name)
+    auc = confusion_matrix_metrics.AUC(
+        num_thresholds=num_thresholds, curve=curve, summation_method=summation_method, name=name
+    )
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
             histogram, *derived = auc.computations(
-                eval_config=eval_config, model_names=[model_name], output_names=[output_name], example_weighted=example_weighted
+                eval_config=eval_config,
+                model_names=[model_name],
+                output_names=[output_name],
+                example_weighted=example_weighted,
             )
             (expected,) = calibration_histogram.calibration_histogram(
-                eval_config=eval_config, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+                eval_config=eval_config,
+                model_name=model_name,
+                output_name=output_name,
+                example_weighted=example_weighted,
             )
-            if histogram.keys != expected.keys or not all(isinstance(c, metric_types.DerivedMetricComputation) for c in derived):
-                raise ValueError(f"{name}: TFMA's AUC no longer derives from its default calibration histogram alone: use AUC")
+            if histogram.keys != expected.keys or not all(
+                isinstance(c, metric_types.DerivedMetricComputation) for c in derived
+            ):
+                raise ValueError(
+                    f"{name}: TFMA's AUC no longer derives from its default calibration histogram alone: use AUC"
+                )
             sums = _output_sums(eval_config, model_name, output_name, example_weighted)
 
             def result(metrics, histogram_key=histogram.keys[0], sums_key=sums.keys[0]) -> dict:

@@ -84,11 +84,15 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         trainer = training.MultiTaskTrainer(model, train_config, strategy)
         base = _restore_base_model(model, fn_args.base_model) if fn_args.base_model else None
         if model.masked:
-            phases, masks_uri = _train_sparse_sharing(trainer, data, config, base, on_start=lambda: start.update(distribution.fingerprint(model)))
+            phases, masks_uri = _train_sparse_sharing(
+                trainer, data, config, base, on_start=lambda: start.update(distribution.fingerprint(model))
+            )
         else:
             start.update(distribution.fingerprint(model))
             masks_uri = None
-            phases = trainer.fit(data.train, data.validation, network_config.variant, train_config.epochs, train_config.seed, data.steps)
+            phases = trainer.fit(
+                data.train, data.validation, network_config.variant, train_config.epochs, train_config.seed, data.steps
+            )
 
     evaluation = inputs.TransformedSplit.from_patterns(fn_args.eval_files, transform_output)
     if coordinator is not None:  # the weights are on the parameter servers: export and score a plain copy
@@ -102,7 +106,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         tf.io.gfile.makedirs(folder)
         tf.train.Checkpoint(network=model).write(os.path.join(folder, CHECKPOINT))
         if model.masked:
-            masks.save_masks(os.path.join(folder, sparse_sharing.MASKS_FILE), {t: masks.get_masks(model, t) for t in network_config.tasks})
+            masks.save_masks(
+                os.path.join(folder, sparse_sharing.MASKS_FILE),
+                {t: masks.get_masks(model, t) for t in network_config.tasks},
+            )
         _write_json(
             os.path.join(folder, SETTINGS_FILE),
             {
@@ -182,14 +189,17 @@ def _train_sparse_sharing(
         masks_uri,
         ", ".join(f"{task} {100 * masks.remaining_fraction(m):.1f}% of MLP weights" for task, m in task_masks.items()),
     )
-    phases = sparse_sharing.train_shared(trainer, data, task_masks, trainer.config.epochs, trainer.config.seed + 10_000, on_start)
+    phases = sparse_sharing.train_shared(
+        trainer, data, task_masks, trainer.config.epochs, trainer.config.seed + 10_000, on_start
+    )
     return phases, masks_uri
 
 
 def write_replica_fingerprint(
     serving_model_dir: str, replica: distribution.Replica, model: network.RankingNetwork, start: dict[str, str]
 ) -> None:
-    """Each replica's digest of its weights and masks, at the end and at the first step, beside the chief's checkpoint."""
+    """Each replica's digest of its weights and masks, at the end and at the first step,
+    beside the chief's checkpoint."""
     folder = os.path.join(training_folder(serving_model_dir), REPLICAS_FOLDER)
     tf.io.gfile.makedirs(folder)
     _write_json(os.path.join(folder, f"{replica.name}.json"), distribution.fingerprint(model))

@@ -208,7 +208,9 @@ def task_batches(
     )
 
 
-def replica_slices(order: tf.data.Dataset, batch_size: int, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+def replica_slices(
+    order: tf.data.Dataset, batch_size: int, input_context: tf.distribute.InputContext
+) -> tf.data.Dataset:
     """This worker's replicas' slices of every global batch of `order`, one slice per element.
 
     Every worker shuffles alike (same seed) and cuts the same global batches, so a pass
@@ -278,7 +280,9 @@ def base_rates(columns: Columns) -> dict[str, float]:
     """Each task's no-skill prediction on `columns` (`inputs.SplitCounts.base_rates`)."""
     click = np.reshape(np.asarray(columns[CLICK]), [-1]) == 1
     ratio = np.reshape(np.asarray(columns[WATCH_RATIO]), [-1])
-    return inputs.SplitCounts(rows=click.size, clicks=int(click.sum()), clicked_watch_ratio=float(ratio[click].sum()), held_rows=0).base_rates
+    return inputs.SplitCounts(
+        rows=click.size, clicks=int(click.sum()), clicked_watch_ratio=float(ratio[click].sum()), held_rows=0
+    ).base_rates
 
 
 def hold_out(columns: Columns, fraction: float, seed: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
@@ -347,7 +351,9 @@ class MultiTaskTrainer:
     datasets) the coordinator schedules each step on a worker (`scheduled_step`).
     """
 
-    def __init__(self, model: network.RankingNetwork, config: TrainConfig, strategy: tf.distribute.Strategy | None = None):
+    def __init__(
+        self, model: network.RankingNetwork, config: TrainConfig, strategy: tf.distribute.Strategy | None = None
+    ):
         self.model = model
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -376,7 +382,9 @@ class MultiTaskTrainer:
         weight = self.config.loss_weight if multi_task else {task: 1.0}
         if self.model.config.variant == ESMM:
             outputs = self.model(inputs, training=True)
-            return weight["ctr"] * task_loss("ctr", labels, outputs["ctr"], self.config) + weight["cvr"] * ctcvr_loss(labels, outputs)
+            return weight["ctr"] * task_loss("ctr", labels, outputs["ctr"], self.config) + weight["cvr"] * ctcvr_loss(
+                labels, outputs
+            )
         predictions = self.model(inputs, task=task, training=True)[task]
         return weight[task] * task_loss(task, labels, predictions, self.config)
 
@@ -397,7 +405,8 @@ class MultiTaskTrainer:
             variables = self.model.trainable_variables
             gradients = tape.gradient(scaled, variables)
             self.optimizer.apply_masked(
-                [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None], step_masks
+                [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None],
+                step_masks,
             )
             return loss
 
@@ -408,7 +417,9 @@ class MultiTaskTrainer:
         key = ("scheduled", task)
         if key not in self._steps:
             step = self.replica_step(task)
-            self._steps[key] = tf.function(lambda worker_iterator: self.strategy.run(step, args=(next(worker_iterator),)))
+            self._steps[key] = tf.function(
+                lambda worker_iterator: self.strategy.run(step, args=(next(worker_iterator),))
+            )
         return self.coordinator.schedule(self._steps[key], args=(iterator,))
 
     def train_step(self, task: str, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -420,11 +431,15 @@ class MultiTaskTrainer:
                 self._steps[task] = tf.function(lambda replica_batch: self.strategy.run(step, args=(replica_batch,)))
             else:
                 # Traced once per task, for any batch size (the last batch of a pass is smaller).
-                signature = {key: tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype) for key, tensor in batch.items()}
+                signature = {
+                    key: tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype) for key, tensor in batch.items()
+                }
                 self._steps[task] = tf.function(step, input_signature=[signature])
         return self._steps[task](batch)
 
-    def train(self, batches: Mapping[str, Iterable], phase: str, seed: int, steps: Mapping[str, int] | None = None) -> PhaseStats:
+    def train(
+        self, batches: Mapping[str, Iterable], phase: str, seed: int, steps: Mapping[str, int] | None = None
+    ) -> PhaseStats:
         """One pass over every task's batches, interleaved in proportion (`interleave`).
 
         `steps`: the batches each task's iterable yields in a pass (default: the datasets'
@@ -496,7 +511,9 @@ class MultiTaskTrainer:
             stats = self.train(batches, f"{phase} epoch {epoch}", seed + epoch - 1, steps)
             loss = self.validation_loss(validation, tasks)
             history.append(dataclasses.replace(stats, validation_loss=loss))
-            logger.info("%s epoch %d: validation loss %.5f%s", phase, epoch, loss, " (best so far)" if loss < best_loss else "")
+            logger.info(
+                "%s epoch %d: validation loss %.5f%s", phase, epoch, loss, " (best so far)" if loss < best_loss else ""
+            )
             if loss < best_loss:
                 best_loss, best_epoch = loss, epoch
                 best_weights = snapshot(self.model) if epoch < max_epochs else None
@@ -504,7 +521,13 @@ class MultiTaskTrainer:
                 break
         if best_epoch != len(history):
             restore(self.model, best_weights)
-            logger.info("%s: stopped after epoch %d, keeping epoch %d (validation loss %.5f)", phase, len(history), best_epoch, best_loss)
+            logger.info(
+                "%s: stopped after epoch %d, keeping epoch %d (validation loss %.5f)",
+                phase,
+                len(history),
+                best_epoch,
+                best_loss,
+            )
         return history
 
 

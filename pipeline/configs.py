@@ -41,8 +41,15 @@ MODELS = {
     S_NEURON: (network.SPARSE_SHARING, "neuron"),
     **{
         variant: (variant, None)
-        for variant in (network.SINGLE_TASK, network.HARD_SHARING, network.SHARED_BOTTOM, network.LAYER_SHARING,
-                        network.MMOE, network.PLE, network.ESMM)
+        for variant in (
+            network.SINGLE_TASK,
+            network.HARD_SHARING,
+            network.SHARED_BOTTOM,
+            network.LAYER_SHARING,
+            network.MMOE,
+            network.PLE,
+            network.ESMM,
+        )
     },
 }
 _DAY = re.compile(r"^\d{8}$")
@@ -71,7 +78,9 @@ class VertexTraining:
         if not self.project or not self.region:
             raise errors.UserFacingError("training on Vertex AI needs a GCP project and region")
         if self.parameter_servers and self.workers < 2:
-            raise errors.UserFacingError("parameter servers need at least 2 training replicas: the chief coordinates, workers train")
+            raise errors.UserFacingError(
+                "parameter servers need at least 2 training replicas: the chief coordinates, workers train"
+            )
 
     def custom_config(self) -> dict:
         """The Trainer's custom_config entries that TFX's Vertex training executor reads."""
@@ -199,7 +208,9 @@ class PipelineSettings:
                 eval_days=int(env.get("LT4REC_EVAL_DAYS", "1")),
                 span=env.get("LT4REC_SPAN") or None,
                 table_scale=float(env.get("LT4REC_TABLE_SCALE", "1.0")),
-                beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split()) if env.get("LT4REC_BEAM_ARGS") else DEFAULT_BEAM_PIPELINE_ARGS,
+                beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split())
+                if env.get("LT4REC_BEAM_ARGS")
+                else DEFAULT_BEAM_PIPELINE_ARGS,
                 schema_file=env.get("LT4REC_SCHEMA_FILE") or SCHEMA_PATH,
                 masks=env.get("LT4REC_MASKS") or SEARCH_MASKS,
                 **select_model(env.get("LT4REC_MODEL") or S_WEIGHT),

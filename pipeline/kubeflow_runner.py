@@ -28,6 +28,9 @@ import os
 import yaml
 
 import lt4rec  # noqa: F401  (Keras 2 before TensorFlow, also when run as a file)
+
+# isort: split
+
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx import v1 as tfx
 
@@ -84,7 +87,9 @@ def build(settings: configs.PipelineSettings, image: str = DEFAULT_IMAGE) -> tfx
         settings = dataclasses.replace(settings, schema_file=IMAGE_SCHEMA_FILE)
     settings = dataclasses.replace(settings, beam_pipeline_args=beam_args_for_image(settings.beam_pipeline_args, image))
     if settings.vertex_training and not settings.vertex_training.image:
-        settings = dataclasses.replace(settings, vertex_training=dataclasses.replace(settings.vertex_training, image=image))
+        settings = dataclasses.replace(
+            settings, vertex_training=dataclasses.replace(settings.vertex_training, image=image)
+        )
     return pipeline_lib.create_pipeline(settings, metadata_connection_config=None)
 
 
@@ -135,7 +140,8 @@ def compile_pipeline(
     if "@sha256:" not in image:
         logger.warning(
             "Image %s is named by tag: Vertex AI's cache key holds the name, so after a re-push of the tag it "
-            "reuses results of the old code; compile with IMAGE@sha256:<digest>", image,
+            "reuses results of the old code; compile with IMAGE@sha256:<digest>",
+            image,
         )
     kubeflow_pipelines = out_file.endswith((".yaml", ".yml"))
     if kubeflow_pipelines:  # whose backend runs no resolver tasks

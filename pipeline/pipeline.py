@@ -26,12 +26,12 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
+from lt4rec.components import task_pusher
 from lt4rec.components.anomaly_check import AnomalyCheck
 from lt4rec.components.evaluator import Evaluator
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
 from lt4rec.components.mask_search import MaskSearch
 from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
-from lt4rec.components import task_pusher
 from lt4rec.components.task_pusher import TaskPusher
 from lt4rec.models import features, preprocessing, tfma_metrics
 from lt4rec.pipeline import configs
@@ -178,14 +178,21 @@ def eval_config(settings: configs.PipelineSettings) -> tfma.EvalConfig:
 
     def baseline(class_name: str, check: bool, **config) -> tfma.MetricConfig:
         return tfma.MetricConfig(
-            class_name=class_name, module=tfma_metrics.__name__, config=json.dumps(config), threshold=beats if check else None
+            class_name=class_name,
+            module=tfma_metrics.__name__,
+            config=json.dumps(config),
+            threshold=beats if check else None,
         )
 
-    def batched(class_name: str, name: str | None = None, threshold: tfma.MetricThreshold | None = None) -> tfma.MetricConfig:
+    def batched(
+        class_name: str, name: str | None = None, threshold: tfma.MetricThreshold | None = None
+    ) -> tfma.MetricConfig:
         """TFMA's (Keras's for BinaryCrossentropy) `class_name` metric, the same key and value,
         from one combiner per output (`tfma_metrics.Batched*`): a fraction of TFMA's time."""
         config = json.dumps({"name": name}) if name else ""
-        return tfma.MetricConfig(class_name=f"Batched{class_name}", module=tfma_metrics.__name__, config=config, threshold=threshold)
+        return tfma.MetricConfig(
+            class_name=f"Batched{class_name}", module=tfma_metrics.__name__, config=config, threshold=threshold
+        )
 
     return tfma.EvalConfig(
         model_specs=[

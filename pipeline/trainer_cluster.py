@@ -33,7 +33,10 @@ TRAINER_NODE = "SparseSharingTrainer"
 MASK_SEARCH_NODE = "MaskSearch"
 # Per node: the executor every replica runs, and its outputs (artifact types by key).
 EXECUTORS = {
-    TRAINER_NODE: (trainer_executor.Executor, {"model": standard_artifacts.Model, "model_run": standard_artifacts.ModelRun}),
+    TRAINER_NODE: (
+        trainer_executor.Executor,
+        {"model": standard_artifacts.Model, "model_run": standard_artifacts.ModelRun},
+    ),
     MASK_SEARCH_NODE: (mask_search_executor.Executor, {mask_search_executor.MASKS: Masks}),
 }
 
@@ -70,8 +73,14 @@ class RecordedExecution:
                 continue
             (artifact,) = store.get_artifacts_by_id([event.artifact_id])
             (artifact_type,) = store.get_artifact_types_by_id([artifact.type_id])
-            inputs.setdefault(event.path.steps[0].key, []).append(artifact_utils.deserialize_artifact(artifact_type, artifact))
-        properties = {name: value.string_value for name, value in execution.custom_properties.items() if value.HasField("string_value")}
+            inputs.setdefault(event.path.steps[0].key, []).append(
+                artifact_utils.deserialize_artifact(artifact_type, artifact)
+            )
+        properties = {
+            name: value.string_value
+            for name, value in execution.custom_properties.items()
+            if value.HasField("string_value")
+        }
         return cls(inputs, properties, node_id)
 
     def with_custom_config(self, **overrides) -> "RecordedExecution":
@@ -79,7 +88,9 @@ class RecordedExecution:
         config = json.loads(self.exec_properties["custom_config"])
         for key, value in overrides.items():
             config[key] = {**config[key], **value} if isinstance(value, Mapping) else value
-        return RecordedExecution(self.inputs, {**self.exec_properties, "custom_config": json.dumps(config)}, self.node_id)
+        return RecordedExecution(
+            self.inputs, {**self.exec_properties, "custom_config": json.dumps(config)}, self.node_id
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +124,9 @@ def tf_configs(workers: int, chief: bool = False, parameter_servers: int = 0) ->
     addresses = [f"localhost:{port}" for port in free_ports(workers + parameter_servers)]
     ps = {"ps": addresses[workers:]} if parameter_servers else {}
     if not chief:
-        return [{"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}} for index in range(workers)]
+        return [
+            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}} for index in range(workers)
+        ]
     cluster = {"chief": addresses[:1], "worker": addresses[1:workers], **ps}
     return (
         [{"cluster": cluster, "task": {"type": "chief", "index": 0}}]
@@ -163,7 +176,9 @@ def run_workers(
         name = f"{tf_config['task']['type']}-{tf_config['task']['index']}" if tf_config else "local"
         log = os.path.join(log_dir, f"{name}.log")
         with open(log, "w") as out:
-            processes.append((name, log, subprocess.Popen(arguments, env=worker_env, stdout=out, stderr=subprocess.STDOUT)))
+            processes.append(
+                (name, log, subprocess.Popen(arguments, env=worker_env, stdout=out, stderr=subprocess.STDOUT))
+            )
     logger.info("Started %d %s worker(s), logs in %s", len(processes), execution.node_id, log_dir)
     finished: dict[str, Worker] = {}
     awaited = [processes[0]] if parameter_servers else processes  # servers run until stopped

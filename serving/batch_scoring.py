@@ -112,12 +112,16 @@ def find_models(
     if rank_version is not None and (task_models or ctr_version is not None or cvr_version is not None):
         raise ValueError("score with the rank model or with the task models, not both")
     rank_dir = os.path.join(serving_dir, export.RANK_MODEL)
-    pushed = tf.io.gfile.isdir(rank_dir) and any(_VERSION.match(name.rstrip("/")) for name in tf.io.gfile.listdir(rank_dir))
+    pushed = tf.io.gfile.isdir(rank_dir) and any(
+        _VERSION.match(name.rstrip("/")) for name in tf.io.gfile.listdir(rank_dir)
+    )
     versions = {"ctr": ctr_version, "cvr": cvr_version}
     if rank_version is not None or (pushed and not task_models and versions == {"ctr": None, "cvr": None}):
         versions = {export.RANK_MODEL: rank_version}
     found = {name: model_version_path(serving_dir, name, version) for name, version in versions.items()}
-    return ScoringModels({name: path for name, (path, _) in found.items()}, {name: version for name, (_, version) in found.items()})
+    return ScoringModels(
+        {name: path for name, (path, _) in found.items()}, {name: version for name, (_, version) in found.items()}
+    )
 
 
 def log_files(pattern: str) -> list[str]:
@@ -188,7 +192,9 @@ class ReadAndCheckFn(beam.DoFn):
             if value is None:
                 yield _rejection(path, index, MISSING_ID, name, "is missing or not one value", record)
                 return
-        duration = feature_map[features.DURATION_FEATURE].bytes_list.value if features.DURATION_FEATURE in feature_map else []
+        duration = (
+            feature_map[features.DURATION_FEATURE].bytes_list.value if features.DURATION_FEATURE in feature_map else []
+        )
         if not duration or list(duration) == [features.MISSING_VALUE.encode()]:
             detail = "is missing: no video length for the rankscore"
             yield _rejection(path, index, MISSING_DURATION, features.DURATION_FEATURE, detail, record)
@@ -208,7 +214,9 @@ def _scores(prediction_logs) -> dict[str, float]:
     scores = {}
     for prediction_log in prediction_logs:
         for name, output in prediction_log.predict_log.response.outputs.items():
-            if output.dtype == tf.float32.as_datatype_enum and output.tensor_content:  # how tfx_bsl writes a float score
+            if (
+                output.dtype == tf.float32.as_datatype_enum and output.tensor_content
+            ):  # how tfx_bsl writes a float score
                 scores[name] = float(np.frombuffer(output.tensor_content, dtype=np.float32)[0])
             else:
                 scores[name] = float(tf.make_ndarray(output).reshape(-1)[0])  # 10x slower; any other layout
@@ -253,7 +261,12 @@ def inference_spec(model_path: str, signature: str):
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, files: Sequence[str], models: ScoringModels, out_dir: str, weights, spread_records: bool = True
+    pipeline: beam.Pipeline,
+    files: Sequence[str],
+    models: ScoringModels,
+    out_dir: str,
+    weights,
+    spread_records: bool = True,
 ) -> None:
     """Adds the read, check, score, join and write steps to `pipeline`.
 
@@ -274,19 +287,15 @@ def build_pipeline(
         keyed
         # RunInferencePerModel forwards a key only when it sees a typed (key, example) pair.
         | "Keyed examples" >> beam.Map(lambda element: element).with_output_types(beam.typehints.Tuple[Any, bytes])
-        | "Score with CTR and CVR" >> RunInferencePerModel(
-            [inference_spec(path, SIGNATURES[name]) for name, path in models.paths.items()]
-        )
+        | "Score with CTR and CVR"
+        >> RunInferencePerModel([inference_spec(path, SIGNATURES[name]) for name, path in models.paths.items()])
     )
     (
         scored
         | "To rows" >> beam.ParDo(ToRowFn(weights))
         | "Write scores" >> beam.io.WriteToText(FileSystems.join(out_dir, SCORES_PREFIX), file_name_suffix=".jsonl")
     )
-    (
-        checked[REJECTED]
-        | "Write rejections" >> beam_jobs.WriteRejections(out_dir)
-    )
+    (checked[REJECTED] | "Write rejections" >> beam_jobs.WriteRejections(out_dir))
 
 
 def query_counters(result) -> dict[str, int]:
@@ -312,7 +321,11 @@ def run(
     beam_jobs.check_output_empty(out_dir)
     logger.info(
         "Scoring %d log files with %s; rankscore = pCTR^%g * pCVR^%g * length^%g",
-        len(files), models.describe(), weights.ctr, weights.cvr, weights.length,
+        len(files),
+        models.describe(),
+        weights.ctr,
+        weights.cvr,
+        weights.length,
     )
     pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
     build_pipeline(pipeline, files, models, out_dir, weights)
@@ -326,4 +339,6 @@ def run(
 
 def format_counters(counters: Mapping[str, int]) -> str:
     """records read = scored + rejected, with the rejections by reason."""
-    return beam_jobs.format_reasons(f"{counters.get(RECORDS_READ, 0)} records read", f"{counters.get(SCORED, 0)} scored", counters, f"{REJECTED}/")
+    return beam_jobs.format_reasons(
+        f"{counters.get(RECORDS_READ, 0)} records read", f"{counters.get(SCORED, 0)} scored", counters, f"{REJECTED}/"
+    )

@@ -81,7 +81,9 @@ def split_context(candidates: Sequence[tf.train.Example]) -> tuple[tf.train.Exam
             context.features.feature[name].CopyFrom(first[name])
     for candidate in candidates[1:]:
         feature = candidate.features.feature
-        if any((name in feature) != (name in first) or (name in first and feature[name] != first[name]) for name in names):
+        if any(
+            (name in feature) != (name in first) or (name in first and feature[name] != first[name]) for name in names
+        ):
             return None
     stripped = []
     for candidate in candidates:
@@ -97,13 +99,21 @@ class RankingClient:
     """Scores with the models of one TF Serving endpoint (`host:port`): the joint `rank` model, or `ctr` and `cvr`."""
 
     def __init__(
-        self, target: str, timeout: float = 10.0, ctr_model: str = "ctr", cvr_model: str = "cvr", rank_model: str | None = export.RANK_MODEL
+        self,
+        target: str,
+        timeout: float = 10.0,
+        ctr_model: str = "ctr",
+        cvr_model: str = "cvr",
+        rank_model: str | None = export.RANK_MODEL,
     ):
         self.target = target
         self.timeout = timeout
         self.models = {"ctr": ctr_model, "cvr": cvr_model}
         self.rank_model = rank_model  # None, or once the server has said it has no such model: the two task models
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
@@ -124,7 +134,8 @@ class RankingClient:
         context: bytes | None = None,
         weights: RankWeights | None = None,
     ) -> predict_pb2.PredictRequest:
-        """A Predict of `examples`: to `serving_context` with `context`, else `serving_default`; `weights` for a rank model."""
+        """A Predict of `examples`: to `serving_context` with `context`, else `serving_default`;
+        `weights` for a rank model."""
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = DEFAULT_SIGNATURE if context is None else export.CONTEXT_SIGNATURE
@@ -188,13 +199,17 @@ class RankingClient:
         scores = self._rank_scores(serialized, context_bytes, weights) if self.rank_model else None
         if scores is None:
             futures = {
-                task: self.stub.Predict.future(self.predict_request(model, serialized, context=context_bytes), timeout=self.timeout)
+                task: self.stub.Predict.future(
+                    self.predict_request(model, serialized, context=context_bytes), timeout=self.timeout
+                )
                 for task, model in self.models.items()
             }
             pctr, pcvr = (self.scores(futures[task].result()) for task in ("ctr", "cvr"))
             scores = pctr, pcvr, rankscore(pctr, pcvr, lengths, weights)
         ranked = [
-            ScoredCandidate(_single_value(candidate, "FEA_VID").decode(), float(ctr), float(cvr), float(length), float(score))
+            ScoredCandidate(
+                _single_value(candidate, "FEA_VID").decode(), float(ctr), float(cvr), float(length), float(score)
+            )
             for candidate, ctr, cvr, length, score in zip(candidates, *scores[:2], lengths, scores[2])
         ]
         return sorted(ranked, key=lambda candidate: -candidate.rankscore)
@@ -230,7 +245,9 @@ def read_requests(pattern: str) -> Iterator[tuple[str, list[tf.train.Example]]]:
     yield from requests.items()
 
 
-def find_request(requests: Iterable[tuple[str, list[tf.train.Example]]], request_id: str | None) -> tuple[str, list[tf.train.Example]]:
+def find_request(
+    requests: Iterable[tuple[str, list[tf.train.Example]]], request_id: str | None
+) -> tuple[str, list[tf.train.Example]]:
     """The request with `request_id`, or the first one."""
     for found_id, examples in requests:
         if request_id is None or found_id == request_id:

@@ -73,7 +73,9 @@ def _decode_bytes(value: Any) -> Any:
     """{"b64": ...} objects (at any depth) as bytes; plain strings as their UTF-8 bytes."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise _invalid(f"a JSON object where a value was expected (bytes are written {{\"b64\": ...}}): {str(value)[:100]}")
+            raise _invalid(
+                f'a JSON object where a value was expected (bytes are written {{"b64": ...}}): {str(value)[:100]}'
+            )
         try:
             return base64.b64decode(value["b64"], validate=True)
         except ValueError as error:
@@ -92,7 +94,7 @@ def _tensor(alias: str, value: Any, spec: tf.TensorSpec) -> Any:
         array = np.array(value, dtype=object)
         flat = array.ravel() if array.dtype == object else None
         if flat is None or not all(isinstance(item, bytes) for item in flat):
-            raise _invalid(f"input {alias!r}: expected strings or {{\"b64\": ...}} in equal-length lists")
+            raise _invalid(f'input {alias!r}: expected strings or {{"b64": ...}} in equal-length lists')
     else:
         try:
             array = np.array(value, dtype=spec.dtype.as_numpy_dtype)
@@ -104,7 +106,9 @@ def _tensor(alias: str, value: Any, spec: tf.TensorSpec) -> Any:
 def _json_value(array: np.ndarray, alias: str) -> Any:
     if array.dtype == object:  # DT_STRING
         if alias.endswith("_bytes"):
-            return np.vectorize(lambda item: {"b64": base64.b64encode(item).decode("ascii")}, otypes=[object])(array).tolist()
+            return np.vectorize(lambda item: {"b64": base64.b64encode(item).decode("ascii")}, otypes=[object])(
+                array
+            ).tolist()
         return np.vectorize(lambda item: item.decode("utf-8", errors="replace"), otypes=[object])(array).tolist()
     return array.tolist()
 
@@ -159,7 +163,10 @@ class RestApi:
             status, body = HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": error.message}
         except Exception as error:  # noqa: BLE001 - the server must answer and keep serving
             logger.exception("REST %s %s failed unexpectedly", method, request.path)
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(error).__name__}: {error}"}
+            status, body = (
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"error": f"internal error: {type(error).__name__}: {error}"},
+            )
         payload = json.dumps(body).encode("utf-8")
         request.send_response(status)
         request.send_header("Content-Type", "application/json")
@@ -172,7 +179,8 @@ class RestApi:
         length = int(request.headers.get("Content-Length") or 0)
         if length > self.max_request_bytes:
             request.close_connection = True  # the body is not read
-            raise grpc_server.RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request has {length} bytes, over this server's "
+            raise grpc_server.RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"the request has {length} bytes, over this server's "
                                        f"limit of {self.max_request_bytes} (--max-request-bytes)")  # fmt: skip
         body = request.rfile.read(length) if length else b""
         if found is None:
@@ -182,16 +190,26 @@ class RestApi:
             spec.version.value = int(found["version"])
         suffix = found["suffix"]
         if method == "GET" and suffix is None:
-            answer = self._call(self.status, "GetModelStatus", get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
-            return json_format.MessageToDict(answer, preserving_proto_field_name=True, including_default_value_fields=True)
+            answer = self._call(
+                self.status, "GetModelStatus", get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
+            )
+            return json_format.MessageToDict(
+                answer, preserving_proto_field_name=True, including_default_value_fields=True
+            )
         if method == "GET" and suffix == "/metadata":
-            request_proto = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=[grpc_server.SIGNATURE_DEF_FIELD])
+            request_proto = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=spec, metadata_field=[grpc_server.SIGNATURE_DEF_FIELD]
+            )
             answer = self._call(self.prediction, "GetModelMetadata", request_proto)
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             answer.metadata[grpc_server.SIGNATURE_DEF_FIELD].Unpack(signature_map)
             return {
                 "model_spec": json_format.MessageToDict(answer.model_spec, preserving_proto_field_name=True),
-                "metadata": {grpc_server.SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_map, preserving_proto_field_name=True)},
+                "metadata": {
+                    grpc_server.SIGNATURE_DEF_FIELD: json_format.MessageToDict(
+                        signature_map, preserving_proto_field_name=True
+                    )
+                },
             }
         if method == "POST" and suffix == ":predict":
             return self._predict(spec, body)
@@ -208,7 +226,9 @@ class RestApi:
         except ValueError as error:
             raise _invalid(f"the body is not JSON: {error}") from None
         if not isinstance(document, dict) or ("instances" in document) == ("inputs" in document):
-            raise _invalid('a predict request is a JSON object with one of "instances" (row format) or "inputs" (columnar format)')
+            raise _invalid(
+                'a predict request is a JSON object with one of "instances" (row format) or "inputs" (columnar format)'
+            )
         spec.signature_name = document.get("signature_name", "")
         signature = self.prediction.registry.get(spec).signature(
             spec.signature_name or grpc_server.DEFAULT_SIGNATURE, grpc.StatusCode.FAILED_PRECONDITION,
@@ -251,4 +271,9 @@ class RestApi:
             ((alias, array),) = outputs.items()
             return {"predictions": _json_value(array, alias)}
         columns = {alias: _json_value(array, alias) for alias, array in outputs.items()}
-        return {"predictions": [{alias: column[i] for alias, column in columns.items()} for i in range(len(next(iter(columns.values()))))]}
+        return {
+            "predictions": [
+                {alias: column[i] for alias, column in columns.items()}
+                for i in range(len(next(iter(columns.values()))))
+            ]
+        }

@@ -154,20 +154,22 @@ class Signature:
         """The name of the one input if it takes serialized tf.Examples (DT_STRING [batch])."""
         if len(self.inputs) != 1:
             return None
-        (name, spec), = self.inputs.items()
+        ((name, spec),) = self.inputs.items()
         return name if spec.dtype == tf.string and spec.shape.rank == 1 else None
 
     @property
     def serialized_inputs(self) -> tuple[str, ...]:
         """The inputs that take serialized tf.Examples: DT_STRING of rank 0 (one) or 1 (a batch)."""
-        return tuple(name for name, spec in self.inputs.items() if spec.dtype == tf.string and spec.shape.rank in (0, 1))
+        return tuple(
+            name for name, spec in self.inputs.items() if spec.dtype == tf.string and spec.shape.rank in (0, 1)
+        )
 
     @property
     def score_output(self) -> str | None:
         """The name of the one output if it is one float per example ([batch] or [batch, 1])."""
         if len(self.outputs) != 1:
             return None
-        (name, spec), = self.outputs.items()
+        ((name, spec),) = self.outputs.items()
         shape = spec.shape
         fits = shape.rank == 1 or (shape.rank == 2 and shape[1] == 1)
         return name if spec.dtype == tf.float32 and fits else None
@@ -186,7 +188,11 @@ class Servable:
     def signature(self, name: str, code: grpc.StatusCode, not_found: str) -> Signature:
         """The named signature, or an RpcError(`code`) that starts with `not_found` and lists them."""
         if name not in self.signatures:
-            raise RpcError(code, f"{not_found} (signatures of {self.model} version {self.version}: {', '.join(sorted(self.signatures))})")
+            raise RpcError(
+                code,
+                f"{not_found} (signatures of {self.model} version {self.version}: "
+                f"{', '.join(sorted(self.signatures))})",
+            )
         return self.signatures[name]
 
 
@@ -214,7 +220,10 @@ def _warm_up(signature: Signature) -> None:
     """
     if any(spec.shape.rank is None for spec in signature.inputs.values()):
         return
-    empty = {name: tf.zeros([0 if size is None else size for size in spec.shape.as_list()], spec.dtype) for name, spec in signature.inputs.items()}
+    empty = {
+        name: tf.zeros([0 if size is None else size for size in spec.shape.as_list()], spec.dtype)
+        for name, spec in signature.inputs.items()
+    }
     try:
         signature.function(**empty)
     except Exception as error:  # noqa: BLE001 - a model that rejects empty batches is still servable
@@ -226,7 +235,8 @@ def load_servable(model: str, version: int, path: str) -> Servable:
     loaded = tf.saved_model.load(path, tags=[tf.saved_model.SERVING])
     tensor_names = _saved_tensor_names(path)
     signatures = {
-        name: Signature.from_function(name, function, tensor_names.get(name, {})) for name, function in loaded.signatures.items()
+        name: Signature.from_function(name, function, tensor_names.get(name, {}))
+        for name, function in loaded.signatures.items()
     }
     if not signatures:
         raise ValueError(f"{path} has no signatures to serve")
@@ -335,14 +345,20 @@ class ModelRegistry:
             if model.startswith(".") or not os.path.isdir(model_dir):
                 continue
             # TF Serving reads a version folder's name as a number: `007` is version 7.
-            folders = sorted(entry for entry in os.listdir(model_dir) if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry)))
+            folders = sorted(
+                entry
+                for entry in os.listdir(model_dir)
+                if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry))
+            )
             for entry in folders:
                 self._folders.setdefault((model, int(entry)), entry)  # of `007` and `7`, the first by name
             versions = sorted({int(entry) for entry in folders})
             self._report(
                 ("empty", model),
                 logging.WARNING,
-                None if versions else f"no versions of model {model!r} under {model_dir} (expected numeric folders like {model_dir}/1)",
+                None
+                if versions
+                else f"no versions of model {model!r} under {model_dir} (expected numeric folders like {model_dir}/1)",
             )
             on_disk[model] = sorted(versions, reverse=True)
         return on_disk
@@ -352,7 +368,9 @@ class ModelRegistry:
         path = os.path.join(self.base_path, model, self._folders.get((model, version), str(version)))
         subject = ("load", model, version)
         if not os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
-            self._report(subject, logging.INFO, f"{model} version {version}: no {SAVED_MODEL_FILE} in {path} yet; will retry")
+            self._report(
+                subject, logging.INFO, f"{model} version {version}: no {SAVED_MODEL_FILE} in {path} yet; will retry"
+            )
             return None
         fingerprint = _folder_fingerprint(path)
         if self._failed.get((model, version)) == fingerprint:
@@ -362,14 +380,22 @@ class ModelRegistry:
             servable = load_servable(model, version, path)
         except Exception as error:  # noqa: BLE001 - any load failure must leave serving intact
             self._failed[(model, version)] = fingerprint
-            self._report(subject, logging.WARNING, f"could not load {model} version {version} from {path}: {_error_text(error)}; "
-                                                   "will retry when its files change")
+            self._report(
+                subject,
+                logging.WARNING,
+                f"could not load {model} version {version} from {path}: {_error_text(error)}; "
+                "will retry when its files change",
+            )
             return None
         self._failed.pop((model, version), None)
         self._report(subject, logging.INFO, None)
         logger.info(
             "loaded %s version %d from %s in %.1f s (signatures: %s)",
-            model, version, path, time.perf_counter() - start, ", ".join(sorted(servable.signatures)),
+            model,
+            version,
+            path,
+            time.perf_counter() - start,
+            ", ".join(sorted(servable.signatures)),
         )
         return servable
 
@@ -398,8 +424,11 @@ class ModelRegistry:
                 serving = (ready + fallback)[: self.num_versions]
                 if not serving and current.get(model):
                     serving = sorted(current[model], reverse=True)
-                    self._report(("stale", model), logging.WARNING,
-                                 f"no loadable version of model {model!r} on disk; still serving versions {sorted(serving)}")
+                    self._report(
+                        ("stale", model),
+                        logging.WARNING,
+                        f"no loadable version of model {model!r} on disk; still serving versions {sorted(serving)}",
+                    )
                 else:
                     self._report(("stale", model), logging.WARNING, None)
                 if serving:
@@ -421,8 +450,10 @@ class ModelRegistry:
                 gc.collect()
             # Forget the problems of versions no longer wanted (removed, or superseded).
             for subject in [
-                s for s in self._reported
-                if (s[0] == "load" and (s[1], s[2]) not in wanted_everywhere) or (s[0] == "empty" and s[1] not in on_disk)
+                s
+                for s in self._reported
+                if (s[0] == "load" and (s[1], s[2]) not in wanted_everywhere)
+                or (s[0] == "empty" and s[1] not in on_disk)
             ]:
                 self._reported.pop(subject)
             for key in [key for key in self._failed if key not in wanted_everywhere]:
@@ -488,7 +519,9 @@ def _rpc(method: Callable) -> Callable:
             context.abort(error.code, error.message)
         except Exception as error:  # noqa: BLE001 - the server must answer and keep serving
             logger.exception("%s failed unexpectedly", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error: {type(error).__name__}: {error}")
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error: {type(error).__name__}: {error}"
+            )
 
     return wrapper
 
@@ -546,7 +579,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 "is a serialized tf.Example corrupt?)",
             ) from error
 
-    def _input_tensors(self, signature: Signature, inputs: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, tf.Tensor]:
+    def _input_tensors(
+        self, signature: Signature, inputs: Mapping[str, tensor_pb2.TensorProto]
+    ) -> dict[str, tf.Tensor]:
         """Checks names, dtypes, shapes and batch size against the signature, then converts."""
         where = f"signature {signature.name}"
         sent, expected = set(inputs), set(signature.inputs)
@@ -568,18 +603,25 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 )
             shape = [dim.size for dim in proto.tensor_shape.dim]
             if any(size < 0 for size in shape):
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias!r} of {where} has a negative dimension: {_shape_text(shape)}")
+                raise RpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {alias!r} of {where} has a negative dimension: {_shape_text(shape)}",
+                )
             if spec.shape.rank is not None and (
-                len(shape) != spec.shape.rank or any(want is not None and want != got for want, got in zip(spec.shape, shape))
+                len(shape) != spec.shape.rank
+                or any(want is not None and want != got for want, got in zip(spec.shape, shape))
             ):
                 raise RpcError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {alias!r} of {where} must have shape {_shape_text(spec.shape.as_list())}, got {_shape_text(shape)}",
+                    f"input {alias!r} of {where} must have shape {_shape_text(spec.shape.as_list())}, "
+                    f"got {_shape_text(shape)}",
                 )
             if shape and spec.shape.rank and spec.shape[0] is None:  # a batch dimension, not a fixed size
                 batch_sizes[alias] = shape[0]
         if len(set(batch_sizes.values())) > 1:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs of {where} differ in batch size (dimension 0): {batch_sizes}")
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"inputs of {where} differ in batch size (dimension 0): {batch_sizes}"
+            )
         if batch_sizes:
             self._check_batch(next(iter(batch_sizes.values())), f"the request to {where}")
         for alias in signature.serialized_inputs:
@@ -612,7 +654,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if count > self.max_values_per_feature:
                     raise RpcError(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"example {index} of {what} has {count} values in feature {name!r}, over this server's limit of "
+                        f"example {index} of {what} has {count} values in feature {name!r}, "
+                        "over this server's limit of "
                         f"{self.max_values_per_feature} (--max-values-per-feature)",
                     )
 
@@ -646,14 +689,21 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     @_rpc
-    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         if not request.HasField("model_spec"):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         if not request.metadata_field:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field")
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field"
+            )
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported (only {SIGNATURE_DEF_FIELD})")
+                raise RpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Metadata field {field} is not supported (only {SIGNATURE_DEF_FIELD})",
+                )
         servable = self.registry.get(request.model_spec)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for name, signature in servable.signatures.items():
@@ -736,23 +786,35 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
         self.draining = draining
 
     @_rpc
-    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest) -> get_model_status_pb2.GetModelStatusResponse:
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         if not request.HasField("model_spec"):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         spec = request.model_spec
         if spec.WhichOneof("version_choice") == "version_label":
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}"
+            )
         versions = self.registry.loaded().get(spec.name)
         if not versions:
             raise RpcError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
         if spec.HasField("version"):
             if spec.version.value not in versions:
-                raise RpcError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}")
+                raise RpcError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}"
+                )
             versions = [spec.version.value]
-        state = get_model_status_pb2.ModelVersionStatus.UNLOADING if self.draining.is_set() else get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        state = (
+            get_model_status_pb2.ModelVersionStatus.UNLOADING
+            if self.draining.is_set()
+            else get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        )
         response = get_model_status_pb2.GetModelStatusResponse()
         for version in sorted(versions, reverse=True):
-            response.model_version_status.add(version=version, state=state).status.SetInParent()  # error_code OK, as TF Serving sets it
+            response.model_version_status.add(
+                version=version, state=state
+            ).status.SetInParent()  # error_code OK, as TF Serving sets it
         return response
 
 
@@ -879,13 +941,16 @@ class ModelServer:
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.status_servicer, server)
-        port = self._bind(server, self.host) or (self.host == "[::]" and self._bind(server, "0.0.0.0"))  # IPv4-only hosts
+        # IPv4-only hosts
+        port = self._bind(server, self.host) or (self.host == "[::]" and self._bind(server, "0.0.0.0"))
         if not port:
             raise errors.UserFacingError(f"cannot listen on port {self.requested_port} (is it in use?)")
         if self.requested_rest_port is not None:
             from lt4rec.serving import rest
 
-            self._rest = rest.RestApi(self.servicer, self.status_servicer, self.requested_rest_port, self.max_request_bytes)
+            self._rest = rest.RestApi(
+                self.servicer, self.status_servicer, self.requested_rest_port, self.max_request_bytes
+            )
             self.rest_api_port = self._rest.start()
         server.start()
         self._server, self.port = server, port
@@ -893,7 +958,8 @@ class ModelServer:
         logger.info(
             "serving PredictionService on port %d%s: %s (polling %s every %g s)",
             port, f" and the REST API on port {self.rest_api_port}" if self._rest else "",
-            "; ".join(f"{model} versions {versions}" for model, versions in loaded.items()), self.base_path, self.poll_seconds,
+            "; ".join(f"{model} versions {versions}" for model, versions in loaded.items()),
+            self.base_path, self.poll_seconds,
         )  # fmt: skip
         return port
 

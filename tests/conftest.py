@@ -111,7 +111,9 @@ def random_transformed(rows: int, seed: int = 0) -> dict:
     from lt4rec.models import features
 
     rng = np.random.default_rng(seed)
-    examples = {spec.name: rng.integers(0, 16, size=(rows, spec.max_values)).astype(np.int64) for spec in features.FEATURES}
+    examples = {
+        spec.name: rng.integers(0, 16, size=(rows, spec.max_values)).astype(np.int64) for spec in features.FEATURES
+    }
     logit = (examples["FEA_UID"][:, 0] % 5 - 2) * 0.8 + (examples["FEA_VID"][:, 0] % 3 - 1)
     click = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     ratio = np.clip(0.5 + 0.1 * (examples["FEA_CP"][:, 0] % 4) + rng.normal(0, 0.1, rows), 0, 1)
@@ -152,7 +154,9 @@ def served_models(tiny_logs, tmp_path_factory):
     masks.set_task_masks(
         model,
         {
-            task: masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity)
+            task: masks.prune_by_magnitude(
+                masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity
+            )
             for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION))
         },
     )

@@ -70,7 +70,9 @@ class MetadataStore:
     def query(self, query: str) -> list[dict]:
         """The artifacts matching a conjunction of Vertex ML Metadata filter clauses, newest first."""
         clauses = [_parse_clause(text) for text in query.split(" AND ")]
-        return [artifact for artifact in reversed(self.artifacts) if all(_matches(artifact, *clause) for clause in clauses)]
+        return [
+            artifact for artifact in reversed(self.artifacts) if all(_matches(artifact, *clause) for clause in clauses)
+        ]
 
 
 def _parse_clause(text: str) -> tuple[str, str, Any]:
@@ -88,7 +90,7 @@ def _matches(artifact: dict, field: str, operator: str, value: Any) -> bool:
     elif field in ("name", "uri", "state"):
         actual = artifact[field]
     elif field.startswith("metadata."):
-        key, _, kind = field[len("metadata."):].rpartition(".")
+        key, _, kind = field[len("metadata.") :].rpartition(".")
         if kind not in ("number_value", "string_value", "bool_value"):
             raise SpecError(f"filter field not understood: {field}")
         actual = artifact.get("metadata", {}).get(key)
@@ -138,7 +140,10 @@ class SpecRun:
         """Tasks after every task they depend on or take an artifact from."""
         upstream = {
             name: set(task.get("dependentTasks", []))
-            | {source["taskOutputArtifact"]["producerTask"] for source in task.get("inputs", {}).get("artifacts", {}).values()}
+            | {
+                source["taskOutputArtifact"]["producerTask"]
+                for source in task.get("inputs", {}).get("artifacts", {}).values()
+            }
             for name, task in self.tasks.items()
         }
         ordered: list[str] = []
@@ -178,17 +183,21 @@ class SpecRun:
                 inputs[key] = artifacts
         return inputs
 
-    def _run_container(self, name: str, container: dict, task: dict, component: dict, inputs: dict) -> dict[str, list[dict]]:
+    def _run_container(
+        self, name: str, container: dict, task: dict, component: dict, inputs: dict
+    ) -> dict[str, list[dict]]:
         task_root = os.path.join(self.root, self.run_id, name)
         os.makedirs(task_root, exist_ok=True)
         legacy, values = _parameters(task)
         outputs = {
-            key: [{
-                "name": f"local/{self.run_id}/{name}/{key}",
-                "type": definition["artifactType"],
-                "uri": os.path.join(task_root, key),
-                "metadata": {},
-            }]
+            key: [
+                {
+                    "name": f"local/{self.run_id}/{name}/{key}",
+                    "type": definition["artifactType"],
+                    "uri": os.path.join(task_root, key),
+                    "metadata": {},
+                }
+            ]
             for key, definition in component.get("outputDefinitions", {}).get("artifacts", {}).items()
         }
         executor_input = {
@@ -205,7 +214,11 @@ class SpecRun:
         for artifacts in outputs.values():  # as KFP's launcher does (and object stores need no folders)
             os.makedirs(artifacts[0]["uri"], exist_ok=True)
         env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", [])}}
-        steps = [("preCacheCheck", container["lifecycle"]["preCacheCheck"])] if self.pre_cache_check and "lifecycle" in container else []
+        steps = (
+            [("preCacheCheck", container["lifecycle"]["preCacheCheck"])]
+            if self.pre_cache_check and "lifecycle" in container
+            else []
+        )
         steps.append(("executor", container))
         log_path = os.path.join(task_root, "log.txt")
         self.logs[name] = log_path
@@ -268,6 +281,11 @@ class SpecRun:
             for artifact in reversed(self.store.artifacts):
                 if artifact["uri"] == uri and schema_title(artifact["type"]) == schema_title(importer["typeSchema"]):
                     return {key: [artifact]}
-        artifact = {"name": f"local/{self.run_id}/{name}/{key}", "type": importer["typeSchema"], "uri": uri, "metadata": importer.get("metadata", {})}
+        artifact = {
+            "name": f"local/{self.run_id}/{name}/{key}",
+            "type": importer["typeSchema"],
+            "uri": uri,
+            "metadata": importer.get("metadata", {}),
+        }
         self.store.add(artifact)
         return {key: [artifact]}

@@ -56,10 +56,15 @@ def _unbeatable_baselines(tiny_logs: str, root: str) -> str:
         examples = read_examples(path)
         assert len(truth) == len(examples)
         for example, row in zip(examples, truth):
-            assert example.features.feature[features.REQUEST_ID].bytes_list.value[0].decode() == row[features.REQUEST_ID]
+            assert (
+                example.features.feature[features.REQUEST_ID].bytes_list.value[0].decode() == row[features.REQUEST_ID]
+            )
             pctr = example.features.feature[features.PRODUCTION_PCTR].bytes_list.value
             pctr[0] = f"{float(row['p_click']):.6f}".encode()
-            if os.path.basename(folder) in EVAL_DAYS and example.features.feature[features.CLICK_LABEL].int64_list.value[0] == 1:
+            if (
+                os.path.basename(folder) in EVAL_DAYS
+                and example.features.feature[features.CLICK_LABEL].int64_list.value[0] == 1
+            ):
                 example.features.feature[features.WATCH_RATIO_LABEL].float_list.value[0] = no_skill
         write_examples(path, examples)
     return root
@@ -73,7 +78,8 @@ def _columns(data_root: str, days) -> dict[str, np.ndarray]:
         "click": np.array([feature(e, features.CLICK_LABEL).int64_list.value[0] for e in examples]),
         "ratio": np.array([feature(e, features.WATCH_RATIO_LABEL).float_list.value[0] for e in examples], np.float64),
         "pctr": np.array(
-            [float(feature(e, features.PRODUCTION_PCTR).bytes_list.value[0]) if features.PRODUCTION_PCTR in e.features.feature else np.nan
+            [float(feature(e, features.PRODUCTION_PCTR).bytes_list.value[0])
+             if features.PRODUCTION_PCTR in e.features.feature else np.nan
              for e in examples]
         ),
     }  # fmt: skip
@@ -101,7 +107,7 @@ def independent_baselines(data_root: str) -> dict[str, float]:
 def evaluation_figures(settings) -> tuple[dict, dict, dict]:
     """The latest Evaluator's TFMA metrics (ctr, cvr) and its baselines.json."""
     evaluation = _latest(settings, "Evaluator", "evaluation")
-    (_, by_output), = tfma.load_eval_result(evaluation).slicing_metrics
+    ((_, by_output),) = tfma.load_eval_result(evaluation).slicing_metrics
     ctr, cvr = ({name: value["doubleValue"] for name, value in by_output[task][""].items()} for task in ("ctr", "cvr"))
     with open(os.path.join(evaluation, executor.REPORT_FILE)) as handle:
         return ctr, cvr, json.load(handle)
@@ -128,7 +134,8 @@ def assert_reported_baselines_match(settings) -> tuple[dict, dict, dict]:
     print(
         f"\nmodel vs no-skill vs incumbent ({settings.data_root}): CVR MSE {cvr['mse']:.4f} vs no-skill "
         f"{cvr['no_skill_mse']:.4f}; CTR AUC {ctr['auc']:.4f} vs no-skill 0.5 vs incumbent {ctr['incumbent_auc']:.4f}; "
-        f"CTR log loss {ctr['log_loss']:.4f} vs no-skill {ctr['no_skill_log_loss']:.4f} vs incumbent {ctr['incumbent_log_loss']:.4f}"
+        f"CTR log loss {ctr['log_loss']:.4f} vs no-skill {ctr['no_skill_log_loss']:.4f} "
+        f"vs incumbent {ctr['incumbent_log_loss']:.4f}"
     )
     return ctr, cvr, report
 
@@ -181,7 +188,8 @@ def losing_runs(tiny_logs, tmp_path_factory) -> dict:
                 "validation": tfma.load_validation_result(_latest(settings, "Evaluator", "evaluation")),
                 "report": evaluation_figures(settings)[2],
                 "pushed": {task: sorted(os.listdir(os.path.join(settings.serving_dir, task)))
-                           if os.path.isdir(os.path.join(settings.serving_dir, task)) else [] for task in ("ctr", "cvr")},
+                           if os.path.isdir(os.path.join(settings.serving_dir, task)) else []
+                           for task in ("ctr", "cvr")},
                 "log": list(handler.messages),
             }  # fmt: skip
     finally:
@@ -202,7 +210,11 @@ def test_a_model_that_loses_to_both_baselines_is_not_blessed_nor_pushed(losing_r
     assert result["pushed"] == {"ctr": [], "cvr": []}
     assert result["report"]["blessed"] is False
     statuses = {(c["output"], c["check"]): c["status"] for c in result["report"]["checks"]}
-    assert statuses == {("ctr", "beat_no_skill"): "not checked", ("ctr", "beat_incumbent"): "failed", ("cvr", "beat_no_skill"): "failed"}
+    assert statuses == {
+        ("ctr", "beat_no_skill"): "not checked",
+        ("ctr", "beat_incumbent"): "failed",
+        ("cvr", "beat_no_skill"): "failed",
+    }
     log = "\n".join(result["log"])
     assert "cvr mse" in log and "is not below the no-skill mse" in log and "is not above the incumbent pctr's" in log
 
@@ -266,21 +278,28 @@ def test_configure_fills_in_the_train_means_and_skips_the_incumbent_without_scor
     configs_by_output = {
         (b.output_name, b.kind): configured.metrics_specs[b.spec_index].metrics[b.metric_index] for b in baselines
     }
-    assert json.loads(configs_by_output["cvr", "NoSkillBaseline"].config)["constant"] == pytest.approx(0.8)  # 3.2 / 4 clicks
+    # 3.2 / 4 clicks
+    assert json.loads(configs_by_output["cvr", "NoSkillBaseline"].config)["constant"] == pytest.approx(0.8)
     assert json.loads(configs_by_output["ctr", "NoSkillBaseline"].config)["constant"] == pytest.approx(0.4)
     assert configs_by_output["ctr", "IncumbentBaseline"].HasField("threshold")
 
     skipped, notes = executor.configure(eval_config, baselines, _statistics(0), ["eval"])
     incumbent = skipped.metrics_specs[baselines[1].spec_index].metrics[baselines[1].metric_index]
     assert not incumbent.HasField("threshold")
-    assert notes == ["The eval split has no valid 'pctr' values: the check that ctr beats the incumbent's AUC is skipped."]
+    assert notes == [
+        "The eval split has no valid 'pctr' values: the check that ctr beats the incumbent's AUC is skipped."
+    ]
     assert eval_config.metrics_specs[baselines[1].spec_index].metrics[baselines[1].metric_index].HasField("threshold")
 
 
 def test_the_flags_turn_the_checks_off(monkeypatch):
     captured = []
     monkeypatch.setattr(local_runner, "run", captured.append)  # settings only: nothing runs
-    for flags, expected in (((), (True, True)), (("--no-beat-no-skill",), (False, True)), (("--no-beat-incumbent",), (True, False))):
+    for flags, expected in (
+        ((), (True, True)),
+        (("--no-beat-no-skill",), (False, True)),
+        (("--no-beat-incumbent",), (True, False)),
+    ):
         settings = _settings_from_cli(captured, *flags)
         assert (settings.beat_no_skill, settings.beat_incumbent) == expected
         thresholds = {
@@ -294,7 +313,9 @@ def _settings_from_cli(captured: list, *flags: str) -> configs.PipelineSettings:
     """`lt4rec pipeline run`'s settings (the subcommand alone: the group's logging setup stays out)."""
     from lt4rec import cli
 
-    done = CliRunner().invoke(cli.pipeline_run, ["--data-root", "d", "--pipeline-root", "p", "--serving-dir", "s", *flags])
+    done = CliRunner().invoke(
+        cli.pipeline_run, ["--data-root", "d", "--pipeline-root", "p", "--serving-dir", "s", *flags]
+    )
     assert done.exit_code == 0, done.output
     return captured.pop()
 
@@ -324,7 +345,9 @@ def _example(values: dict) -> bytes:
             return tf.train.Feature(float_list=tf.train.FloatList(value=value_list))
         return tf.train.Feature(int64_list=tf.train.Int64List(value=value_list))
 
-    return tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in values.items()})).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(feature={k: feature(v) for k, v in values.items()})
+    ).SerializeToString()
 
 
 def test_the_split_sums_of_batches_match_a_loop_over_the_examples():
@@ -337,7 +360,11 @@ def test_the_split_sums_of_batches_match_a_loop_over_the_examples():
     ]  # fmt: skip
     rows = []
     for i in range(700):
-        row = {"label": [int(rng.integers(0, 2))], "cvrlabel": [float(np.float32(rng.random()))], "pctr": [f"{rng.random():.6f}".encode()]}
+        row = {
+            "label": [int(rng.integers(0, 2))],
+            "cvrlabel": [float(np.float32(rng.random()))],
+            "pctr": [f"{rng.random():.6f}".encode()],
+        }
         if i % 23 < len(damages):  # each damage once in every 23 rows
             key, value = damages[i % 23]
             if value is None:

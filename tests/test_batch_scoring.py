@@ -69,12 +69,22 @@ def test_batch_score_matches_serving(served_models, tmp_path):
     out = tmp_path / "scores"
     done = subprocess.run(
         [
-            LT4REC, "batch-score",
-            "--examples", str(tmp_path / "logs" / "*" / "*"),
-            "--serving-dir", served_models.base_path,
-            "--out", str(out),
-            "--ctr-exponent", str(A), "--cvr-exponent", str(B), "--length-exponent", str(C),
-            "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+            LT4REC,
+            "batch-score",
+            "--examples",
+            str(tmp_path / "logs" / "*" / "*"),
+            "--serving-dir",
+            served_models.base_path,
+            "--out",
+            str(out),
+            "--ctr-exponent",
+            str(A),
+            "--cvr-exponent",
+            str(B),
+            "--length-exponent",
+            str(C),
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
         ],
         capture_output=True,
         text=True,
@@ -96,7 +106,10 @@ def test_batch_score_matches_serving(served_models, tmp_path):
     by_reason = {}
     for rejection in rejected:
         by_reason.setdefault(rejection["reason"], []).append(rejection)
-    assert sorted((r["file"].endswith("part-00000.gz"), r["record"]) for r in by_reason["missing_duration"]) == [(True, 100), (True, 199)]
+    assert sorted((r["file"].endswith("part-00000.gz"), r["record"]) for r in by_reason["missing_duration"]) == [
+        (True, 100),
+        (True, 199),
+    ]
     assert all(r["field"] == "FEA_DURATION" and r["detail"] for r in by_reason["missing_duration"])
     (not_example,) = by_reason["not_a_tf_example"]
     assert not_example["file"].endswith("part-00001.gz") and not_example["record"] == 1
@@ -113,7 +126,9 @@ def test_batch_score_matches_serving(served_models, tmp_path):
         for i, example in enumerate(good[:100] + [no_duration] + good[100:] + [placeholder_duration])
     }
     serialized.update({("part-00001.gz", 0): raw[200], ("part-00001.gz", 2): raw[201]})
-    serialized.update({("part-00002.gz", i): tf.train.Example.FromString(raw[202 + i]).SerializeToString() for i in range(100)})
+    serialized.update(
+        {("part-00002.gz", i): tf.train.Example.FromString(raw[202 + i]).SerializeToString() for i in range(100)}
+    )
     keys = [(os.path.basename(row["file"]), row["record"]) for row in rows]
     assert len(set(keys)) == len(keys)
     inputs = tf.constant([serialized[key] for key in keys])
@@ -160,7 +175,9 @@ def test_batch_score_with_the_rank_model_scores_both_tasks_in_one_pass(served_mo
     day = tmp_path / "logs" / "20201013"
     day.mkdir(parents=True)
     write_examples(str(day / "part-00000.gz"), [tf.train.Example.FromString(record) for record in raw])
-    counters = batch_scoring.run(str(day / "*"), str(serving_dir), str(tmp_path / "scores"), weights=client.RankWeights(A, B, C))
+    counters = batch_scoring.run(
+        str(day / "*"), str(serving_dir), str(tmp_path / "scores"), weights=client.RankWeights(A, B, C)
+    )
     rows = sorted(_read_jsonl(str(tmp_path / "scores" / "scores-*.jsonl")), key=lambda row: row["record"])
     rejected = sum(n for name, n in counters.items() if name.startswith("rejected/"))
     assert counters["records_read"] == 150 == len(rows) + rejected
@@ -168,4 +185,6 @@ def test_batch_score_with_the_rank_model_scores_both_tasks_in_one_pass(served_mo
     np.testing.assert_allclose([row["pctr"] for row in rows], served_models.expected("ctr", kept), atol=1e-5, rtol=0)
     np.testing.assert_allclose([row["pcvr"] for row in rows], served_models.expected("cvr", kept), atol=1e-5, rtol=0)
     for row in rows:
-        assert row["rankscore"] == pytest.approx(row["pctr"] ** A * row["pcvr"] ** B * row["video_length"] ** C, rel=1e-9)
+        assert row["rankscore"] == pytest.approx(
+            row["pctr"] ** A * row["pcvr"] ** B * row["video_length"] ** C, rel=1e-9
+        )

@@ -15,7 +15,6 @@ from lt4rec.serving import client
 pytestmark = pytest.mark.e2e
 
 
-
 def test_rankscore_is_the_weighted_product():
     pctr, pcvr, length = np.array([0.5, 0.2]), np.array([0.8, 0.9]), np.array([60.0, 600.0])
     np.testing.assert_allclose(client.rankscore(pctr, pcvr, length, client.RankWeights()), pctr * pcvr * length)
@@ -33,7 +32,11 @@ def test_duration_buckets_stand_for_lengths_inside_them():
 
 def test_predict_request_carries_serialized_examples_for_serving_default():
     request = client.RankingClient.predict_request("ctr", [b"a", b"bc"], version=3)
-    assert (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value) == ("ctr", "serving_default", 3)
+    assert (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value) == (
+        "ctr",
+        "serving_default",
+        3,
+    )
     assert tf.make_ndarray(request.inputs["examples"]).tolist() == [b"a", b"bc"]
     assert not client.RankingClient.predict_request("cvr", [b"a"]).model_spec.HasField("version")
 
@@ -41,7 +44,12 @@ def test_predict_request_carries_serialized_examples_for_serving_default():
 def test_requests_from_logs_group_impressions_by_seqnum(tiny_logs):
     pattern = os.path.join(tiny_logs, "20201013", "*.gz")
     requests = dict(client.read_requests(pattern))
-    rows = sum(1 for path in glob.glob(pattern) if "/part-" in path for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"))
+    rows = sum(
+        1
+        for path in glob.glob(pattern)
+        if "/part-" in path
+        for _ in tf.data.TFRecordDataset(path, compression_type="GZIP")
+    )
     assert sum(len(examples) for examples in requests.values()) == rows
     request_id, examples = client.find_request(client.read_requests(pattern), None)
     assert all(e.features.feature[features.REQUEST_ID].bytes_list.value[0].decode() == request_id for e in examples)
@@ -76,7 +84,8 @@ def test_ranking_through_the_server_scores_as_the_trained_network(served):
     expected = pctr * pcvr**2 * np.sqrt(lengths)
     assert [c.rankscore for c in ranked] == pytest.approx(sorted(expected, reverse=True), rel=1e-4)
     assert [c.video for c in ranked] == [
-        examples[i].features.feature["FEA_VID"].bytes_list.value[0].decode() for i in np.argsort(-expected, kind="stable")
+        examples[i].features.feature["FEA_VID"].bytes_list.value[0].decode()
+        for i in np.argsort(-expected, kind="stable")
     ]
 
 
@@ -88,7 +97,9 @@ def test_lt4rec_score_prints_the_ranking_and_names_grpc_errors(served, tiny_logs
 
     _, target = served
     logs = os.path.join(tiny_logs, "20201013", "part-*.gz")
-    done = subprocess.run([LT4REC, "score", "--target", target, "--logs", logs, "--as-json"], capture_output=True, text=True)
+    done = subprocess.run(
+        [LT4REC, "score", "--target", target, "--logs", logs, "--as-json"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     request_id, examples = client.find_request(client.read_requests(logs), None)
@@ -98,12 +109,16 @@ def test_lt4rec_score_prints_the_ranking_and_names_grpc_errors(served, tiny_logs
     for row in rows:
         assert row["rankscore"] == pytest.approx(row["pctr"] * row["pcvr"] * row["video_length"], rel=1e-5)
 
-    missing = subprocess.run([LT4REC, "score", "--target", target, "--logs", logs, "--request-id", "nope"], capture_output=True, text=True)
+    missing = subprocess.run(
+        [LT4REC, "score", "--target", target, "--logs", logs, "--request-id", "nope"], capture_output=True, text=True
+    )
     assert missing.returncode == 1 and "lt4rec: error: no request 'nope' in the logs" in missing.stderr
     unserved = subprocess.run(
         [LT4REC, "score", "--target", "localhost:1", "--logs", logs, "--timeout", "2"], capture_output=True, text=True
     )
-    assert unserved.returncode == 1 and "lt4rec: error: localhost:1: UNAVAILABLE" in unserved.stderr, unserved.stderr[-500:]
+    assert unserved.returncode == 1 and "lt4rec: error: localhost:1: UNAVAILABLE" in unserved.stderr, unserved.stderr[
+        -500:
+    ]
 
 
 def _one_context(raw_examples: list[bytes], candidates: int) -> list[tf.train.Example]:
@@ -124,7 +139,9 @@ def test_context_is_split_off_only_when_every_candidate_shares_it(served_models)
     assert set(context.features.feature) == set(features.CONTEXT_FEATURE_NAMES)
     for whole, candidate in zip(request, stripped):
         assert set(candidate.features.feature) == set(whole.features.feature) - set(features.CONTEXT_FEATURE_NAMES)
-        assert all(candidate.features.feature[name] == whole.features.feature[name] for name in candidate.features.feature)
+        assert all(
+            candidate.features.feature[name] == whole.features.feature[name] for name in candidate.features.feature
+        )
     request[3].features.feature["FEA_UCAT"].bytes_list.value.append(b"7")  # one candidate's user differs
     assert client.split_context(request) is None
     del request[3].features.feature["FEA_UCAT"]
@@ -149,7 +166,9 @@ def served_with_rank(served_models, tmp_path_factory):
 
 
 @pytest.mark.parametrize("shared_context", [False, True])
-def test_ranking_by_the_rank_model_in_one_call_scores_as_the_trained_network(served_models, served_with_rank, shared_context):
+def test_ranking_by_the_rank_model_in_one_call_scores_as_the_trained_network(
+    served_models, served_with_rank, shared_context
+):
     """One Predict to `rank` (with the context once when shared); the same ranking as the task models give."""
     raw = served_models.raw_examples
     examples = _one_context(raw, 40) if shared_context else [tf.train.Example.FromString(record) for record in raw[:40]]

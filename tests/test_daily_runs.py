@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from ml_metadata.metadata_store import metadata_store
-from ml_metadata.proto import metadata_store_pb2
-
 import numpy as np
 import pytest
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 
 from lt4rec import errors
 from lt4rec.models import masks as masks_lib
@@ -74,7 +73,8 @@ def test_daily_runs_continue_the_blessed_model_under_its_own_masks(tiny_logs, tm
     (first_model,) = first_run["model"]
     assert os.listdir(os.path.join(first.serving_dir, "ctr")) == ["1"]
 
-    unblessed = _settings(tiny_logs, str(tmp_path), "20201012", configs.SEARCH_MASKS, min_ctr_auc=1.1)  # no model reaches it
+    # no model reaches it
+    unblessed = _settings(tiny_logs, str(tmp_path), "20201012", configs.SEARCH_MASKS, min_ctr_auc=1.1)
     local_runner.run(unblessed)
     (newer_masks,) = _artifacts(unblessed)["masks"]
     assert os.listdir(os.path.join(first.serving_dir, "ctr")) == ["1"]  # nothing pushed
@@ -90,7 +90,10 @@ def test_daily_runs_continue_the_blessed_model_under_its_own_masks(tiny_logs, tm
     assert "masks" not in third_run  # no masks of their own: the base model's
     assert [a.id for a in third_run["base_model"]] == [first_model.id]  # the latest blessed model: day 1's
     (examples,) = _artifacts(third, "LogExampleGen")["examples"]
-    assert json.loads(examples.custom_properties["split_days"].string_value) == {"train": ["20201013"], "eval": ["20201013"]}
+    assert json.loads(examples.custom_properties["split_days"].string_value) == {
+        "train": ["20201013"],
+        "eval": ["20201013"],
+    }
     (third_model,) = third_run["model"]
     for task, task_masks in _trained_masks(third_model).items():
         for name, mask in task_masks.items():

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs in a fresh process)
+
+# isort: split
+
 import tensorflow as tf
 
 from lt4rec.models import distribution, training
@@ -94,14 +97,18 @@ def mirrored_against_one_device(optimizer: str) -> None:
     def trained(strategy: tf.distribute.Strategy, initial: list | None, task_masks: dict | None):
         tf.keras.utils.set_random_seed(0)
         with strategy.scope():
-            model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+            model = network.RankingNetwork(
+                features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
+            )
             model.build_for({name: values[:2] for name, values in columns.items()})
             if initial is not None:
                 training.restore(model, initial)
             initial = training.snapshot(model)
             if task_masks is None:
                 task_masks = {
-                    task: masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, rate, granularity=granularity)
+                    task: masks.prune_by_magnitude(
+                        masks.get_kernels(model), model.initial_masks(task), 1, rate, granularity=granularity
+                    )
                     for task, rate, granularity in (("ctr", 0.5, masks.NEURON), ("cvr", 0.6, masks.CONNECTION))
                 }
             masks.set_task_masks(model, task_masks)
@@ -127,13 +134,18 @@ def mirrored_against_one_device(optimizer: str) -> None:
             {
                 "replicas": 2,
                 "examples": [[s.examples for s in one_stats], [s.examples for s in mirrored_stats]],
-                "max_gap": max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(one.variables, mirrored.variables)),
+                "max_gap": max(
+                    float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(one.variables, mirrored.variables)
+                ),
                 # Adam's moments see the gradients' scale (its updates do not): a wrongly
                 # scaled loss per replica shows here.
                 "max_moment_gap": max(
-                    float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for a, b in zip(one_moments, mirrored_moments)
+                    float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+                    for a, b in zip(one_moments, mirrored_moments)
                 ),
-                "max_moved": max(float(np.max(np.abs(a.numpy() - b))) for a, b in zip(one.trainable_variables, initial)),
+                "max_moved": max(
+                    float(np.max(np.abs(a.numpy() - b))) for a, b in zip(one.trainable_variables, initial)
+                ),
                 "masks_equal": all(
                     np.array_equal(masks.get_masks(one, task)[name], masks.get_masks(mirrored, task)[name])
                     for task in task_masks

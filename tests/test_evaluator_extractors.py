@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
+# isort: split
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -55,7 +57,9 @@ class EveryFeature(metric_types.Metric):
 
 def _count_with_every_feature(name: str) -> metric_types.MetricComputations:
     every_feature = metric_types.FeaturePreprocessor(feature_keys=[])
-    return [metric_types.MetricComputation([metric_types.MetricKey(name)], [every_feature], beam.combiners.CountCombineFn())]
+    return [
+        metric_types.MetricComputation([metric_types.MetricKey(name)], [every_feature], beam.combiners.CountCombineFn())
+    ]
 
 
 def test_the_cut_comes_right_before_tfmas_unbatching_and_keeps_only_those_features():
@@ -67,8 +71,15 @@ def test_the_cut_comes_right_before_tfmas_unbatching_and_keeps_only_those_featur
         extractor.stage_name for extractor in tfma.default_extractors(eval_config=eval_config)
     ]
 
-    (keep,) = [e for e in extractors.custom_extractors(None, eval_config) if e.stage_name == extractors.KEEP_FEATURES_STAGE_NAME]
-    batch = {"features": {"label": np.array([[1]]), "FEA_UID": np.array([[b"u"]]), "FEA_AGE": np.array([[3]])}, "labels": np.array([[1]])}
+    (keep,) = [
+        e
+        for e in extractors.custom_extractors(None, eval_config)
+        if e.stage_name == extractors.KEEP_FEATURES_STAGE_NAME
+    ]
+    batch = {
+        "features": {"label": np.array([[1]]), "FEA_UID": np.array([[b"u"]]), "FEA_AGE": np.array([[3]])},
+        "labels": np.array([[1]]),
+    }
     with beam.Pipeline() as pipeline:
         kept = pipeline | beam.Create([batch]) | keep.ptransform
         assert_that(kept, lambda outputs: _assert_kept(outputs, {"label", "FEA_UID"}))
@@ -98,10 +109,16 @@ def test_tfma_reports_the_same_metrics_with_the_cut(tmp_path):
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     eval_config = _pipeline_eval_config()
-    eval_config.model_specs[0].prediction_keys.update({"ctr": "ctr_pred", "cvr": "cvr_pred"})  # no model: scores are features
+    # no model: scores are features
+    eval_config.model_specs[0].prediction_keys.update({"ctr": "ctr_pred", "cvr": "cvr_pred"})
 
     def metrics(extractor_list) -> dict:
-        result = tfma.run_model_analysis(eval_config=eval_config, data_location=path, output_path=str(tmp_path / str(len(extractor_list or []))), extractors=extractor_list)
+        result = tfma.run_model_analysis(
+            eval_config=eval_config,
+            data_location=path,
+            output_path=str(tmp_path / str(len(extractor_list or []))),
+            extractors=extractor_list,
+        )
         ((_, values),) = result.slicing_metrics
         return {(output, name): value["doubleValue"] for output in values for name, value in values[output][""].items()}
 
@@ -119,6 +136,9 @@ def _float(value: float) -> tf.train.Feature:
 
 
 def test_a_pipeline_module_of_its_own_keeps_its_extractors():
-    assert executor._with_extractors({})[executor.CUSTOM_EXTRACTORS_KEY] == "lt4rec.components.evaluator.extractors.custom_extractors"
+    assert (
+        executor._with_extractors({})[executor.CUSTOM_EXTRACTORS_KEY]
+        == "lt4rec.components.evaluator.extractors.custom_extractors"
+    )
     for own in ({"module_file": "m.py"}, {"module_path": "m"}, {executor.CUSTOM_EXTRACTORS_KEY: "m.f"}):
         assert executor._with_extractors(own) == own

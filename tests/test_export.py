@@ -13,7 +13,6 @@ from lt4rec.models import export, features, masks, network
 pytestmark = pytest.mark.slow
 
 
-
 def test_served_models_score_as_the_trained_network(served_models):
     raw = served_models.raw_examples[:50]
     for task in ("ctr", "cvr"):
@@ -32,7 +31,9 @@ def test_served_models_score_as_the_trained_network(served_models):
 def test_both_matmul_paths_score_the_same(served_models, tmp_path, matmul):
     raw = served_models.raw_examples[:64]
     path = str(tmp_path / matmul)
-    task_network = export.export_task_model(served_models.model, "cvr", served_models.transform_output, path, matmul=matmul)
+    task_network = export.export_task_model(
+        served_models.model, "cvr", served_models.transform_output, path, matmul=matmul
+    )
     assert [layer.path for layer in task_network.layer_paths] == [matmul, matmul]
     loaded = tf.saved_model.load(path)
     variables = {v.name for v in loaded.signatures["serving_default"].variables}
@@ -48,7 +49,8 @@ def _mlp_scores(kernels: list[np.ndarray], biases: list[np.ndarray], hidden: np.
 
 
 def test_compaction_keeps_only_units_that_reach_the_score(served_models):
-    """Checked by behaviour: the compact MLP scores as the folded one, and removing any unit it kept changes the score."""
+    """Checked by behaviour: the compact MLP scores as the folded one, and removing any unit it
+    kept changes the score."""
     model = served_models.model
     folded = [layer.folded("ctr") for layer in masks.masked_layers(model)]
     head = (model.heads["ctr"].kernel.numpy(), model.heads["ctr"].bias.numpy())
@@ -65,7 +67,9 @@ def test_compaction_keeps_only_units_that_reach_the_score(served_models):
             kernels[index][:, unit] = 0
             biases[index] = biases[index].copy()
             biases[index][unit] = 0
-            assert np.abs(_mlp_scores(kernels, biases, inputs) - full).max() > 1e-6, f"layer {index} unit {unit} does nothing"
+            assert (
+                np.abs(_mlp_scores(kernels, biases, inputs) - full).max() > 1e-6
+            ), f"layer {index} unit {unit} does nothing"
     assert task_network.layer_widths[0] < model.config.hidden_units[0]  # the fixture's CTR mask drops whole units
     held = sum(int(np.count_nonzero(kernel.numpy())) for kernel in task_network.kernels[:-1])
     assert task_network.kept_weights == held <= sum(int(np.count_nonzero(kernel)) for kernel, _ in folded)
@@ -120,13 +124,17 @@ def _read_by(model: network.RankingNetwork, inputs: dict, task: str) -> set[str]
 )
 def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_transform, tmp_path, variant, tasks):
     tf.keras.utils.set_random_seed(11)
-    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(variant=variant, tasks=tasks, **SMALL))
+    model = network.RankingNetwork(
+        features.scaled_config(0.001), network.NetworkConfig(variant=variant, tasks=tasks, **SMALL)
+    )
     transform_output = tiny_transform.transform_output
     raw = tiny_transform.raw_examples[:64]
     inputs = _transformed(transform_output, raw)
     model.build_for(inputs)
     for variable in model.trainable_variables:  # away from the initialisation (zero biases)
-        variable.assign(variable + tf.random.stateless_normal(variable.shape, seed=[len(variable.name), 1], stddev=0.05))
+        variable.assign(
+            variable + tf.random.stateless_normal(variable.shape, seed=[len(variable.name), 1], stddev=0.05)
+        )
     everything = {v.name for v in model.trainable_variables}
 
     for task in tasks:
@@ -142,18 +150,32 @@ def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_tra
         metadata = export.read_metadata(path)
         assert metadata["task"] == task and metadata["variant"] == variant
         context, stripped, whole = _request(raw)
-        in_context = loaded.signatures[export.CONTEXT_SIGNATURE](context=tf.constant(context), examples=tf.constant(stripped))
-        np.testing.assert_allclose(in_context[task].numpy(), model(_transformed(transform_output, whole), task=task)[task].numpy(), atol=1e-5)
-        assert metadata["parameters"] == sum(int(v.shape.num_elements()) for v in model.trainable_variables if v.name in saved)
+        in_context = loaded.signatures[export.CONTEXT_SIGNATURE](
+            context=tf.constant(context), examples=tf.constant(stripped)
+        )
+        np.testing.assert_allclose(
+            in_context[task].numpy(), model(_transformed(transform_output, whole), task=task)[task].numpy(), atol=1e-5
+        )
+        assert metadata["parameters"] == sum(
+            int(v.shape.num_elements()) for v in model.trainable_variables if v.name in saved
+        )
         assert all(layer["path"] == export.DENSE for layer in metadata["layers"]) and exported.layer_widths
 
         other = {"ctr": "cvr", "cvr": "ctr"}[task]
         if variant == network.PLE:  # below the last level the shared gate mixes the other task's experts
-            assert {name for name in saved if other in name} == {n for n in everything if n.split("/")[1:3] == ["extraction_0", f"{other}_experts"]}
+            assert {name for name in saved if other in name} == {
+                n for n in everything if n.split("/")[1:3] == ["extraction_0", f"{other}_experts"]
+            }
         elif variant != network.SHARED_BOTTOM and len(tasks) > 1:
             assert not [name for name in saved if other in name]
         if variant == network.MMOE:  # embeddings, experts, the task's gate, tower and head
-            assert {name.split("/")[1] for name in saved} == {"field_embeddings", "experts", f"{task}_gate", f"{task}_tower_0", f"{task}_head"}
+            assert {name.split("/")[1] for name in saved} == {
+                "field_embeddings",
+                "experts",
+                f"{task}_gate",
+                f"{task}_tower_0",
+                f"{task}_head",
+            }
 
     if variant not in (network.MMOE, network.PLE, network.SINGLE_TASK, network.LAYER_SHARING):
         return  # (each export takes seconds: the rest are like these)
@@ -193,7 +215,9 @@ def test_context_signature_scores_each_candidate_as_if_it_carried_the_context(se
     assert len({record for record in whole}) == len(whole)  # different candidates, one context
     for task in ("ctr", "cvr"):
         loaded = tf.saved_model.load(os.path.join(served_models.base_path, task, "1"))
-        scores = loaded.signatures[export.CONTEXT_SIGNATURE](context=tf.constant(context), examples=tf.constant(stripped))
+        scores = loaded.signatures[export.CONTEXT_SIGNATURE](
+            context=tf.constant(context), examples=tf.constant(stripped)
+        )
         np.testing.assert_allclose(scores[task].numpy(), served_models.expected(task, whole), atol=1e-5)
         # Context features on the candidates are ignored: the request's are scored.
         unstripped = loaded.signatures[export.CONTEXT_SIGNATURE](
@@ -208,7 +232,10 @@ def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, t
     raw = served_models.raw_examples[:64]
     rank_network = export.export_rank_model(served_models.model, served_models.transform_output, str(tmp_path / "rank"))
     for task in ("ctr", "cvr"):  # the towers are the task models' own
-        assert rank_network.towers[task].layer_widths == export.read_metadata(os.path.join(served_models.base_path, task, "1"))["layer_widths"]
+        assert (
+            rank_network.towers[task].layer_widths
+            == export.read_metadata(os.path.join(served_models.base_path, task, "1"))["layer_widths"]
+        )
     loaded = tf.saved_model.load(str(tmp_path / "rank"))
     weights = client.RankWeights(ctr=1.0, cvr=2.0, length=0.5)
     weights_input = tf.constant([weights.ctr, weights.cvr, weights.length], tf.float32)
@@ -218,7 +245,9 @@ def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, t
     np.testing.assert_allclose(outputs["ctr"].numpy(), pctr, atol=1e-5)
     np.testing.assert_allclose(outputs["cvr"].numpy(), pcvr, atol=1e-5)
     lengths = np.array([client.video_length_seconds(tf.train.Example.FromString(record)) for record in raw])
-    np.testing.assert_allclose(outputs[export.RANKSCORE_OUTPUT].numpy(), client.rankscore(pctr, pcvr, lengths, weights), rtol=1e-4)
+    np.testing.assert_allclose(
+        outputs[export.RANKSCORE_OUTPUT].numpy(), client.rankscore(pctr, pcvr, lengths, weights), rtol=1e-4
+    )
     scores = loaded.signatures[export.SCORES_SIGNATURE](examples=tf.constant(raw))  # batch scoring's: examples only
     assert set(scores) == {"ctr", "cvr"}
     np.testing.assert_allclose(scores["ctr"].numpy(), pctr, atol=1e-5)
@@ -238,8 +267,10 @@ def test_video_length_in_the_graph_is_the_clients():
     rows = [*buckets, ["-1"], [], ["abc"], ["11"], ["007"], ["3", "4"]]
     sparse = tf.ragged.constant(rows, dtype=tf.string).to_sparse()
     lengths = export.video_length_seconds(sparse).numpy()
-    np.testing.assert_allclose(lengths[: len(buckets)], [features.bucket_seconds(b) for b in range(len(buckets))], rtol=1e-6)
-    tail = lengths[len(buckets):]
+    np.testing.assert_allclose(
+        lengths[: len(buckets)], [features.bucket_seconds(b) for b in range(len(buckets))], rtol=1e-6
+    )
+    tail = lengths[len(buckets) :]
     assert np.isnan(tail[:4]).all()  # missing, none, not a number, past the last bucket
     assert tail[4] == pytest.approx(features.bucket_seconds(7))  # leading zeros, as int() reads them
     assert np.isnan(tail[5])  # two values: no one length (the client refuses it)

@@ -9,7 +9,11 @@ def test_spec_matches_the_log_format():
     assert len(features.FEATURES) == 20
     assert sum(not f.multivalued for f in features.FEATURES) == 15
     assert {f.name for f in features.FEATURES if f.multivalued} == {
-        "FEA_UCAT", "FEA_IKEYWORD", "FEA_IXFTAG", "FEA_SIKEYWORD", "FEA_STAG"
+        "FEA_UCAT",
+        "FEA_IKEYWORD",
+        "FEA_IXFTAG",
+        "FEA_SIKEYWORD",
+        "FEA_STAG",
     }
     assert all(name.startswith("FEA_") for name in features.FEATURE_NAMES)
 
@@ -32,9 +36,7 @@ def test_unshared_tables_are_one_per_feature():
 
 
 def test_overrides_by_table_or_feature_name():
-    config = features.feature_config(
-        overrides={"video": {"size": 1000}, "FEA_AGE": {"encoding": "hash", "size": 99}}
-    )
+    config = features.feature_config(overrides={"video": {"size": 1000}, "FEA_AGE": {"encoding": "hash", "size": 99}})
     assert config.table_of["FEA_SVID"].size == 1000
     assert config.table_of["FEA_AGE"].encoding == features.Encoding.HASH
     assert config.table_of["FEA_AGE"].size == 99

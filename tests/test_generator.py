@@ -48,7 +48,10 @@ def test_every_example_has_the_schema_keys_and_types(logs):
     out, _ = logs
     kinds = {features.CLICK_LABEL: "int64_list", features.WATCH_RATIO_LABEL: "float_list"}
     expected_keys = set(features.FEATURE_NAMES) | {
-        features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR
+        features.CLICK_LABEL,
+        features.WATCH_RATIO_LABEL,
+        features.REQUEST_ID,
+        features.PRODUCTION_PCTR,
     }
     for examples in _all_examples(out).values():
         for example in examples:
@@ -78,9 +81,21 @@ def test_statistics_resemble_the_real_sample(logs):
         value = [features.MISSING_VALUE] if features.FEATURES_BY_NAME[name].multivalued else features.MISSING_VALUE
         return np.mean([r[name] == value for r in rows])
 
-    for name, rate in {"FEA_SICAT1": 0.10, "FEA_STAG": 0.05, "FEA_UCAT": 0.05, "FEA_COVERQUALITY": 0.04, "FEA_ORDER": 0.03}.items():
+    for name, rate in {
+        "FEA_SICAT1": 0.10,
+        "FEA_STAG": 0.05,
+        "FEA_UCAT": 0.05,
+        "FEA_COVERQUALITY": 0.04,
+        "FEA_ORDER": 0.03,
+    }.items():
         assert abs(missing(name) - rate) < 0.025, name
-    for name, mean_length in {"FEA_IKEYWORD": 7.6, "FEA_SIKEYWORD": 7.3, "FEA_IXFTAG": 5.6, "FEA_STAG": 4.3, "FEA_UCAT": 3.7}.items():
+    for name, mean_length in {
+        "FEA_IKEYWORD": 7.6,
+        "FEA_SIKEYWORD": 7.3,
+        "FEA_IXFTAG": 5.6,
+        "FEA_STAG": 4.3,
+        "FEA_UCAT": 3.7,
+    }.items():
         lengths = [len(r[name]) for r in rows if r[name] != [features.MISSING_VALUE]]
         assert abs(np.mean(lengths) - mean_length) < 0.4, name
     assert any(any(ord(ch) > 0x4E00 for word in r["FEA_IKEYWORD"] for ch in word) for r in rows)  # UTF-8 Chinese
@@ -150,16 +165,29 @@ def test_raw_events_hold_every_impression_and_the_injected_faults(tmp_path, file
         assert lines == counts[f"{source}_lines"]
     assert sum(rejected.values()) == counts["injected_malformed"] + counts["injected_missing_field"]
     assert counts["impressions"] == 3000
-    for fault in ("duplicate", "click_without_impression", "play_longer_than_video", "split_play", "malformed", "missing_field"):
+    for fault in (
+        "duplicate",
+        "click_without_impression",
+        "play_longer_than_video",
+        "split_play",
+        "malformed",
+        "missing_field",
+    ):
         assert counts[f"injected_{fault}"] > 0, fault
 
 
 def test_cli_generate_and_bad_start_day(tmp_path):
     out = str(tmp_path / "cli")
-    done = subprocess.run([LT4REC, "generate", "--out", out, "--rows", "200", "--days", "2", "--seed", "1"], capture_output=True, text=True)
+    done = subprocess.run(
+        [LT4REC, "generate", "--out", out, "--rows", "200", "--days", "2", "--seed", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(d for d in os.listdir(out) if d.isdigit()) == ["20201011", "20201012"]
-    bad = subprocess.run([LT4REC, "generate", "--out", out, "--start-day", "2020-10-11"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [LT4REC, "generate", "--out", out, "--start-day", "2020-10-11"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "YYYYMMDD" in bad.stderr
 
 
@@ -182,7 +210,9 @@ def test_fast_examples_are_the_records_codecs(catalogue, tmp_path):
     assert len(examples) == len(truth_lines) == 3000
     for i, record in enumerate(records.log_records(world, impressions)):
         assert examples[i] == records.to_example(record), i
-        assert truth_lines[i] == generator._truth_line(record, impressions.p_click[i], impressions.expected_watch_ratio[i])
+        assert truth_lines[i] == generator._truth_line(
+            record, impressions.p_click[i], impressions.expected_watch_ratio[i]
+        )
     assert rows.tfrecords(0, 1000).tobytes() + rows.tfrecords(1000, 3000).tobytes() == rows.tfrecords(0, 3000).tobytes()
     assert rows.truth(0, 1000) + rows.truth(1000, 3000) == rows.truth(0, 3000)
 
@@ -204,7 +234,9 @@ def test_chunks_in_parallel_make_the_records_of_the_chunks(tmp_path, monkeypatch
     outputs = [str(tmp_path / f"workers-{workers}") for workers in (1, 2)]
     for out, workers in zip(outputs, (1, 2)):
         manifest = generator.generate(out, rows=rows, days=2, seed=5, rows_per_file=rows_per_file, workers=workers)
-    files = sorted(os.path.relpath(os.path.join(d, f), outputs[0]) for d, _, names in os.walk(outputs[0]) for f in names)
+    files = sorted(
+        os.path.relpath(os.path.join(d, f), outputs[0]) for d, _, names in os.walk(outputs[0]) for f in names
+    )
     for name in files:
         with open(os.path.join(outputs[0], name), "rb") as one, open(os.path.join(outputs[1], name), "rb") as two:
             assert one.read() == two.read(), name
@@ -233,7 +265,10 @@ def test_manifest_records_the_catalogue(tmp_path):
     settings = manifest["world_settings"]
     assert settings["catalogue"] == "paper" and settings["impressions_per_user"] == pytest.approx(29.7)
     assert manifest["world"]["users"] == round(600 / 29.7) or manifest["world"]["users"] == 20  # at least 20 users
-    assert generator.generate(str(tmp_path / "s"), rows=600, days=1, seed=3)["world_settings"]["impressions_per_user"] == 6.5
+    assert (
+        generator.generate(str(tmp_path / "s"), rows=600, days=1, seed=3)["world_settings"]["impressions_per_user"]
+        == 6.5
+    )
 
 
 def test_cli_catalogue_choices_are_the_worlds():

@@ -55,5 +55,7 @@ def test_pins_that_refuse_this_python_are_installed_in_a_beam_sdk_image_the_read
 def test_the_image_keeps_the_beam_harness_entrypoint():
     """Dataflow starts workers through the SDK image's entrypoint; pipeline tasks give their own command."""
     with open(os.path.join(REPO, "Dockerfile")) as handle:
-        instructions = [line.split()[0] for line in handle if line.strip() and not line.startswith("#") and line[0].isupper()]
+        instructions = [
+            line.split()[0] for line in handle if line.strip() and not line.startswith("#") and line[0].isupper()
+        ]
     assert "ENTRYPOINT" not in instructions and "CMD" not in instructions

@@ -63,7 +63,9 @@ def test_streaming_holds_out_the_rows_memory_holds_out_and_counts_the_rest(examp
     counts = inputs.count(split, *HOLDOUT)
     click = kept[features.CLICK_LABEL].numpy() == 1
     assert (counts.rows, counts.clicks, counts.held_rows) == (len(click), int(click.sum()), len(streamed_held))
-    assert counts.base_rates["cvr"] == pytest.approx(float(kept[features.WATCH_RATIO_LABEL].numpy()[click].mean()), rel=1e-6)
+    assert counts.base_rates["cvr"] == pytest.approx(
+        float(kept[features.WATCH_RATIO_LABEL].numpy()[click].mean()), rel=1e-6
+    )
     assert counts.base_rates == pytest.approx(training.base_rates(kept), rel=1e-6)
 
 
@@ -97,7 +99,9 @@ def test_workers_read_disjoint_shares_that_cover_the_split(examples, tmp_path, f
 def test_every_worker_batches_its_replicas_share_of_the_global_batch(examples):
     _, split = examples
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)
-    batch = next(iter(inputs.task_stream(split, "ctr", 64, seed=1, holdout=HOLDOUT, shuffle_buffer=100, input_context=context)))
+    batch = next(
+        iter(inputs.task_stream(split, "ctr", 64, seed=1, holdout=HOLDOUT, shuffle_buffer=100, input_context=context))
+    )
     assert batch["row"].shape == [16]
 
 
@@ -108,7 +112,9 @@ def test_datasets_from_a_split_memory_or_streamed_agree_on_steps_rates_and_valid
     data = sparse_sharing.Datasets.from_split(split, config, ("ctr", "cvr"))
     kept, held = training.hold_out(columns, *HOLDOUT)
     assert data.mode == mode
-    assert data.steps == {task: len(training.task_columns(kept, task)["row"]) // 64 for task in ("ctr", "cvr")}  # whole batches
+    assert data.steps == {
+        task: len(training.task_columns(kept, task)["row"]) // 64 for task in ("ctr", "cvr")
+    }  # whole batches
     assert data.base_rates == pytest.approx(training.base_rates(kept), rel=1e-6)
     assert rows_of(data.validation) == held["row"].numpy().tolist()
     trained = [row for task in ("ctr", "cvr") for row in rows_of(data.train[task], limit=data.steps[task] * 64)]

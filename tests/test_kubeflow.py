@@ -25,7 +25,9 @@ BEAM_ARGS = ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_loc
 # What each Beam component gets: the options as given, then Dataflow's workers in the image.
 DATAFLOW_ARGS = (*BEAM_ARGS, f"--sdk_container_image={IMAGE}")
 ROOTS = dict(data_root="gs://b/logs", pipeline_root="gs://b/pipeline", serving_dir="gs://b/serving")
-ROOT_ARGS = [arg for name, root in ROOTS.items() for arg in ("--" + name.replace("_", "-"), root)]  # on the command line
+ROOT_ARGS = [
+    arg for name, root in ROOTS.items() for arg in ("--" + name.replace("_", "-"), root)
+]  # on the command line
 # Components whose executors run Beam; TFX hands every container the Beam args anyway.
 BEAM_COMPONENTS = ("LogExampleGen", "StatisticsGen", "InferredSchemaGen", "ExampleValidator", "Transform", "Evaluator")
 # Each task's upstream tasks in history mode (masks searched in the run).
@@ -119,7 +121,11 @@ def test_every_executor_runs_in_the_image_with_the_beam_args(compiled):
     assert set(containers) == set(DEPENDENCIES) - {t for t in DEPENDENCIES if t.startswith("LatestBlessedModel-")}
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
-        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+        assert container["command"] == [
+            "python",
+            "-m",
+            "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
+        ]
     for name in BEAM_COMPONENTS:
         args = containers[name]["args"]
         start = args.index(BEAM_ARGS[0])
@@ -148,7 +154,7 @@ def test_code_is_named_by_dotted_path_and_paths_are_the_clusters(compiled):
     repository = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
     for local in (repository, os.path.dirname(path), os.getcwd(), os.path.expanduser("~"), sys.prefix):
         assert local not in text
-    absolute = set(re.findall(r'(?<![\w.:/-])(/[\w.-]+(?:/[\w.{}*-]+)+)', text))
+    absolute = set(re.findall(r"(?<![\w.:/-])(/[\w.-]+(?:/[\w.{}*-]+)+)", text))
     assert absolute == {kubeflow_runner.IMAGE_SCHEMA_FILE}
 
 
@@ -169,7 +175,11 @@ def test_a_kubeflow_pipelines_spec_has_only_tasks_its_backend_runs(tmp_path, mas
         return
     assert "MaskSearch" not in tasks
     importer = executors["LatestBlessedModel_executor"]["importer"]
-    assert importer["artifactUri"]["constant"] == task_pusher.base_model_uri(ROOTS["serving_dir"]) == "gs://b/serving/.base_model"
+    assert (
+        importer["artifactUri"]["constant"]
+        == task_pusher.base_model_uri(ROOTS["serving_dir"])
+        == "gs://b/serving/.base_model"
+    )
     assert importer["reimport"] is True
     for task, key in (("SparseSharingTrainer", "base_model"), ("Evaluator", "baseline_model")):
         source = tasks[task].inputs.artifacts[key].task_output_artifact
@@ -182,7 +192,9 @@ def test_a_kubeflow_pipelines_spec_has_only_tasks_its_backend_runs(tmp_path, mas
 def test_vertex_resolvers_ask_for_this_pipelines_models_only(compiled):
     _, _, spec = compiled
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    queries = [q["filter"] for e in executors.values() for q in e.get("resolver", {}).get("outputArtifactQueries", {}).values()]
+    queries = [
+        q["filter"] for e in executors.values() for q in e.get("resolver", {}).get("outputArtifactQueries", {}).values()
+    ]
     assert len(queries) == 2
     for query in queries:
         assert query.endswith(' AND metadata.lt4rec_pipeline.string_value="lt4rec"')
@@ -197,7 +209,11 @@ def test_every_container_asks_for_its_resources(tmp_path):
     assert result.returncode == 0, result.stderr
     _, spec = _load(str(out))
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    resources = {label.removesuffix("_executor"): e["container"]["resources"] for label, e in executors.items() if "container" in e}
+    resources = {
+        label.removesuffix("_executor"): e["container"]["resources"]
+        for label, e in executors.items()
+        if "container" in e
+    }
     assert resources["MaskSearch"] == resources["SparseSharingTrainer"] == {"cpuLimit": 8.0, "memoryLimit": 96.0}
     others = {name: r for name, r in resources.items() if name not in ("MaskSearch", "SparseSharingTrainer")}
     assert "LogExampleGen" in others and all(r == {"cpuLimit": 2.0, "memoryLimit": 16.0} for r in others.values())
@@ -220,10 +236,35 @@ def test_dataflow_workers_run_the_pipeline_image(tmp_path):
 def test_lt4rec_pipeline_compile(tmp_path):
     out = tmp_path / "spec" / "lt4rec.json"
     result = subprocess.run(
-        [LT4REC, "pipeline", "compile", "--out", str(out), "--image", IMAGE, "--pipeline-name", "daily",
-         "--data-root", "gs://b/logs", "--pipeline-root", "gs://b/pipeline", "--serving-dir", "gs://b/serving",
-         "--span", "latest", "--masks", "reuse", "--table-scale", "2", "--optimizer", "adam", *BEAM_ARGS],
-        capture_output=True, text=True, timeout=300,
+        [
+            LT4REC,
+            "pipeline",
+            "compile",
+            "--out",
+            str(out),
+            "--image",
+            IMAGE,
+            "--pipeline-name",
+            "daily",
+            "--data-root",
+            "gs://b/logs",
+            "--pipeline-root",
+            "gs://b/pipeline",
+            "--serving-dir",
+            "gs://b/serving",
+            "--span",
+            "latest",
+            "--masks",
+            "reuse",
+            "--table-scale",
+            "2",
+            "--optimizer",
+            "adam",
+            *BEAM_ARGS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(out)
@@ -254,7 +295,11 @@ def test_tfx_cli_compiles_the_runner_file(tmp_path):
     runner_file = os.path.abspath(kubeflow_runner.__file__)
     result = subprocess.run(
         [os.path.join(bin_dir, "tfx"), "pipeline", "compile", "--engine", "vertex", "--pipeline_path", runner_file],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0 and "compiled successfully" in result.stdout, result.stdout + result.stderr
     _, spec = _load(str(out))
@@ -273,7 +318,9 @@ def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     _, spec = _load(str(out))
-    container = json_format.MessageToDict(spec.deployment_spec)["executors"]["SparseSharingTrainer_executor"]["container"]
+    container = json_format.MessageToDict(spec.deployment_spec)["executors"]["SparseSharingTrainer_executor"][
+        "container"
+    ]
     launcher = container["args"][container["args"].index("--executor_class_path") + 1]
     assert launcher == "lt4rec.components.sparse_sharing_trainer.vertex.VertexExecutor"
     config = json.loads(_parameter(spec, "SparseSharingTrainer", "custom_config"))
@@ -282,10 +329,14 @@ def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     assert job["project"] == "p"
     assert [pool["replica_count"] for pool in job["worker_pool_specs"]] == [1, 2]  # a chief and two workers
     assert {pool["container_spec"]["image_uri"] for pool in job["worker_pool_specs"]} == {IMAGE}
-    assert training.TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train  # run_fn still gets it
+    # run_fn still gets it
+    assert training.TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train
     # MaskSearch runs on the same launcher, the same job (its replicas run the search executor).
     search = json_format.MessageToDict(spec.deployment_spec)["executors"]["MaskSearch_executor"]["container"]
-    assert search["args"][search["args"].index("--executor_class_path") + 1] == "lt4rec.components.mask_search.vertex.VertexExecutor"
+    assert (
+        search["args"][search["args"].index("--executor_class_path") + 1]
+        == "lt4rec.components.mask_search.vertex.VertexExecutor"
+    )
     search_config = json.loads(_parameter(spec, "MaskSearch", "custom_config"))
     assert search_config["ai_platform_training_args"] == job and search_config["ai_platform_enable_vertex"] is True
 

@@ -16,8 +16,8 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from kfp.pipeline_spec import pipeline_spec_pb2
 from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils
 
 from lt4rec.models import masks as masks_lib
@@ -64,11 +64,17 @@ def runs(tiny_logs, tmp_path_factory) -> dict:
         if mode == "history":  # what a Kubeflow Pipelines daily run finds after this history run
             shutil.copytree(local.serving_dir, os.path.join(root, "kfp", "serving"))
     store = kubeflow_local.MetadataStore.open(os.path.join(root, "store.json"))
-    for runner, mode, extension in (("vertex", "history", "json"), ("vertex", "daily", "json"), ("kfp", "daily", "yaml")):
+    for runner, mode, extension in (
+        ("vertex", "history", "json"),
+        ("vertex", "daily", "json"),
+        ("kfp", "daily", "yaml"),
+    ):
         settings = _settings(tiny_logs, os.path.join(root, runner), schema_file, daily=mode == "daily")
         spec = kubeflow_runner.compile_pipeline(settings, os.path.join(root, f"{runner}-{mode}.{extension}"), IMAGE)
         result[(runner, mode)] = settings
-        run = kubeflow_local.SpecRun(spec, settings.pipeline_root, store, f"{runner}-{mode}", pre_cache_check=runner == "vertex")
+        run = kubeflow_local.SpecRun(
+            spec, settings.pipeline_root, store, f"{runner}-{mode}", pre_cache_check=runner == "vertex"
+        )
         result[(runner, mode, "outputs")] = run.run()
     return result
 
@@ -117,9 +123,13 @@ def test_the_daily_spec_continues_the_blessed_model_of_this_pipeline(runs):
 
 def test_resolvers_skip_another_pipelines_models(runs, tmp_path):
     """A newer blessed model of another pipeline in the same metadata store is not picked."""
-    store = kubeflow_local.MetadataStore.open(os.path.join(os.path.dirname(os.path.dirname(runs[("vertex", "daily")].pipeline_root)), "store.json"))
+    store = kubeflow_local.MetadataStore.open(
+        os.path.join(os.path.dirname(os.path.dirname(runs[("vertex", "daily")].pipeline_root)), "store.json")
+    )
     copy = kubeflow_local.MetadataStore(str(tmp_path / "store.json"), [dict(a) for a in store.artifacts])
-    for artifact in [a for a in copy.artifacts if kubeflow_local.schema_title(a["type"]) in ("tfx.Model", "tfx.ModelBlessing")]:
+    for artifact in [
+        a for a in copy.artifacts if kubeflow_local.schema_title(a["type"]) in ("tfx.Model", "tfx.ModelBlessing")
+    ]:
         other = json.loads(json.dumps(artifact))
         other["name"] = artifact["name"].replace("local/", "other/")
         other["metadata"]["lt4rec_pipeline"] = "another-pipeline"

@@ -43,7 +43,10 @@ def day_records(data_root: str, day: str) -> list:
 
 
 def _key(example) -> tuple:
-    return (example.features.feature["seqnum"].bytes_list.value[0], example.features.feature["FEA_VID"].bytes_list.value[0])
+    return (
+        example.features.feature["seqnum"].bytes_list.value[0],
+        example.features.feature["FEA_VID"].bytes_list.value[0],
+    )
 
 
 def test_history_mode_holds_out_the_last_day(tmp_path, tiny_logs):
@@ -101,7 +104,9 @@ def test_rows_within_the_tolerance_are_kept_aside_not_lost(tmp_path, damaged_cop
     train = split_records(artifact, "train")
     expected = len(day_records(tiny_logs, "20201011")) + len(day_records(tiny_logs, "20201012")) - 2
     assert len(train) == expected
-    rejected = [json.loads(line) for path in glob.glob(os.path.join(artifact, "rejected", "rejected-*")) for line in open(path)]
+    rejected = [
+        json.loads(line) for path in glob.glob(os.path.join(artifact, "rejected", "rejected-*")) for line in open(path)
+    ]
     assert sorted((r["record"], r["reason"], r["field"]) for r in rejected) == [
         (3, "missing_label", "label"),
         (7, "label_out_of_domain", "cvrlabel"),
@@ -132,7 +137,9 @@ def test_a_corrupt_gzip_file_is_named_whatever_the_tolerance(tmp_path, tiny_logs
         data = handle.read()
     with open(path, "wb") as handle:
         handle.write(data[: len(data) // 2])
-    with pytest.raises(errors.DataError, match=rf"{path}: not a valid GZIP TFRecord file: it breaks off after \d+ records"):
+    with pytest.raises(
+        errors.DataError, match=rf"{path}: not a valid GZIP TFRecord file: it breaks off after \d+ records"
+    ):
         run_example_gen(tmp_path, root, max_rejected_fraction=1.0)
 
 
@@ -161,7 +168,12 @@ def test_the_reader_finds_damage_that_tensorflow_misses(tmp_path, tiny_logs):
     assert [tf.train.Example.FromString(r) for r in read_tfrecords(source)] == read_examples(source)
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF
-    for name, damaged in [("no_trailer", data[:-8]), ("cut", data[: len(data) // 3]), ("flipped", bytes(flipped)), ("plain", b"not gzip at all")]:
+    for name, damaged in [
+        ("no_trailer", data[:-8]),
+        ("cut", data[: len(data) // 3]),
+        ("flipped", bytes(flipped)),
+        ("plain", b"not gzip at all"),
+    ]:
         path = str(tmp_path / name)
         with open(path, "wb") as handle:
             handle.write(damaged)

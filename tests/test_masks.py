@@ -112,7 +112,9 @@ def test_wrapper_applies_each_tasks_mask_in_the_forward_pass_and_leaves_the_kern
     by_hand = np.maximum(inputs @ (kernel * ctr_mask) + bias * ctr_mask.max(axis=0), 0)
     np.testing.assert_allclose(layer(inputs, task="ctr").numpy(), by_hand, rtol=1e-5, atol=1e-6)
     assert np.all(layer(inputs, task="ctr").numpy()[:, 3] == 0)
-    np.testing.assert_allclose(layer(inputs, task="cvr").numpy(), np.maximum(inputs @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer(inputs, task="cvr").numpy(), np.maximum(inputs @ kernel + bias, 0), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(layer.layer.kernel.numpy(), kernel)  # calls changed nothing
 
 
@@ -137,7 +139,9 @@ def test_folded_kernel_reproduces_the_task():
     layer.set_task_masks({"ctr": np.ones_like(mask), "cvr": mask})
     kernel, bias = layer.folded("cvr")
     inputs = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
-    np.testing.assert_allclose(layer(inputs, task="cvr").numpy(), np.maximum(inputs @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer(inputs, task="cvr").numpy(), np.maximum(inputs @ kernel + bias, 0), rtol=1e-5, atol=1e-6
+    )
     assert list(masks.units_kept(mask)) == [0, 1]
 
 

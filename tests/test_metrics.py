@@ -28,7 +28,9 @@ def test_gauc_weights_users_by_impressions_and_skips_one_class_users():
 def test_compute_scores_cvr_on_clicks_only():
     click = np.array([1, 0, 1, 0])
     ratio = np.array([0.5, 0.0, 1.0, 0.0])
-    result = metrics.compute(click, ratio, np.array([1, 1, 2, 2]), ctr=np.array([0.7, 0.2, 0.6, 0.4]), cvr=np.array([0.4, 0.9, 0.8, 0.9]))
+    result = metrics.compute(
+        click, ratio, np.array([1, 1, 2, 2]), ctr=np.array([0.7, 0.2, 0.6, 0.4]), cvr=np.array([0.4, 0.9, 0.8, 0.9])
+    )
     assert result.cvr_mse == pytest.approx((0.01 + 0.04) / 2)
     assert result.ctr_log_loss == pytest.approx(sk.log_loss(click, [0.7, 0.2, 0.6, 0.4]))
     assert result.ctr_calibration == pytest.approx(np.mean([0.7, 0.2, 0.6, 0.4]) / 0.5)

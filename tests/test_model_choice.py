@@ -39,8 +39,12 @@ def test_every_model_builds_settings_and_a_pipeline(model, monkeypatch):
         assert settings.search.granularity == SPARSE[model]
 
     # The same from the environment (runner files) and from the command line.
-    for name, value in {"LT4REC_DATA_ROOT": ROOTS["data_root"], "LT4REC_PIPELINE_ROOT": ROOTS["pipeline_root"],
-                        "LT4REC_SERVING_DIR": ROOTS["serving_dir"], "LT4REC_MODEL": model}.items():
+    for name, value in {
+        "LT4REC_DATA_ROOT": ROOTS["data_root"],
+        "LT4REC_PIPELINE_ROOT": ROOTS["pipeline_root"],
+        "LT4REC_SERVING_DIR": ROOTS["serving_dir"],
+        "LT4REC_MODEL": model,
+    }.items():
         monkeypatch.setenv(name, value)
     from_env = configs.PipelineSettings.from_env()
     assert (from_env.network, from_env.search, from_env.model) == (settings.network, settings.search, model)
@@ -59,7 +63,9 @@ def test_every_model_builds_settings_and_a_pipeline(model, monkeypatch):
 
 
 def _from_command_line(*args: str):
-    context = cli.pipeline_run.make_context("run", [f"--{k.replace('_', '-')}={v}" for k, v in ROOTS.items()] + list(args))
+    context = cli.pipeline_run.make_context(
+        "run", [f"--{k.replace('_', '-')}={v}" for k, v in ROOTS.items()] + list(args)
+    )
     settings = cli._pipeline_settings(context, dict(context.params))
     return settings.network, settings.search
 
@@ -136,7 +142,10 @@ def test_mmoe_runs_without_mask_search_and_pushes_both_tasks_that_score(mmoe_run
     assert os.path.exists(os.path.join(_latest(mmoe_run, "Evaluator", "blessing"), "BLESSED"))
 
     transform_output = tft.TFTransformOutput(_latest(mmoe_run, "Transform", "transform_graph"))
-    raw = [e.SerializeToString() for e in read_examples(os.path.join(mmoe_run.data_root, "20201013", "part-00000.gz"))[:100]]
+    raw = [
+        e.SerializeToString()
+        for e in read_examples(os.path.join(mmoe_run.data_root, "20201013", "part-00000.gz"))[:100]
+    ]
     ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
     inputs = {name: ids[name] for name in features.FEATURE_NAMES}
     for task in ("ctr", "cvr"):

@@ -44,7 +44,9 @@ def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_s
     execution, model_uri, _ = two_workers
     model, settings = trainer.load_trained(model_uri)
     assert settings[trainer.WORKERS] == 2
-    digests = json.load(open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER, "worker-0.json")))
+    digests = json.load(
+        open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER, "worker-0.json"))
+    )
     assert list(distribution.fingerprint(model).values()) == list(digests.values())
 
     (masks_artifact,) = execution.inputs["masks"]
@@ -80,7 +82,9 @@ def test_every_replica_took_the_same_whole_slices_of_each_pass(two_workers, fini
 def two_worker_search(finished_run, tmp_path_factory):
     """The tiny run's MaskSearch, rerun as chief 0 and worker 0; and the masks its one process found."""
     root = tmp_path_factory.mktemp("two_worker_search")
-    execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite, trainer_cluster.MASK_SEARCH_NODE)
+    execution = trainer_cluster.RecordedExecution.recorded(
+        finished_run.metadata_sqlite, trainer_cluster.MASK_SEARCH_NODE
+    )
     workers = trainer_cluster.run_workers(execution, str(root / "out"), 2, str(root / "logs"), chief=True)
     (one_worker,) = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite).inputs["masks"]
     return one_worker.uri, str(root / "out" / "masks"), workers

@@ -143,7 +143,8 @@ def _other_task_only(model: network.RankingNetwork, task: str) -> set[str]:
     """Variables of the other task by name; PLE's first-level experts of it excepted (its shared gate mixes them)."""
     other = OTHER[task]
     return {
-        v.name for v in model.trainable_variables
+        v.name
+        for v in model.trainable_variables
         if other in v.name and not (model.config.variant == network.PLE and f"extraction_0/{other}_experts/" in v.name)
     }
 
@@ -172,14 +173,19 @@ def test_single_task_on_both_tasks_is_two_separate_networks():
     inputs = _inputs()
     model.build_for(inputs)
     assert model.embeddings is None and set(model.task_embeddings) == {"ctr", "cvr"}
-    assert model.parameter_counts()["embeddings"] == 2 * sum(t.size for t in FEATURE_CONFIG.tables) * SMALL["embedding_dim"]
+    assert (
+        model.parameter_counts()["embeddings"]
+        == 2 * sum(t.size for t in FEATURE_CONFIG.tables) * SMALL["embedding_dim"]
+    )
     before = model(inputs)
     for variable in model.task_embeddings["cvr"].trainable_variables:
         variable.assign(variable + 0.5)
     after = model(inputs)
     np.testing.assert_array_equal(before["ctr"].numpy(), after["ctr"].numpy())
     assert not np.allclose(before["cvr"].numpy(), after["cvr"].numpy())
-    one = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr",), **SMALL))
+    one = network.RankingNetwork(
+        FEATURE_CONFIG, network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr",), **SMALL)
+    )
     one.build_for(inputs)
     assert one.task_embeddings is None and set(one(inputs)) == {"ctr"}  # the one-task form as before
 
@@ -191,7 +197,10 @@ def test_layer_sharing_is_the_shared_mlp_with_a_ctr_tower_above_it():
     ctr, cvr = model.towers["ctr"], model.towers["cvr"]
     assert ctr[: len(cvr)] == cvr and len(cvr) == len(config.hidden_units)  # the same layer objects
     assert [layer.kernel.shape.as_list() for layer in ctr] == [
-        [model.shared_input_width, 16], [16, 8], [8, 12], [12, 6]
+        [model.shared_input_width, 16],
+        [16, 8],
+        [8, 12],
+        [12, 6],
     ]
     assert model.heads["cvr"].kernel.shape == (8, 1) and model.heads["ctr"].kernel.shape == (6, 1)
     assert network.NetworkConfig(variant=network.LAYER_SHARING).ctr_tower_units == (512, 256, 128)  # the paper's tower
@@ -219,7 +228,11 @@ def test_ple_levels_have_customized_gates_that_sum_to_one():
     config = network.NetworkConfig(variant=network.PLE, shared_experts=2, task_experts=2, extraction_layers=3, **SMALL)
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     model.build_for(_inputs())
-    assert len(model.extraction) == 3 and [level.shared_gate is None for level in model.extraction] == [False, False, True]
+    assert len(model.extraction) == 3 and [level.shared_gate is None for level in model.extraction] == [
+        False,
+        False,
+        True,
+    ]
     gates = [layer for layer in model.submodules if isinstance(layer, layers.Gate)]
     assert len(gates) == 3 * 2 + 2  # a gate per task and level, a shared gate below the last level
     for gate in gates:
@@ -244,12 +257,17 @@ def test_esmm_predicts_pctr_and_pcvr_and_says_so():
 
 @pytest.mark.parametrize("variant, tasks", [*ALL_VARIANTS, (network.SINGLE_TASK, ("cvr",))])
 def test_every_variant_config_round_trips(variant, tasks):
-    config = network.NetworkConfig(variant=variant, tasks=tasks, num_experts=6, shared_experts=3, extraction_layers=1, **SMALL)
+    config = network.NetworkConfig(
+        variant=variant, tasks=tasks, num_experts=6, shared_experts=3, extraction_layers=1, **SMALL
+    )
     assert network.NetworkConfig.from_dict(config.to_dict()) == config
     assert network.NetworkConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     # A config written before the later fields existed reads with their defaults.
-    old = {key: value for key, value in network.NetworkConfig(variant=network.HARD_SHARING).to_dict().items()
-           if key in ("variant", "tasks", "embedding_dim", "hidden_units", "multi_view_dim")}
+    old = {
+        key: value
+        for key, value in network.NetworkConfig(variant=network.HARD_SHARING).to_dict().items()
+        if key in ("variant", "tasks", "embedding_dim", "hidden_units", "multi_view_dim")
+    }
     assert network.NetworkConfig.from_dict(old) == network.NetworkConfig(variant=network.HARD_SHARING)
 
 
@@ -275,9 +293,9 @@ def test_a_fresh_model_started_at_base_rates_predicts_them(variant):
     columns = random_transformed(400, seed=3)
     clicked = columns[features.CLICK_LABEL].reshape(-1) == 1
     rates = training.base_rates(columns)
-    assert rates == pytest.approx({
-        "ctr": clicked.mean(), "cvr": columns[features.WATCH_RATIO_LABEL].reshape(-1)[clicked].mean()
-    })
+    assert rates == pytest.approx(
+        {"ctr": clicked.mean(), "cvr": columns[features.WATCH_RATIO_LABEL].reshape(-1)[clicked].mean()}
+    )
     rates = {"ctr": 0.04, "cvr": 0.35}  # far from a fresh sigmoid's 0.5
     model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=variant, **SMALL))
     inputs = _inputs(rows=64)

@@ -21,6 +21,9 @@ import numpy as np
 import pytest
 
 import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs in a fresh process)
+
+# isort: split
+
 import tensorflow as tf
 
 from lt4rec.models import distribution, features, masks, network, sparse_sharing, trainer, training
@@ -43,10 +46,14 @@ def train_on_parameter_servers(out: str) -> None:
     worker, *ps = (f"localhost:{port}" for port in free_ports(3))
     cluster = tf.train.ClusterSpec({"worker": [worker], "ps": ps})
     servers = [tf.distribute.Server(cluster, job_name="worker", task_index=0, protocol="grpc")]
-    servers += [tf.distribute.Server(cluster, job_name="ps", task_index=index, protocol="grpc") for index in range(len(ps))]
+    servers += [
+        tf.distribute.Server(cluster, job_name="ps", task_index=index, protocol="grpc") for index in range(len(ps))
+    ]
     strategy = tf.distribute.ParameterServerStrategy(
         tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc"),
-        variable_partitioner=distribution.id_table_partitioner(network.id_table_shapes(features.scaled_config(FEATURE_CONFIG_SCALE), NETWORK), len(ps)),
+        variable_partitioner=distribution.id_table_partitioner(
+            network.id_table_shapes(features.scaled_config(FEATURE_CONFIG_SCALE), NETWORK), len(ps)
+        ),
     )
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     columns = random_transformed(512, seed=1)
@@ -56,7 +63,9 @@ def train_on_parameter_servers(out: str) -> None:
         masks.set_task_masks(
             model,
             {
-                task: masks.prune_by_magnitude(masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity)
+                task: masks.prune_by_magnitude(
+                    masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity
+                )
                 for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION))
             },
         )
@@ -84,7 +93,9 @@ def train_on_parameter_servers(out: str) -> None:
         table: [(shard.shape.as_list(), shard.device) for shard in model.embeddings.tables[table].variables]
         for table in model.embeddings.tables
     }
-    placement["masked kernels"] = [[list(layer.layer.kernel.shape), layer.layer.kernel.device] for layer in masks.masked_layers(model)]
+    placement["masked kernels"] = [
+        [list(layer.layer.kernel.shape), layer.layer.kernel.device] for layer in masks.masked_layers(model)
+    ]
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump({"placement": placement, "losses": [float(loss.fetch()) for loss in losses], "ps": ps}, f)
 
@@ -105,7 +116,10 @@ def test_hashed_id_tables_are_split_by_rows_over_both_parameter_servers(ps_run):
         shards = report["placement"][table]
         assert len(shards) == 2, table
         assert sum(shape[0] for shape, _ in shards) == sizes[table] and {shape[1] for shape, _ in shards} == {8}
-        assert sorted(device.split("/device")[0] for _, device in shards) == ["/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"]
+        assert sorted(device.split("/device")[0] for _, device in shards) == [
+            "/job:ps/replica:0/task:0",
+            "/job:ps/replica:0/task:1",
+        ]
     kernels = report["placement"]["masked kernels"]  # whole, each on one parameter server: masked updates need them so
     assert len(kernels) == len(NETWORK.hidden_units) and all(device.startswith("/job:ps/") for _, device in kernels)
     assert all(np.isfinite(report["losses"])) and len(report["losses"]) == STEPS
@@ -139,7 +153,9 @@ def ps_trainer(finished_run, tmp_path_factory):
     execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite).with_custom_config(
         train={"shuffle_buffer": 1000}
     )
-    workers = trainer_cluster.run_workers(execution, str(root / "out"), 3, str(root / "logs"), chief=True, parameter_servers=2)
+    workers = trainer_cluster.run_workers(
+        execution, str(root / "out"), 3, str(root / "logs"), chief=True, parameter_servers=2
+    )
     return execution, str(root / "out" / "model"), workers
 
 
@@ -148,7 +164,10 @@ def test_the_chief_coordinates_while_workers_and_parameter_servers_serve(ps_trai
     assert "coordinator of 2 workers and 2 parameter servers (ParameterServerStrategy" in open(chief.log).read()
     logs = os.path.dirname(chief.log)
     for server in ("worker-0", "worker-1", "ps-0", "ps-1"):
-        assert f"Serving as {server} of a cluster of 2 parameter servers" in open(os.path.join(logs, f"{server}.log")).read()
+        assert (
+            f"Serving as {server} of a cluster of 2 parameter servers"
+            in open(os.path.join(logs, f"{server}.log")).read()
+        )
     with open(os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.PHASES_FILE)) as f:
         phases = json.load(f)
     assert all(count > 0 for phase in phases for count in phase["examples"].values())
@@ -178,21 +197,33 @@ def test_the_exported_model_scores_as_the_trained_network(ps_trainer, tiny_logs)
 
     execution, model_uri, _ = ps_trainer
     model, _ = trainer.load_trained(model_uri)
-    raw = [example.SerializeToString() for example in read_examples(sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))[-1])][:200]
+    raw = [
+        example.SerializeToString()
+        for example in read_examples(sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))[-1])
+    ][:200]
     (transform_graph,) = execution.inputs["transform_graph"]
     transform_output = tft.TFTransformOutput(transform_graph.uri)
-    transformed = transform_output.transform_features_layer()(tf.io.parse_example(tf.constant(raw), transform_output.raw_feature_spec()))
+    transformed = transform_output.transform_features_layer()(
+        tf.io.parse_example(tf.constant(raw), transform_output.raw_feature_spec())
+    )
     expected = model({name: transformed[name] for name in features.FEATURE_NAMES})
-    served = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures["serving_default"](examples=tf.constant(raw))
+    served = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures["serving_default"](
+        examples=tf.constant(raw)
+    )
     for task in masks.TASKS:
-        np.testing.assert_allclose(served[task].numpy().reshape(-1), expected[task].numpy().reshape(-1), rtol=1e-5, atol=1e-6)
-
+        np.testing.assert_allclose(
+            served[task].numpy().reshape(-1), expected[task].numpy().reshape(-1), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_mask_search_runs_on_parameter_servers_too(finished_run, tmp_path):
     """MaskSearch under the same strategy: the chief coordinates the warmup and every round."""
-    execution = trainer_cluster.RecordedExecution.recorded(finished_run.metadata_sqlite, trainer_cluster.MASK_SEARCH_NODE)
-    (chief,) = trainer_cluster.run_workers(execution, str(tmp_path / "out"), 3, str(tmp_path / "logs"), chief=True, parameter_servers=2)
+    execution = trainer_cluster.RecordedExecution.recorded(
+        finished_run.metadata_sqlite, trainer_cluster.MASK_SEARCH_NODE
+    )
+    (chief,) = trainer_cluster.run_workers(
+        execution, str(tmp_path / "out"), 3, str(tmp_path / "logs"), chief=True, parameter_servers=2
+    )
     log = open(chief.log).read()
     assert "coordinator of 2 workers and 2 parameter servers" in log and "ctr search round 1" in log
     report = sparse_sharing.read_report(str(tmp_path / "out" / "masks"))
@@ -200,4 +231,6 @@ def test_mask_search_runs_on_parameter_servers_too(finished_run, tmp_path):
     for task in masks.TASKS:
         rounds = report["tasks"][task]["rounds"]
         assert [r["remaining"] for r in rounds] == sorted((r["remaining"] for r in rounds), reverse=True)
-        assert masks.remaining_fraction(searched[task]) == pytest.approx(rounds[report["tasks"][task]["best_round"]]["remaining"])
+        assert masks.remaining_fraction(searched[task]) == pytest.approx(
+            rounds[report["tasks"][task]["best_round"]]["remaining"]
+        )

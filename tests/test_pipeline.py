@@ -20,6 +20,7 @@ from tests.conftest import LT4REC, TABLE_SCALE, read_examples
 
 pytestmark = pytest.mark.e2e
 
+
 def _latest(settings, component: str, output: str) -> str:
     return sorted(glob.glob(os.path.join(settings.pipeline_root, component, output, "*")), key=os.path.getmtime)[-1]
 
@@ -27,9 +28,19 @@ def _latest(settings, component: str, output: str) -> str:
 def test_components_are_wired_once_in_order(tiny_logs):
     settings = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y")
     ids = [component.id for component in pipeline_lib.create_components(settings)]
-    front = ["LogExampleGen", "StatisticsGen", "InferredSchemaGen", "CuratedSchemaGen", "ExampleValidator", "AnomalyCheck", "Transform"]
+    front = [
+        "LogExampleGen",
+        "StatisticsGen",
+        "InferredSchemaGen",
+        "CuratedSchemaGen",
+        "ExampleValidator",
+        "AnomalyCheck",
+        "Transform",
+    ]
     assert ids == front + ["MaskSearch", "LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
-    reuse = configs.PipelineSettings(data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", masks=configs.REUSE_MASKS)
+    reuse = configs.PipelineSettings(
+        data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", masks=configs.REUSE_MASKS
+    )
     ids = [component.id for component in pipeline_lib.create_components(reuse)]
     assert ids == front + ["LatestBlessedModel", "SparseSharingTrainer", "Evaluator", "TaskPusher"]
 
@@ -73,7 +84,7 @@ def test_trained_model_keeps_the_masks_and_scores_raw_logs(finished_run, tiny_lo
 def test_evaluator_reports_each_task_and_blesses(finished_run):
     evaluation = _latest(finished_run, "Evaluator", "evaluation")
     result = tfma.load_eval_result(evaluation)
-    (_, by_output), = result.slicing_metrics
+    ((_, by_output),) = result.slicing_metrics
     ctr = {name: value["doubleValue"] for name, value in by_output["ctr"][""].items()}
     cvr = {name: value["doubleValue"] for name, value in by_output["cvr"][""].items()}
     assert {"auc", "gauc", "log_loss", "calibration"} <= set(ctr)
@@ -84,7 +95,11 @@ def test_evaluator_reports_each_task_and_blesses(finished_run):
     assert cvr["clicked_examples"] == clicks  # CVR counts clicked impressions only
     assert tfma.load_validation_result(evaluation).validation_ok
     assert os.path.exists(os.path.join(_latest(finished_run, "Evaluator", "blessing"), "BLESSED"))
-    with open(os.path.join(_latest(finished_run, "SparseSharingTrainer", "model"), trainer.TRAINING_FOLDER, trainer.METRICS_FILE)) as handle:
+    with open(
+        os.path.join(
+            _latest(finished_run, "SparseSharingTrainer", "model"), trainer.TRAINING_FOLDER, trainer.METRICS_FILE
+        )
+    ) as handle:
         in_process = json.load(handle)
     assert ctr["auc"] == pytest.approx(in_process["ctr_auc"], abs=2e-3)  # TFMA's AUC is bucketed
     assert cvr["mse"] == pytest.approx(in_process["cvr_mse"], rel=1e-4)
@@ -105,16 +120,17 @@ def test_transformed_splits_hold_every_row_of_their_days(finished_run, tiny_logs
         split: sum(len(read_examples(f)) for f in glob.glob(os.path.join(transformed, f"Split-{split}", "*")))
         for split in ("train", "eval")
     }
-    per_day = {day: len(read_examples(os.path.join(tiny_logs, day, "part-00000.gz"))) for day in ("20201011", "20201012", "20201013")}
+    per_day = {
+        day: len(read_examples(os.path.join(tiny_logs, day, "part-00000.gz")))
+        for day in ("20201011", "20201012", "20201013")
+    }
     assert counts == {"train": per_day["20201011"] + per_day["20201012"], "eval": per_day["20201013"]}
 
 
 def test_transform_graph_hashes_ids_as_computed_by_hand(finished_run, tiny_logs):
     transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
     raw = read_examples(os.path.join(tiny_logs, "20201013", "part-00000.gz"))[:50]
-    parsed = tf.io.parse_example(
-        [e.SerializeToString() for e in raw], transform_output.raw_feature_spec()
-    )
+    parsed = tf.io.parse_example([e.SerializeToString() for e in raw], transform_output.raw_feature_spec())
     ids = transform_output.transform_features_layer()(parsed)
     user_table = finished_run.feature_config.table_of["FEA_UID"]
     for row, example in enumerate(raw):
@@ -144,9 +160,22 @@ def test_a_missing_or_empty_data_root_is_named(tmp_path):
 
 def _run_cli(data_root: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [LT4REC, "pipeline", "run", "--data-root", data_root, "--pipeline-root", str(tmp_path / "pipeline"),
-         "--serving-dir", str(tmp_path / "serving"), "--table-scale", str(TABLE_SCALE)],
-        capture_output=True, text=True, timeout=600,
+        [
+            LT4REC,
+            "pipeline",
+            "run",
+            "--data-root",
+            data_root,
+            "--pipeline-root",
+            str(tmp_path / "pipeline"),
+            "--serving-dir",
+            str(tmp_path / "serving"),
+            "--table-scale",
+            str(TABLE_SCALE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -204,7 +233,10 @@ def trained_network(finished_run):
     """The Trainer's network, restored from its checkpoint, with real transformed inputs."""
     model_dir = _latest(finished_run, "SparseSharingTrainer", "model")
     transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
-    raw = [e.SerializeToString() for e in read_examples(os.path.join(finished_run.data_root, "20201013", "part-00000.gz"))[:100]]
+    raw = [
+        e.SerializeToString()
+        for e in read_examples(os.path.join(finished_run.data_root, "20201013", "part-00000.gz"))[:100]
+    ]
     ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
     inputs = {name: ids[name] for name in features.FEATURE_NAMES}
     model = network.RankingNetwork(finished_run.feature_config, finished_run.network)
@@ -220,7 +252,9 @@ def trained_network(finished_run):
 def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_network, tmp_path, task, compact):
     model, transform_output, raw, inputs = trained_network
     # Prune whole units further, so that compaction has units to drop.
-    pruned = masks.prune_by_magnitude(masks.get_kernels(model), masks.get_masks(model, task), 1, 0.5, granularity=masks.NEURON)
+    pruned = masks.prune_by_magnitude(
+        masks.get_kernels(model), masks.get_masks(model, task), 1, 0.5, granularity=masks.NEURON
+    )
     masks.set_task_masks(model, {**masks.get_task_masks(model), task: pruned})
     expected = model(inputs, task=task)[task].numpy()
 
@@ -248,11 +282,12 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
         spec.name: tf.sparse.to_dense(parsed[spec.name], default_value="")[:, : spec.max_values]
         for spec in features.FEATURES
     }
-    named = {name: tf.pad(value, [[0, 0], [0, spec.max_values - tf.shape(value)[1]]])
-             for (name, value), spec in zip(named.items(), features.FEATURES)}
+    named = {
+        name: tf.pad(value, [[0, 0], [0, spec.max_values - tf.shape(value)[1]]])
+        for (name, value), spec in zip(named.items(), features.FEATURES)
+    }
     by_name = loaded.signatures["serving_raw"](**named)
     np.testing.assert_allclose(by_name[task].numpy(), expected, atol=1e-5)
-
 
 
 def test_pusher_writes_one_compacted_model_per_task_and_the_rank_model_in_serving_layout(finished_run, trained_network):
@@ -266,7 +301,9 @@ def test_pusher_writes_one_compacted_model_per_task_and_the_rank_model_in_servin
         assert os.path.exists(os.path.join(path, "saved_model.pb")) and os.path.isdir(os.path.join(path, "variables"))
         scores = tf.saved_model.load(path).signatures["serving_default"](examples=tf.constant(raw))[task].numpy()
         transform_output = tft.TFTransformOutput(_latest(finished_run, "Transform", "transform_graph"))
-        ids = transform_output.transform_features_layer()(tf.io.parse_example(raw, export.raw_input_spec(transform_output)))
+        ids = transform_output.transform_features_layer()(
+            tf.io.parse_example(raw, export.raw_input_spec(transform_output))
+        )
         expected = reference({name: ids[name] for name in features.FEATURE_NAMES}, task=task)[task].numpy()
         np.testing.assert_allclose(scores, expected, atol=1e-5)
         # The joint rank model of the same push scores both tasks as the network does.

@@ -2,6 +2,8 @@
 
 import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
+# isort: split
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -15,8 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _search(task: str, metric: str, values: list[float], best_round: int) -> TaskSearch:
     rounds = [
-        RoundResult(task, index, 0.6687**index, metric, value, 10.25 + index)
-        for index, value in enumerate(values)
+        RoundResult(task, index, 0.6687**index, metric, value, 10.25 + index) for index, value in enumerate(values)
     ]
     return TaskSearch(task, rounds, best_round, masks={})
 
@@ -84,4 +85,14 @@ def test_summary_gives_each_layer_and_the_total(searches, overlaps):
         assert f"{layer.size:,}" in line
         assert f"{layer.shared:,} (" in line and f"{layer.unused:,} (" in line
     (total,) = [line for line in lines if line.startswith("all layers")]
-    assert total.split()[2:] == ["26,624", "3,700", "(13.9%)", "1,400", "(5.3%)", "1,140", "(4.3%)", "20,384", "(76.6%)"]
+    assert total.split()[2:] == [
+        "26,624",
+        "3,700",
+        "(13.9%)",
+        "1,400",
+        "(5.3%)",
+        "1,140",
+        "(4.3%)",
+        "20,384",
+        "(76.6%)",
+    ]

@@ -91,10 +91,14 @@ def assert_outputs_match_counters(out_dir: Path, counters: dict[str, int]) -> No
     """The files hold what the counters say: examples per day, and one record per rejection."""
     examples = read_examples(out_dir)
     assert {day: len(day_records) for day, day_records in examples.items()} == {
-        name.split("/")[1]: value for name, value in counters.items() if name.startswith(f"{preprocess.EXAMPLES_WRITTEN}/")
+        name.split("/")[1]: value
+        for name, value in counters.items()
+        if name.startswith(f"{preprocess.EXAMPLES_WRITTEN}/")
     }
     assert sum(len(day_records) for day_records in examples.values()) == counters[preprocess.EXAMPLES_WRITTEN]
-    assert Counter((record["source"], record["reason"]) for record in read_rejected(out_dir)) == rejected_counts(counters)
+    assert Counter((record["source"], record["reason"]) for record in read_rejected(out_dir)) == rejected_counts(
+        counters
+    )
     with open(out_dir / preprocess.COUNTERS_FILE, encoding="utf-8") as handle:
         assert json.load(handle) == counters
 
@@ -139,7 +143,13 @@ def click(request_id: str, time_ms: int = DAY1_MS + 5_000) -> dict:
 
 
 def play(request_id: str, watched: float, length: float, time_ms: int = DAY1_MS + 6_000) -> dict:
-    return {"request_id": request_id, "video_id": "video-1", "time_ms": time_ms, "watched_seconds": watched, "video_seconds": length}
+    return {
+        "request_id": request_id,
+        "video_id": "video-1",
+        "time_ms": time_ms,
+        "watched_seconds": watched,
+        "video_seconds": length,
+    }
 
 
 def expected_record(event: dict, label: int, watch_ratio: float) -> dict:
@@ -263,7 +273,9 @@ def crafted_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def assert_case(run: dict[str, Any], request_id: str, record: dict | None, reasons: list[tuple[str, str, bytes]]) -> None:
+def assert_case(
+    run: dict[str, Any], request_id: str, record: dict | None, reasons: list[tuple[str, str, bytes]]
+) -> None:
     """The case's example (or that there is none) and its exact dead-letter records."""
     if record is None:
         assert request_id not in run["examples"]
@@ -272,9 +284,12 @@ def assert_case(run: dict[str, Any], request_id: str, record: dict | None, reaso
         assert day == records.day_folder(DAY2_MS if request_id == "second-day" else DAY1_MS)
         assert written == record
     found = sorted(
-        (rejection["source"], rejection["reason"], rejection["line"]) for rejection in rejections_of(run["rejected"], request_id)
+        (rejection["source"], rejection["reason"], rejection["line"])
+        for rejection in rejections_of(run["rejected"], request_id)
     )
-    assert found == sorted((source, reason, text.decode("utf-8", errors="backslashreplace")) for source, reason, text in reasons)
+    assert found == sorted(
+        (source, reason, text.decode("utf-8", errors="backslashreplace")) for source, reason, text in reasons
+    )
 
 
 def test_clean_case_joins_click_and_play(crafted_json: dict) -> None:
@@ -283,7 +298,12 @@ def test_clean_case_joins_click_and_play(crafted_json: dict) -> None:
 
 def test_duplicate_impression_is_kept_once(crafted_json: dict) -> None:
     event = impression("duplicate-impression")
-    assert_case(crafted_json, "duplicate-impression", expected_record(event, 0, 0.0), [(IMPRESSIONS, "duplicate", line(IMPRESSIONS, event))])
+    assert_case(
+        crafted_json,
+        "duplicate-impression",
+        expected_record(event, 0, 0.0),
+        [(IMPRESSIONS, "duplicate", line(IMPRESSIONS, event))],
+    )
 
 
 def test_conflicting_impression_keeps_the_earliest(crafted_json: dict) -> None:
@@ -360,16 +380,24 @@ def test_byte_order_mark_is_skipped(crafted_json: dict) -> None:
 def test_files_outside_day_folders_are_read_and_markers_skipped_by_name(crafted_json: dict) -> None:
     assert_case(crafted_json, "outside-day-folder", expected_record(impression("outside-day-folder"), 0, 0.0), [])
     counters = crafted_json["counters"]
-    data_files = {source: [name for name in files if name not in MARKER_FILES.get(source, [])] for source, files in CRAFTED_JSON.items()}
+    data_files = {
+        source: [name for name in files if name not in MARKER_FILES.get(source, [])]
+        for source, files in CRAFTED_JSON.items()
+    }
     assert {source: counters[f"{preprocess.FILES_READ}/{source}"] for source in raw_events.SOURCES} == {
         source: len(data_files[source]) for source in raw_events.SOURCES
     }
     assert counters[f"{preprocess.FILES_SKIPPED}/{IMPRESSIONS}/{preprocess.MARKER_FILE}"] == 1
     with open(crafted_json["out"] / preprocess.SKIPPED_FILES_FILE, encoding="utf-8") as handle:
         skipped = json.load(handle)
-    assert [(item["source"], Path(item["file"]).relative_to(crafted_json["out"].parent / "raw" / IMPRESSIONS).as_posix(), item["reason"]) for item in skipped] == [
-        (IMPRESSIONS, "20201011/_SUCCESS", preprocess.MARKER_FILE)
-    ]
+    assert [
+        (
+            item["source"],
+            Path(item["file"]).relative_to(crafted_json["out"].parent / "raw" / IMPRESSIONS).as_posix(),
+            item["reason"],
+        )
+        for item in skipped
+    ] == [(IMPRESSIONS, "20201011/_SUCCESS", preprocess.MARKER_FILE)]
     assert "skipped: impressions/marker_file 1" in preprocess.format_counters(counters)
 
 
@@ -438,8 +466,14 @@ def crafted_csv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     def header(source: str) -> bytes:
         return raw_events.csv_header(source).encode("utf-8")
 
-    write_lines(raw / IMPRESSIONS / "20201011" / "a.csv", [header(IMPRESSIONS), line(IMPRESSIONS, CSV_OK, "csv"), CSV_SHORT_LINE])
-    write_lines(raw / IMPRESSIONS / "20201012" / "b.csv", [header(IMPRESSIONS), line(IMPRESSIONS, impression("second-day", DAY2_MS), "csv")])
+    write_lines(
+        raw / IMPRESSIONS / "20201011" / "a.csv",
+        [header(IMPRESSIONS), line(IMPRESSIONS, CSV_OK, "csv"), CSV_SHORT_LINE],
+    )
+    write_lines(
+        raw / IMPRESSIONS / "20201012" / "b.csv",
+        [header(IMPRESSIONS), line(IMPRESSIONS, impression("second-day", DAY2_MS), "csv")],
+    )
     gzip_files(raw / IMPRESSIONS / "20201012")  # b.csv.gz: the header is skipped after decompression
     write_lines(raw / CLICKS / "20201011" / "a.csv", [header(CLICKS), line(CLICKS, click("csv-ok"), "csv")])
     write_lines(raw / PLAYS / "20201011" / "a.csv", [header(PLAYS), line(PLAYS, play("csv-ok", 40.0, 80.0), "csv")])
@@ -474,7 +508,15 @@ def test_csv_wrong_column_count_is_malformed(crafted_csv: dict) -> None:
 @pytest.mark.parametrize("raw_format", ["json", "csv"])
 def test_clean_generated_events_give_the_worlds_logs(tmp_path: Path, raw_format: str) -> None:
     rows, days, seed = 400, 2, 11
-    generator.generate(str(tmp_path / "raw"), rows=rows, days=days, seed=seed, raw=True, raw_format=raw_format, faults=generator.FaultRates.none())
+    generator.generate(
+        str(tmp_path / "raw"),
+        rows=rows,
+        days=days,
+        seed=seed,
+        raw=True,
+        raw_format=raw_format,
+        faults=generator.FaultRates.none(),
+    )
     if raw_format == "csv":
         for source in raw_events.SOURCES:
             gzip_files(tmp_path / "raw" / source)
@@ -703,7 +745,9 @@ def test_cli_end_to_end_multi_processing(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (completed.stdout + completed.stderr).count("lines read =") == len(raw_events.SOURCES)  # the report, once
     entries = sorted(os.listdir(tmp_path / "out"))
-    assert [e for e in entries if not e.startswith(preprocess.REJECTED_PREFIX)] == sorted(["20201011", "20201012", preprocess.COUNTERS_FILE])
+    assert [e for e in entries if not e.startswith(preprocess.REJECTED_PREFIX)] == sorted(
+        ["20201011", "20201012", preprocess.COUNTERS_FILE]
+    )
     assert any(e.startswith(preprocess.REJECTED_PREFIX) and e.endswith(".jsonl") for e in entries)
     assert glob.glob(str(tmp_path / "out" / "20201011" / "part-*.gz"))
     with open(tmp_path / "out" / preprocess.COUNTERS_FILE, encoding="utf-8") as handle:

@@ -113,7 +113,9 @@ def typed_impressions(draw, request_id: str, video_id: str) -> dict:
     )
     for name in draw(st.lists(st.sampled_from(raw_events.OTHER_FEATURES), max_size=3, unique=True)):
         if name in MULTIVALUED:
-            event[name] = draw(st.just(["-1"]) | st.lists(st.sampled_from(["", "7", "k"]) | TEXT, min_size=1, max_size=3))
+            event[name] = draw(
+                st.just(["-1"]) | st.lists(st.sampled_from(["", "7", "k"]) | TEXT, min_size=1, max_size=3)
+            )
         else:
             event[name] = draw(st.sampled_from(["-1", "7", "0"]) | TEXT)
     return event
@@ -249,7 +251,8 @@ BAD_LENGTHS = [0, 0.0, -0.0, -1, -1e-300, math.nan, math.inf, True, False, "0", 
 
 MALFORMED_KINDS = ["truncated", "not-utf8", "not-object", "blank", "extra-data", "too-many-digits"]
 BAD_KINDS = {
-    IMPRESSIONS: MALFORMED_KINDS + ["features-not-object", "missing", "bad-time", "bad-text", "surrogate", "bad-feature"],
+    IMPRESSIONS: MALFORMED_KINDS
+    + ["features-not-object", "missing", "bad-time", "bad-text", "surrogate", "bad-feature"],
     CLICKS: MALFORMED_KINDS + ["missing", "bad-time", "bad-text", "surrogate"],
     PLAYS: MALFORMED_KINDS + ["missing", "bad-time", "bad-text", "surrogate", "bad-watched", "bad-length"],
 }
@@ -280,7 +283,9 @@ def bad_lines(draw, source: str, request_id: str, video_id: str) -> tuple[bytes,
     if kind == "blank":
         return draw(st.sampled_from([b"", b" ", b"\t", b" \t "])), raw_events.MALFORMED
     if kind == "extra-data":
-        return dump(draw, fields).encode("utf-8") + draw(st.sampled_from([b" x", b"{}", b",", b"\x00"])), raw_events.MALFORMED
+        return dump(draw, fields).encode("utf-8") + draw(
+            st.sampled_from([b" x", b"{}", b",", b"\x00"])
+        ), raw_events.MALFORMED
     if kind == "too-many-digits":  # beyond Python's 4300-digit limit of int(): not JSON to json.loads
         fields["time_ms"] = "@big@"
         return json.dumps(fields).replace('"@big@"', "1" * 5000).encode("utf-8"), raw_events.MALFORMED
@@ -300,7 +305,9 @@ def bad_lines(draw, source: str, request_id: str, video_id: str) -> tuple[bytes,
     elif kind == "bad-text":
         fields[draw(st.sampled_from(TEXT_FIELDS[source]))] = draw(st.sampled_from(BAD_TEXTS))
     elif kind == "surrogate":  # a JSON \uD800-\uDFFF escape: valid JSON, but no text UTF-8 can hold
-        text = draw(st.text(CHARS, max_size=2)) + chr(draw(st.integers(0xD800, 0xDFFF))) + draw(st.text(CHARS, max_size=2))
+        text = (
+            draw(st.text(CHARS, max_size=2)) + chr(draw(st.integers(0xD800, 0xDFFF))) + draw(st.text(CHARS, max_size=2))
+        )
         names = TEXT_FIELDS[source] + (raw_events.OTHER_FEATURES if source == IMPRESSIONS else ())
         name = draw(st.sampled_from(names))
         if name in raw_events.OTHER_FEATURES:
@@ -309,7 +316,9 @@ def bad_lines(draw, source: str, request_id: str, video_id: str) -> tuple[bytes,
             fields[name] = text
     elif kind == "bad-feature":
         name = draw(st.sampled_from(raw_events.OTHER_FEATURES))
-        _set_feature(fields, name, draw(st.sampled_from(BAD_MULTI_FEATURES if name in MULTIVALUED else BAD_SINGLE_FEATURES)))
+        _set_feature(
+            fields, name, draw(st.sampled_from(BAD_MULTI_FEATURES if name in MULTIVALUED else BAD_SINGLE_FEATURES))
+        )
     elif kind == "bad-watched":
         fields["watched_seconds"] = draw(st.sampled_from(BAD_WATCHED))
     elif kind == "bad-length":
@@ -335,7 +344,13 @@ class RawLine:
 
 
 # Paths under RAW/<source>/: day folders, a loose file, a nested folder, GZIP files.
-FILE_NAMES = ["20201011/part-0.jsonl", "20201012/part-1.json", "loose.jsonl", "a/b/20201011/part-2.jsonl.gz", "20201011/part-3.json.gz"]
+FILE_NAMES = [
+    "20201011/part-0.jsonl",
+    "20201012/part-1.json",
+    "loose.jsonl",
+    "a/b/20201011/part-2.jsonl.gz",
+    "20201011/part-3.json.gz",
+]
 MARKER_NAMES = ["_SUCCESS", "20201011/.part-0.jsonl.crc", "_temporary/0/part-9.jsonl.gz"]
 
 
@@ -396,12 +411,16 @@ def raw_folders(draw) -> RawFolder:
     lines = [item for index in range(draw(st.integers(1, 10))) for item in draw(scenario_lines(index))]
     random = draw(st.randoms(use_true_random=False))
     random.shuffle(lines)
-    names = {source: draw(st.lists(st.sampled_from(FILE_NAMES), min_size=1, max_size=3, unique=True)) for source in SOURCES}
+    names = {
+        source: draw(st.lists(st.sampled_from(FILE_NAMES), min_size=1, max_size=3, unique=True)) for source in SOURCES
+    }
     files: dict[tuple[str, str], list[RawLine]] = {(source, name): [] for source in SOURCES for name in names[source]}
     for item in lines:
         files[item.source, random.choice(names[item.source])].append(item)
     bom = {key for key in files if draw(st.booleans())}
-    markers = draw(st.lists(st.tuples(st.sampled_from(SOURCES), st.sampled_from(MARKER_NAMES)), max_size=2, unique=True))
+    markers = draw(
+        st.lists(st.tuples(st.sampled_from(SOURCES), st.sampled_from(MARKER_NAMES)), max_size=2, unique=True)
+    )
     return RawFolder(files, bom, markers)
 
 
@@ -442,7 +461,9 @@ def expected_outcome(folder: RawFolder, paths: dict[tuple[str, str], Path]) -> t
             if item.event is None:
                 reject(source, item.reason, str(paths[source, name]), stored)
             else:
-                groups[item.event["request_id"], item.event["video_id"]][source].append((str(paths[source, name]), stored, item.event))
+                groups[item.event["request_id"], item.event["video_id"]][source].append(
+                    (str(paths[source, name]), stored, item.event)
+                )
     for source, _ in folder.markers:
         counters[f"files_skipped/{source}/marker_file"] += 1
 
@@ -456,7 +477,9 @@ def expected_outcome(folder: RawFolder, paths: dict[tuple[str, str], Path]) -> t
                     reject(source, "duplicate", path, stored)
                 else:
                     distinct[_identity(event)] = (path, stored, event)
-            kept[source] = [distinct[identity] for identity in sorted(distinct, key=lambda i: (distinct[i][2]["time_ms"], i))]
+            kept[source] = [
+                distinct[identity] for identity in sorted(distinct, key=lambda i: (distinct[i][2]["time_ms"], i))
+            ]
         impressions, clicks, plays = kept[IMPRESSIONS], kept[CLICKS], kept[PLAYS]
         if not impressions:
             for path, stored, _ in clicks:
@@ -523,9 +546,13 @@ def test_the_join_accounts_for_every_line_and_writes_sound_labels(folder: RawFol
         # Line by line: every counter, every dead-letter record, every example.
         expected_counters, expected_rejections, expected_examples = expected_outcome(folder, paths)
         assert nonzero(counters) == nonzero(expected_counters)
-        assert Counter((r["source"], r["reason"], r["file"], r["line"]) for r in read_rejected(out)) == expected_rejections
+        assert (
+            Counter((r["source"], r["reason"], r["file"], r["line"]) for r in read_rejected(out)) == expected_rejections
+        )
         assert {
-            (record["seqnum"], record["FEA_VID"]): (day, record) for day, day_records in read_examples(out).items() for record in day_records
+            (record["seqnum"], record["FEA_VID"]): (day, record)
+            for day, day_records in read_examples(out).items()
+            for record in day_records
         } == expected_examples
 
 
@@ -598,7 +625,9 @@ def _impression_lines(count: int, tag: str, seed: int) -> list[bytes]:
 def truncated_gzip_files(draw, index: int) -> tuple[bytes, list[bytes]]:
     """A valid GZIP raw file of impressions cut at any byte (0 and its whole length included)."""
     lines = _impression_lines(draw(st.integers(1, 30)), f"cut{index}", draw(st.integers(0, 2**32 - 1)))
-    whole = gzip.compress(b"".join(text + b"\n" for text in lines), compresslevel=draw(st.sampled_from([1, 6, 9])), mtime=0)
+    whole = gzip.compress(
+        b"".join(text + b"\n" for text in lines), compresslevel=draw(st.sampled_from([1, 6, 9])), mtime=0
+    )
     return whole[: draw(st.integers(0, len(whole)))], lines
 
 
@@ -641,8 +670,9 @@ def test_arbitrary_bytes_as_a_gzip_file_are_named_or_accounted_for(contents: lis
 
 ANY_CHARS = st.one_of(st.characters(), st.characters(categories=["Cs"]), st.sampled_from('"\\,|\r\n\t \ufeff0'))
 ANY_TEXT = st.text(ANY_CHARS, max_size=12)
-INTERESTING = [None, "", "-1", "7", " 12 ", "abc", "nan", "inf", "1e999", "-0.0", "1602410400000", "a|b", "\ud800", True, False,
-               0, -1, 1.5, -0.0, 1e308, 5e-324, math.nan, math.inf, 10**400, [], [""], ["a"], [1], [True], {}, {"a": 1}]  # fmt: skip
+INTERESTING = [None, "", "-1", "7", " 12 ", "abc", "nan", "inf", "1e999", "-0.0", "1602410400000", "a|b", "\ud800",
+               True, False, 0, -1, 1.5, -0.0, 1e308, 5e-324, math.nan, math.inf, 10**400,
+               [], [""], ["a"], [1], [True], {}, {"a": 1}]  # fmt: skip
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), ANY_TEXT, st.sampled_from(INTERESTING)),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3),
@@ -650,12 +680,19 @@ JSON_VALUES = st.recursive(
 )
 # Text with one lone surrogate: what a JSON \uD800-\uDFFF escape decodes to, but not UTF-8 text.
 LONE_SURROGATE_TEXT = st.builds(
-    lambda before, code, after: before + chr(code) + after, st.text(CHARS, max_size=2), st.integers(0xD800, 0xDFFF), st.text(CHARS, max_size=2)
+    lambda before, code, after: before + chr(code) + after,
+    st.text(CHARS, max_size=2),
+    st.integers(0xD800, 0xDFFF),
+    st.text(CHARS, max_size=2),
 )
 FIELD_VALUES = st.one_of(st.sampled_from(INTERESTING), ANY_TEXT, LONE_SURROGATE_TEXT, JSON_VALUES)
 # Numbers for time_ms and the seconds: any float, integers far beyond the float range, their texts.
 NUMBER_VALUES = st.one_of(
-    st.floats(), st.integers(-(10**400), 10**400), st.floats().map(repr), st.integers(-(10**400), 10**400).map(str), FIELD_VALUES
+    st.floats(),
+    st.integers(-(10**400), 10**400),
+    st.floats().map(repr),
+    st.integers(-(10**400), 10**400).map(str),
+    FIELD_VALUES,
 )
 
 
@@ -675,7 +712,9 @@ def json_objects(draw, source: str) -> dict:
         elif name in raw_events.OTHER_FEATURES:
             _set_feature(fields, name, draw(FIELD_VALUES))
         else:
-            fields[name] = draw(NUMBER_VALUES if name in ("time_ms", "watched_seconds", "video_seconds") else FIELD_VALUES)
+            fields[name] = draw(
+                NUMBER_VALUES if name in ("time_ms", "watched_seconds", "video_seconds") else FIELD_VALUES
+            )
     return fields
 
 
@@ -732,8 +771,8 @@ def test_parse_event_of_any_json_value(data: st.DataObject, source: str, as_byte
     check_parse(source, text.encode("utf-8", "surrogatepass") if as_bytes else text, "json")
 
 
-CSV_CELLS = st.sampled_from(["", "-1", "7", "abc", "1602410400000", " 12 ", "1e308", "nan", "inf", "-0.0", "0", "a|b", "|",
-                             "request_id", "\ud800"]) | ANY_TEXT | LONE_SURROGATE_TEXT  # fmt: skip
+CSV_CELLS = st.sampled_from(["", "-1", "7", "abc", "1602410400000", " 12 ", "1e308", "nan", "inf", "-0.0", "0",
+                             "a|b", "|", "request_id", "\ud800"]) | ANY_TEXT | LONE_SURROGATE_TEXT  # fmt: skip
 
 
 @st.composite

@@ -14,18 +14,40 @@ from lt4rec.pipeline import configs
 
 def _row(**values):
     row = {name: [b"-1"] for name in features.FEATURE_NAMES}
-    row.update({features.CLICK_LABEL: [0], features.WATCH_RATIO_LABEL: [0.0], features.REQUEST_ID: [b"r@1@1"], features.PRODUCTION_PCTR: [b"0.5"]})
+    row.update(
+        {
+            features.CLICK_LABEL: [0],
+            features.WATCH_RATIO_LABEL: [0.0],
+            features.REQUEST_ID: [b"r@1@1"],
+            features.PRODUCTION_PCTR: [b"0.5"],
+        }
+    )
     for key, value in values.items():
         row[key] = value
     return row
 
 
 ROWS = [
-    _row(FEA_UID=[b"u1"], FEA_VID=[b"v1"], FEA_SVID=[b"v2"], FEA_ICAT1=[b"105"], FEA_SICAT1=[b"105"],
-         FEA_UCAT=[b"c1", b"c2", b"c3", b"c4", b"c5", b"c6", b"c7", b"c8"], FEA_AGE=[b"3"],
-         label=[1], cvrlabel=[0.75]),
-    _row(FEA_UID=[b"u2"], FEA_VID=[b"v2"], FEA_SVID=[b"v1"], FEA_ICAT1=[b"105"], FEA_SICAT1=[b"107"],
-         FEA_IKEYWORD=[b"kw1", "新闻".encode(), b"-1"], FEA_AGE=[b"3"]),
+    _row(
+        FEA_UID=[b"u1"],
+        FEA_VID=[b"v1"],
+        FEA_SVID=[b"v2"],
+        FEA_ICAT1=[b"105"],
+        FEA_SICAT1=[b"105"],
+        FEA_UCAT=[b"c1", b"c2", b"c3", b"c4", b"c5", b"c6", b"c7", b"c8"],
+        FEA_AGE=[b"3"],
+        label=[1],
+        cvrlabel=[0.75],
+    ),
+    _row(
+        FEA_UID=[b"u2"],
+        FEA_VID=[b"v2"],
+        FEA_SVID=[b"v1"],
+        FEA_ICAT1=[b"105"],
+        FEA_SICAT1=[b"107"],
+        FEA_IKEYWORD=[b"kw1", "新闻".encode(), b"-1"],
+        FEA_AGE=[b"3"],
+    ),
     _row(FEA_UID=[b"u3"], FEA_VID=[b"v3"], FEA_ICAT1=[b"106"], FEA_AGE=[b"4"], FEA_UCAT=[b"c1"]),
 ]
 
@@ -37,9 +59,7 @@ def transformed():
     metadata = dataset_metadata.DatasetMetadata(schema)
     with tempfile.TemporaryDirectory() as temp_dir, tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
         (result, _), _ = (ROWS, metadata) | tft_beam.AnalyzeAndTransformDataset(
-            lambda inputs: preprocessing.preprocessing_fn(
-                inputs, {preprocessing.FEATURES_CONFIG_KEY: config.to_dict()}
-            )
+            lambda inputs: preprocessing.preprocessing_fn(inputs, {preprocessing.FEATURES_CONFIG_KEY: config.to_dict()})
         )
     return config, result
 

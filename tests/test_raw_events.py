@@ -34,7 +34,9 @@ def test_impression_record_and_event_are_inverses():
 def test_missing_optional_features_become_the_placeholder():
     event = dict(IMPRESSION)
     del event["FEA_STAG"], event["FEA_AGE"], event["position"]
-    parsed = raw_events.parse_event(raw_events.IMPRESSIONS, raw_events.format_event(raw_events.IMPRESSIONS, event, "json"), "json")
+    parsed = raw_events.parse_event(
+        raw_events.IMPRESSIONS, raw_events.format_event(raw_events.IMPRESSIONS, event, "json"), "json"
+    )
     assert parsed["FEA_STAG"] == ["-1"] and parsed["FEA_AGE"] == "-1" and parsed["position"] == "-1"
 
 
@@ -48,13 +50,33 @@ def test_missing_optional_features_become_the_placeholder():
         (raw_events.CLICKS, '{"request_id": "r", "time_ms": 5}', "json", raw_events.MISSING_FIELD),
         (raw_events.CLICKS, '{"request_id": "r", "video_id": "v", "time_ms": "soon"}', "json", raw_events.BAD_VALUE),
         (raw_events.CLICKS, '{"request_id": "r", "video_id": "v", "time_ms": 5.5}', "json", raw_events.BAD_VALUE),
-        (raw_events.PLAYS, '{"request_id": "r", "video_id": "v", "time_ms": 5, "watched_seconds": -1, "video_seconds": 9}', "json", raw_events.BAD_VALUE),
-        (raw_events.PLAYS, '{"request_id": "r", "video_id": "v", "time_ms": 5, "watched_seconds": 1, "video_seconds": 0}', "json", raw_events.BAD_VALUE),
-        (raw_events.PLAYS, '{"request_id": "r", "video_id": "v", "time_ms": 5, "watched_seconds": NaN, "video_seconds": 9}', "json", raw_events.BAD_VALUE),
+        (
+            raw_events.PLAYS,
+            '{"request_id": "r", "video_id": "v", "time_ms": 5, "watched_seconds": -1, "video_seconds": 9}',
+            "json",
+            raw_events.BAD_VALUE,
+        ),
+        (
+            raw_events.PLAYS,
+            '{"request_id": "r", "video_id": "v", "time_ms": 5, "watched_seconds": 1, "video_seconds": 0}',
+            "json",
+            raw_events.BAD_VALUE,
+        ),
+        (
+            raw_events.PLAYS,
+            '{"request_id": "r", "video_id": "v", "time_ms": 5, "watched_seconds": NaN, "video_seconds": 9}',
+            "json",
+            raw_events.BAD_VALUE,
+        ),
         (raw_events.CLICKS, "r,v", "csv", raw_events.MALFORMED),
         (raw_events.CLICKS, "request_id,video_id,time_ms", "csv", raw_events.MALFORMED),
         (raw_events.CLICKS, "r,,5", "csv", raw_events.MISSING_FIELD),
-        (raw_events.IMPRESSIONS, '{"request_id": "r", "user_id": "u", "video_id": "v", "time_ms": 5, "features": {"FEA_AGE": [1, 2]}}', "json", raw_events.BAD_VALUE),
+        (
+            raw_events.IMPRESSIONS,
+            '{"request_id": "r", "user_id": "u", "video_id": "v", "time_ms": 5, "features": {"FEA_AGE": [1, 2]}}',
+            "json",
+            raw_events.BAD_VALUE,
+        ),
     ],
 )
 def test_bad_lines_are_refused_with_their_reason(source, line, file_format, reason):

@@ -17,7 +17,10 @@ def _schema() -> schema_pb2.Schema:
 def test_schema_lists_every_log_column_with_its_type_and_valence():
     by_name = {f.name: f for f in _schema().feature}
     assert set(by_name) == set(features.FEATURE_NAMES) | {
-        features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR
+        features.CLICK_LABEL,
+        features.WATCH_RATIO_LABEL,
+        features.REQUEST_ID,
+        features.PRODUCTION_PCTR,
     }
     for spec in features.FEATURES:
         feature = by_name[spec.name]

@@ -55,7 +55,9 @@ def stub(running):
     channel.close()
 
 
-def predict_request(model: str, examples: list[bytes], version: int | None = None, signature: str = "") -> predict_pb2.PredictRequest:
+def predict_request(
+    model: str, examples: list[bytes], version: int | None = None, signature: str = ""
+) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = signature
@@ -65,7 +67,9 @@ def predict_request(model: str, examples: list[bytes], version: int | None = Non
     return request
 
 
-def metadata(stub, model: str) -> tuple[get_model_metadata_pb2.GetModelMetadataResponse, get_model_metadata_pb2.SignatureDefMap]:
+def metadata(
+    stub, model: str
+) -> tuple[get_model_metadata_pb2.GetModelMetadataResponse, get_model_metadata_pb2.SignatureDefMap]:
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = model
     response = stub.GetModelMetadata(request, timeout=10)
@@ -82,7 +86,9 @@ def test_predict_serving_default_scores_as_the_trained_network(stub, served_mode
         assert response.model_spec.signature_name == "serving_default"  # "" resolves to the default, as in TF Serving
         assert list(response.outputs) == [task]
         assert len(response.outputs[task].float_val) == BATCH  # typed field, as TF Serving writes it
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5
+        )
 
 
 def test_predict_serving_raw_takes_named_string_tensors(stub, served_models):
@@ -103,7 +109,9 @@ def test_predict_serving_raw_takes_named_string_tensors(stub, served_models):
             request.inputs[name].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
         response = stub.Predict(request, timeout=10)
         assert response.model_spec.signature_name == "serving_raw"
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs[task]), served_models.expected(task, raw), atol=1e-5
+        )
 
 
 def test_metadata_describes_every_signature(stub):
@@ -127,7 +135,9 @@ def test_metadata_describes_every_signature(stub):
         raw = signatures.signature_def["serving_raw"]
         assert raw.inputs and all(name.startswith("FEA_") for name in raw.inputs) and list(raw.outputs) == [task]
         assert all(
-            info.dtype == tf.string.as_datatype_enum and len(info.tensor_shape.dim) == 2 and info.tensor_shape.dim[0].size == -1
+            info.dtype == tf.string.as_datatype_enum
+            and len(info.tensor_shape.dim) == 2
+            and info.tensor_shape.dim[0].size == -1
             for info in raw.inputs.values()
         )
 
@@ -142,7 +152,11 @@ def test_regress_and_classify_agree_with_predict(stub, served_models):
         regression.model_spec.name = task
         regression.input.example_list.examples.extend(examples)
         response = stub.Regress(regression, timeout=10)
-        assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (task, 1, "serving_default")
+        assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (
+            task,
+            1,
+            "serving_default",
+        )
         np.testing.assert_allclose([r.value for r in response.result.regressions], predicted, atol=1e-6)
 
         classification = classification_pb2.ClassificationRequest()
@@ -150,8 +164,12 @@ def test_regress_and_classify_agree_with_predict(stub, served_models):
         classification.input.example_list.examples.extend(examples)
         result = stub.Classify(classification, timeout=10).result
         assert [[c.label for c in classes.classes] for classes in result.classifications] == [["0", "1"]] * BATCH
-        np.testing.assert_allclose([classes.classes[1].score for classes in result.classifications], predicted, atol=1e-6)
-        np.testing.assert_allclose([classes.classes[0].score for classes in result.classifications], 1 - predicted, atol=1e-6)
+        np.testing.assert_allclose(
+            [classes.classes[1].score for classes in result.classifications], predicted, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            [classes.classes[0].score for classes in result.classifications], 1 - predicted, atol=1e-6
+        )
 
 
 def test_regress_merges_the_context_into_every_example(stub, served_models):
@@ -174,7 +192,9 @@ def test_regress_merges_the_context_into_every_example(stub, served_models):
         merged.features.feature["FEA_AGE"].CopyFrom(shared)
         with_age.append(merged.SerializeToString())
     response = stub.Regress(request, timeout=10)
-    np.testing.assert_allclose([r.value for r in response.result.regressions], served_models.expected("ctr", with_age), atol=1e-5)
+    np.testing.assert_allclose(
+        [r.value for r in response.result.regressions], served_models.expected("ctr", with_age), atol=1e-5
+    )
 
 
 def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models):
@@ -198,17 +218,44 @@ def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models
     del missing.inputs["examples"]
     corrupt = list(raw[:2]) + [b"not a tf.Example"]
     cases = [
-        (predict_request("nope", raw), grpc.StatusCode.NOT_FOUND, r"Servable not found for request: Latest\(nope\).*loaded models: ctr, cvr"),
-        (predict_request("ctr", raw, version=9), grpc.StatusCode.NOT_FOUND, r"Specific\(ctr, 9\).*version 9 .*loaded versions: \[1\]"),
-        (predict_request("ctr", raw, signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-         r'Serving signature key "nope" not found.*serving_default, serving_raw'),
+        (
+            predict_request("nope", raw),
+            grpc.StatusCode.NOT_FOUND,
+            r"Servable not found for request: Latest\(nope\).*loaded models: ctr, cvr",
+        ),
+        (
+            predict_request("ctr", raw, version=9),
+            grpc.StatusCode.NOT_FOUND,
+            r"Specific\(ctr, 9\).*version 9 .*loaded versions: \[1\]",
+        ),
+        (
+            predict_request("ctr", raw, signature="nope"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            r'Serving signature key "nope" not found.*serving_default, serving_raw',
+        ),
         (missing, grpc.StatusCode.INVALID_ARGUMENT, r"Missing but required: \{examples\}"),
         (with_input(extra=tf.constant([b"x"])), grpc.StatusCode.INVALID_ARGUMENT, r"Sent extra: \{extra\}"),
-        (with_input(tf.constant([0.5, 0.7])), grpc.StatusCode.INVALID_ARGUMENT, r"'examples' .* must be DT_STRING, got DT_FLOAT"),
-        (with_input(tf.constant([[b"a"], [b"b"]])), grpc.StatusCode.INVALID_ARGUMENT, r"must have shape \[-1\], got \[2, 1\]"),
+        (
+            with_input(tf.constant([0.5, 0.7])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"'examples' .* must be DT_STRING, got DT_FLOAT",
+        ),
+        (
+            with_input(tf.constant([[b"a"], [b"b"]])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"must have shape \[-1\], got \[2, 1\]",
+        ),
         (negative_dimension(), grpc.StatusCode.INVALID_ARGUMENT, r"'examples' .* negative dimension: \[-7\]"),
-        (with_input(tf.constant([raw[0]] * 501)), grpc.StatusCode.RESOURCE_EXHAUSTED, r"501 rows, over .* max batch size of 500"),
-        (with_input(tf.constant(corrupt)), grpc.StatusCode.INVALID_ARGUMENT, r"Could not parse example input, value: 'not a tf.Example'"),
+        (
+            with_input(tf.constant([raw[0]] * 501)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            r"501 rows, over .* max batch size of 500",
+        ),
+        (
+            with_input(tf.constant(corrupt)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"Could not parse example input, value: 'not a tf.Example'",
+        ),
         (with_input(tf.constant([b"\xff\xfe\x00garbage"])), grpc.StatusCode.INVALID_ARGUMENT, r"corrupt"),
     ]
     label = predict_request("ctr", raw)
@@ -216,7 +263,9 @@ def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models
     cases.append((label, grpc.StatusCode.INVALID_ARGUMENT, r"Unrecognized servable version label: stable"))
     filtered = predict_request("ctr", raw)
     filtered.output_filter.append("cvr")
-    cases.append((filtered, grpc.StatusCode.INVALID_ARGUMENT, r"output tensor alias not found in signature: cvr.*\{ctr\}"))
+    cases.append(
+        (filtered, grpc.StatusCode.INVALID_ARGUMENT, r"output tensor alias not found in signature: cvr.*\{ctr\}")
+    )
     expected = served_models.expected("ctr", raw)
     for request, code, message in cases:
         with pytest.raises(grpc.RpcError) as raised:
@@ -239,7 +288,9 @@ def test_bad_requests_get_telling_errors_and_serving_goes_on(stub, served_models
             stub.Regress(request, timeout=10)
         assert raised.value.code() == code and re.search(message, raised.value.details()), raised.value.details()
     with pytest.raises(grpc.RpcError) as raised:
-        stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "ctr"}, metadata_field=["nope"]))
+        stub.GetModelMetadata(
+            get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "ctr"}, metadata_field=["nope"])
+        )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope is not supported" in raised.value.details()
 
 
@@ -253,11 +304,19 @@ def test_an_empty_batch_gets_empty_outputs_as_from_tf_serving(stub):
 def test_get_model_status_answers_as_tf_serving(running):
     with grpc.insecure_channel(f"localhost:{running[1]}") as channel:
         models = model_service_pb2_grpc.ModelServiceStub(channel)
-        status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "ctr"}), timeout=10)
+        status = models.GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "ctr"}), timeout=10
+        )
         (version,) = status.model_version_status
-        assert (version.version, version.state, version.status.error_code) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
-        for spec, message in [({"name": "nope"}, "Could not find any versions of model nope"),
-                              ({"name": "ctr", "version": {"value": 9}}, "Could not find version 9 of model ctr")]:  # fmt: skip
+        assert (version.version, version.state, version.status.error_code) == (
+            1,
+            get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+            0,
+        )
+        for spec, message in [
+            ({"name": "nope"}, "Could not find any versions of model nope"),
+            ({"name": "ctr", "version": {"value": 9}}, "Could not find version 9 of model ctr"),
+        ]:
             with pytest.raises(grpc.RpcError) as raised:
                 models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=spec), timeout=10)
             assert raised.value.code() == grpc.StatusCode.NOT_FOUND and raised.value.details() == message
@@ -281,7 +340,11 @@ def raw_feature_rows(stub, served_models, raw: list[bytes]) -> dict[str, list[li
     rows = {}
     for name, info in signatures.signature_def["serving_raw"].inputs.items():
         width = info.tensor_shape.dim[1].size
-        rows[name] = [list(e.features.feature[name].bytes_list.value) + [b""] * (width - len(e.features.feature[name].bytes_list.value)) for e in examples]
+        rows[name] = [
+            list(e.features.feature[name].bytes_list.value)
+            + [b""] * (width - len(e.features.feature[name].bytes_list.value))
+            for e in examples
+        ]
     return rows
 
 
@@ -299,17 +362,28 @@ def test_rest_api_answers_as_grpc_number_for_number(running, stub, served_models
         for name, values in rows.items():
             raw_request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
         raw_scores = list(stub.Predict(raw_request, timeout=10).outputs[task].float_val)
-        instances = [{name: [value.decode("utf-8") for value in values[i]] for name, values in rows.items()} for i in range(len(raw))]
-        assert rest(running, "POST", f"/v1/models/{task}:predict", {"signature_name": "serving_raw", "instances": instances}) == (
+        instances = [
+            {name: [value.decode("utf-8") for value in values[i]] for name, values in rows.items()}
+            for i in range(len(raw))
+        ]
+        assert rest(running, "POST", f"/v1/models/{task}:predict",
+                    {"signature_name": "serving_raw", "instances": instances}) == (
             200, {"predictions": raw_scores})  # fmt: skip
         np.testing.assert_allclose(raw_scores, served_models.expected(task, raw), atol=1e-5)
 
     ok = {"error_code": "OK", "error_message": ""}
-    assert rest(running, "GET", "/v1/models/ctr") == (200, {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ok}]})
+    assert rest(running, "GET", "/v1/models/ctr") == (
+        200,
+        {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ok}]},
+    )
     assert rest(running, "GET", "/v1/models/ctr/versions/1")[1] == rest(running, "GET", "/v1/models/ctr")[1]
     status, body = rest(running, "GET", "/v1/models/cvr/metadata")
     assert status == 200 and body["model_spec"] == {"name": "cvr", "version": "1"}
-    assert set(body["metadata"]["signature_def"]["signature_def"]) == {"serving_default", "serving_raw", "serving_context"}
+    assert set(body["metadata"]["signature_def"]["signature_def"]) == {
+        "serving_default",
+        "serving_raw",
+        "serving_context",
+    }
     assert rest(running, "POST", "/v1/models/ctr:predict", {"instances": []}) == (200, {"predictions": []})
     for method, path, body, code, message in [
         ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
@@ -318,7 +392,13 @@ def test_rest_api_answers_as_grpc_number_for_number(running, stub, served_models
         ("POST", "/v1/models/ctr:predict", {"instances": [0.5]}, 400, "expected strings"),
         ("POST", "/v1/models/ctr:predict", {"instances": [{"b64": "!!"}]}, 400, "not base64"),
         ("POST", "/v1/models/ctr:predict", {"instances": ["not a tf.Example"]}, 400, "Could not parse example input"),
-        ("POST", "/v1/models/ctr:predict", {"signature_name": "nope", "instances": b64}, 400, 'Serving signature key "nope" not found'),
+        (
+            "POST",
+            "/v1/models/ctr:predict",
+            {"signature_name": "nope", "instances": b64},
+            400,
+            'Serving signature key "nope" not found',
+        ),
         ("GET", "/v2/elsewhere", None, 404, "Malformed request"),
     ]:
         answered = rest(running, method, path, body)
@@ -335,13 +415,17 @@ def test_version_folders_with_leading_zeros_load_as_their_number(served_models, 
             raw = served_models.raw_examples[:4]
             response = stub.Predict(predict_request("ctr", raw, version=7), timeout=10)
         assert response.model_spec.version.value == 7
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["ctr"]), served_models.expected("ctr", raw), atol=1e-5)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["ctr"]), served_models.expected("ctr", raw), atol=1e-5
+        )
     finally:
         server.stop(grace=1.0)
 
 
 def test_what_one_request_may_cost_is_bounded(served_models):
-    server, port = serving_server.start_server(served_models.base_path, max_request_bytes=64 << 10, max_values_per_feature=100)
+    server, port = serving_server.start_server(
+        served_models.base_path, max_request_bytes=64 << 10, max_values_per_feature=100
+    )
     raw = served_models.raw_examples[:4]
     example = tf.train.Example.FromString(raw[0])
     keywords = example.features.feature["FEA_IKEYWORD"].bytes_list.value
@@ -358,7 +442,9 @@ def test_what_one_request_may_cost_is_bounded(served_models):
             for request, code, message in cases:
                 with pytest.raises(grpc.RpcError) as raised:
                     stub.Predict(request, timeout=10)
-                assert raised.value.code() == code and re.search(message, raised.value.details()), raised.value.details()
+                assert raised.value.code() == code and re.search(
+                    message, raised.value.details()
+                ), raised.value.details()
                 assert stub.Predict(predict_request("ctr", raw), timeout=10).outputs["ctr"].float_val
     finally:
         server.stop(grace=1.0)
@@ -378,7 +464,9 @@ def test_unexpected_errors_are_internal_and_logged(stub, served_models, monkeypa
     assert stub.Predict(predict_request("ctr", served_models.raw_examples[:2]), timeout=10).outputs["ctr"].float_val
 
 
-def send_until(stop: threading.Event, port: int, task: str, raw: list[bytes], expected, outcomes: list, pause: float = 0.0) -> None:
+def send_until(
+    stop: threading.Event, port: int, task: str, raw: list[bytes], expected, outcomes: list, pause: float = 0.0
+) -> None:
     """Predicts `task` on `raw` until `stop`, appending each answer's version to `outcomes`, or
     what went wrong: the status code of a failed RPC, or any other error (a wrong score)."""
     with grpc.insecure_channel(f"localhost:{port}") as channel:
@@ -411,7 +499,9 @@ def test_new_versions_load_without_failing_requests(served_models, tmp_path):
             time.sleep(0.1)
 
     def wait_for_version(stub, version: int) -> None:
-        wait_until(lambda: metadata(stub, "ctr")[0].model_spec.version.value == version, f"serving ctr version {version}")
+        wait_until(
+            lambda: metadata(stub, "ctr")[0].model_spec.version.value == version, f"serving ctr version {version}"
+        )
 
     # Continuous, but leaving the loads some of the 2 cores.
     sender = threading.Thread(target=send_until, args=(stop, port, "ctr", raw, expected, outcomes, 0.01))
@@ -465,7 +555,18 @@ def test_start_fails_clearly_without_loadable_models(tmp_path):
 
 def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
     process = subprocess.Popen(
-        [LT4REC, "serve", "--model-base-path", served_models.base_path, "--port", "0", "--poll-seconds", "1", "--workers", "2"],
+        [
+            LT4REC,
+            "serve",
+            "--model-base-path",
+            served_models.base_path,
+            "--port",
+            "0",
+            "--poll-seconds",
+            "1",
+            "--workers",
+            "2",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -485,7 +586,10 @@ def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
         sent_before: list = []  # the outcome of every request sent before the signal
 
         # 16 clients on 2 worker threads: most requests wait in gRPC's queue at the signal.
-        senders = [threading.Thread(target=send_until, args=(signalled, port, "cvr", raw, expected, sent_before)) for _ in range(16)]
+        senders = [
+            threading.Thread(target=send_until, args=(signalled, port, "cvr", raw, expected, sent_before))
+            for _ in range(16)
+        ]
         for sender in senders:
             sender.start()
         time.sleep(3.0)
@@ -497,7 +601,8 @@ def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
         _, log = process.communicate(timeout=20)
         assert process.returncode == 0, log
         assert time.monotonic() - start < 5.0 + 2.0  # the grace, and the process's exit
-        assert len(sent_before) > 16 and set(sent_before) == {1}, collections.Counter(sent_before)  # all answered by version 1
+        # all answered by version 1
+        assert len(sent_before) > 16 and set(sent_before) == {1}, collections.Counter(sent_before)
         assert "SIGTERM received" in log and "drained in" in log and "stopped serving" in log
     finally:
         if process.poll() is None:

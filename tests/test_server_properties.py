@@ -74,7 +74,9 @@ def requests(draw, examples: list[bytes]) -> predict_pb2.PredictRequest:
         version = draw(st.none() | st.integers(-3, 3))
         if version is not None:
             request.model_spec.version.value = version
-    aliases = st.just(["examples"]) | st.lists(st.sampled_from(["examples", "FEA_UID", "FEA_IKEYWORD", "other"]), max_size=3, unique=True)
+    aliases = st.just(["examples"]) | st.lists(
+        st.sampled_from(["examples", "FEA_UID", "FEA_IKEYWORD", "other"]), max_size=3, unique=True
+    )
     for alias in draw(aliases):
         request.inputs[alias].CopyFrom(draw(tensor_protos(examples)))
     request.output_filter.extend(draw(st.lists(st.sampled_from(["ctr", "cvr", "x"]), max_size=2)))

@@ -25,7 +25,9 @@ def test_models_config_serves_every_pushed_model_latest_version():
 def _batching_parameters_class():
     """TF Serving's BatchingParameters (session_bundle_config.proto), which its pip package lacks."""
     int64 = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
-    proto = descriptor_pb2.FileDescriptorProto(name="lt4rec_test_batching.proto", package="tensorflow.serving", syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="lt4rec_test_batching.proto", package="tensorflow.serving", syntax="proto3"
+    )
     proto.dependency.append("google/protobuf/wrappers.proto")
     message = proto.message_type.add(name="BatchingParameters")
     for number, name in enumerate(int64, start=1):

@@ -11,15 +11,22 @@ from tests.conftest import random_transformed
 from tests.test_masks import assert_whole_units
 
 
-def _algorithm(search: sparse_sharing.SearchConfig, seed: int = 0, multi_view_dim: int = 0) -> sparse_sharing.SparseSharing:
+def _algorithm(
+    search: sparse_sharing.SearchConfig, seed: int = 0, multi_view_dim: int = 0
+) -> sparse_sharing.SparseSharing:
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(1200, seed)
     train = {k: v[:1000] for k, v in examples.items()}
     validation = {k: v[1000:] for k, v in examples.items()}
     data = sparse_sharing.Datasets.from_columns(train, validation, 128, seed, masks.TASKS)
-    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8), multi_view_dim=multi_view_dim))
+    model = network.RankingNetwork(
+        features.scaled_config(0.001),
+        network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8), multi_view_dim=multi_view_dim),
+    )
     model.build_for(next(iter(data.validation)))
-    return sparse_sharing.SparseSharing(model, data, training.TrainConfig(batch_size=128, learning_rate=0.01, seed=seed), search)
+    return sparse_sharing.SparseSharing(
+        model, data, training.TrainConfig(batch_size=128, learning_rate=0.01, seed=seed), search
+    )
 
 
 def _round(task: str, index: int, remaining: float, value: float) -> sparse_sharing.RoundResult:
@@ -65,7 +72,9 @@ def test_search_rounds_are_scored_and_rewind_restores_the_targets():
 def test_neuron_level_search_and_shared_training_keep_their_masks():
     # Per layer, half the units of every layer is exactly half the weights (globally, the
     # share of weights depends on which layers the dropped units are in).
-    config = sparse_sharing.SearchConfig(rounds=1, remaining=0.5, scope=masks.PER_LAYER, granularity=masks.NEURON, min_sparsity=0.5)
+    config = sparse_sharing.SearchConfig(
+        rounds=1, remaining=0.5, scope=masks.PER_LAYER, granularity=masks.NEURON, min_sparsity=0.5
+    )
     algorithm = _algorithm(config, seed=1)
     algorithm.warmup()
     found = {task: algorithm.search(task) for task in masks.TASKS}
@@ -76,7 +85,10 @@ def test_neuron_level_search_and_shared_training_keep_their_masks():
     for task, search in found.items():
         for name, mask in masks.get_masks(algorithm.model, task).items():
             np.testing.assert_array_equal(mask, search.masks[name])
-    unused = [(layer, (layer.task_mask("ctr") + layer.task_mask("cvr")) == 0) for layer in masks.masked_layers(algorithm.model)]
+    unused = [
+        (layer, (layer.task_mask("ctr") + layer.task_mask("cvr")) == 0)
+        for layer in masks.masked_layers(algorithm.model)
+    ]
     assert all(np.all(layer.layer.kernel.numpy()[off] == 0) for layer, off in unused)
 
 
@@ -143,7 +155,8 @@ def test_shared_training_starts_every_kept_weight_at_snet_init(searched, monkeyp
     algorithm.rewind(sparse_sharing.REWIND_WARMUP)
     snet_init = masks.get_kernels(algorithm.model)
     in_order = {task: chosen[task] for task in order}
-    assert any(np.any((in_order["cvr"][n] > 0) & (in_order["ctr"][n] == 0)) for n in snet_init)  # CVR keeps weights CTR drops
+    # CVR keeps weights CTR drops
+    assert any(np.any((in_order["cvr"][n] > 0) & (in_order["ctr"][n] == 0)) for n in snet_init)
     start = _first_step_kernels(monkeypatch, algorithm.trainer)
     algorithm.train_shared(in_order)
     _assert_every_kept_weight_starts_at_snet_init(start, snet_init, chosen)
@@ -217,14 +230,17 @@ def test_every_round_starts_from_the_rewinding_target_with_a_fresh_optimizer(mon
         for name in round_masks:  # the round's mask for the task, round 0's for the other
             np.testing.assert_array_equal(task_masks["cvr"][name], round_masks[name])
             np.testing.assert_array_equal(task_masks["ctr"][name], algorithm.model.initial_masks("ctr")[name])
-    assert len({float(sum(mask.sum() for mask in masks_.values())) for masks_ in found.round_masks}) == 3  # each round prunes
+    # each round prunes
+    assert len({float(sum(mask.sum() for mask in masks_.values())) for masks_ in found.round_masks}) == 3
 
 
 def test_a_short_warmup_takes_that_share_of_each_tasks_batches(monkeypatch):
     algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=1, warmup_epochs=0.25), seed=5)
     steps = []
     original = algorithm.trainer.train_step
-    monkeypatch.setattr(algorithm.trainer, "train_step", lambda task, batch: steps.append(task) or original(task, batch))
+    monkeypatch.setattr(
+        algorithm.trainer, "train_step", lambda task, batch: steps.append(task) or original(task, batch)
+    )
     history = algorithm.warmup()
     assert len(history) == 1
     for task, whole_pass in algorithm.data.steps.items():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
+# isort: split
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -48,7 +50,7 @@ def logged(tmp_path_factory) -> dict:
 
 def _overall_metrics(eval_config: tfma.EvalConfig, data: str, output: str) -> dict:
     result = tfma.run_model_analysis(eval_config=eval_config, data_location=data, output_path=output)
-    (slice_key, values), = result.slicing_metrics
+    ((slice_key, values),) = result.slicing_metrics
     assert slice_key == ()
     return values
 
@@ -75,7 +77,9 @@ def test_gauc_matches_numpy_under_the_ctr_output_of_a_two_output_model(logged, t
     assert "gauc" not in values["cvr"][""]
     # The data does exercise the skipping: dropping the one-class users changes nothing.
     two_class = ~np.isin(logged["users"], [0, 1, 11])
-    assert metrics.gauc(logged["clicks"][two_class], logged["ctr"][two_class], logged["users"][two_class]) == pytest.approx(expected)
+    assert metrics.gauc(
+        logged["clicks"][two_class], logged["ctr"][two_class], logged["users"][two_class]
+    ) == pytest.approx(expected)
     assert expected != pytest.approx(metrics.auc(logged["clicks"], logged["ctr"]), abs=1e-3)
 
 
@@ -170,7 +174,8 @@ def test_no_skill_baseline_matches_numpy(scored, tmp_path):
     eval_config = _two_output_config(
         [tfma.MetricConfig(class_name="NoSkillBaseline", module=BASELINE_METRICS,
                            config=f'{{"loss": "log_loss", "constant": {click_rate}}}')],
-        [tfma.MetricConfig(class_name="NoSkillBaseline", module=BASELINE_METRICS, config=f'{{"constant": {watch_ratio}}}'),
+        [tfma.MetricConfig(class_name="NoSkillBaseline", module=BASELINE_METRICS,
+                           config=f'{{"constant": {watch_ratio}}}'),
          tfma.MetricConfig(class_name="MeanSquaredError", config='{"name": "mse"}')],
     )  # fmt: skip
     values = _overall_metrics(eval_config, scored["path"], str(tmp_path))
@@ -214,7 +219,9 @@ def test_incumbent_baseline_matches_scikit_learn_on_the_rows_with_a_score(scored
 def test_incumbent_baseline_without_any_score_is_nan(logged, tmp_path):
     eval_config = tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(label_key="label", prediction_key="ctr_pred")],
-        metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="IncumbentBaseline", module=BASELINE_METRICS)])],
+        metrics_specs=[
+            tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="IncumbentBaseline", module=BASELINE_METRICS)])
+        ],
     )
     values = _values(_overall_metrics(eval_config, logged["path"], str(tmp_path)), "")  # `logged` has no pctr
     assert values["incumbent_examples"] == 0
@@ -293,7 +300,9 @@ def _replaced_value(batched_name: str, labels, predictions, weights, example_wei
 
 def _inputs(labels, predictions, weights) -> list[metric_types.StandardMetricInputs]:
     return [
-        metric_types.StandardMetricInputs(labels=np.array([y]), predictions=np.array([p]), example_weights=np.array([w]))
+        metric_types.StandardMetricInputs(
+            labels=np.array([y]), predictions=np.array([p]), example_weights=np.array([w])
+        )
         for y, p, w in zip(labels, predictions, weights)
     ]
 
@@ -316,7 +325,9 @@ def awkward() -> dict:
 @pytest.mark.parametrize("batched_name", sorted(REPLACED_BY_BATCHED))
 def test_each_batched_metric_equals_the_one_it_replaces(awkward, batched_name, example_weighted):
     labels, predictions, weights = awkward["labels"], awkward["predictions"], awkward["weights"]
-    batched = _run_computations(getattr(tfma_metrics, batched_name)(), _inputs(labels, predictions, weights), example_weighted)
+    batched = _run_computations(
+        getattr(tfma_metrics, batched_name)(), _inputs(labels, predictions, weights), example_weighted
+    )
     replaced = _replaced_value(batched_name, labels, predictions, weights, example_weighted)
     assert list(batched) == list(replaced)  # the same default name
     (name,) = replaced
@@ -327,7 +338,9 @@ def test_the_batched_auc_takes_tfmas_options(awkward):
     inputs = _inputs(awkward["labels"], awkward["predictions"], awkward["weights"])
     for options in ({"num_thresholds": 50}, {"curve": "PR"}, {"summation_method": "minoring"}):
         batched = _run_computations(tfma_metrics.BatchedAUC(**options), inputs, True)["auc"]
-        assert batched == pytest.approx(_run_computations(tfma.metrics.AUC(**options), inputs, True)["auc"], rel=1e-12), options
+        assert batched == pytest.approx(
+            _run_computations(tfma.metrics.AUC(**options), inputs, True)["auc"], rel=1e-12
+        ), options
 
 
 def test_a_nan_prediction_fails_the_batched_auc_as_tfmas_and_is_skipped_by_the_mse():
@@ -338,7 +351,11 @@ def test_a_nan_prediction_fails_the_batched_auc_as_tfmas_and_is_skipped_by_the_m
     with pytest.raises(ValueError, match="1 NaN predictions"):
         _run_computations(tfma_metrics.BatchedAUC(), inputs, False)
     batched = _run_computations(tfma_metrics.BatchedMeanSquaredError(), inputs, False)["mean_squared_error"]
-    assert batched == _run_computations(tfma.metrics.MeanSquaredError(), inputs, False)["mean_squared_error"] == pytest.approx((0.01 + 0.36 + 0.04) / 3)
+    assert (
+        batched
+        == _run_computations(tfma.metrics.MeanSquaredError(), inputs, False)["mean_squared_error"]
+        == pytest.approx((0.01 + 0.36 + 0.04) / 3)
+    )
 
 
 def test_batched_metrics_match_scikit_learn_and_numpy(awkward):
@@ -354,8 +371,12 @@ def test_batched_metrics_match_scikit_learn_and_numpy(awkward):
     assert values["mean_prediction"] == pytest.approx(np.average(predictions, weights=weights), rel=1e-12)
     assert values["calibration"] == pytest.approx(np.sum(weights * predictions) / np.sum(weights * labels), rel=1e-12)
     # Keras adds 1e-7 inside the logs: within 1e-5 of the log loss for p in [0.01, 0.99].
-    assert values["binary_crossentropy"] == pytest.approx(sk.log_loss(labels, predictions, sample_weight=weights), rel=1e-5)
-    assert values["mean_squared_error"] == pytest.approx(sk.mean_squared_error(labels, predictions, sample_weight=weights), rel=1e-12)
+    assert values["binary_crossentropy"] == pytest.approx(
+        sk.log_loss(labels, predictions, sample_weight=weights), rel=1e-5
+    )
+    assert values["mean_squared_error"] == pytest.approx(
+        sk.mean_squared_error(labels, predictions, sample_weight=weights), rel=1e-12
+    )
     # 10,000 thresholds: a positive and a negative within 1/10,000 of each other count as a tie.
     assert values["auc"] == pytest.approx(sk.roc_auc_score(labels, predictions, sample_weight=weights), abs=2e-4)
 
@@ -365,7 +386,9 @@ def test_batched_metrics_in_tfma_equal_the_ones_they_replace_on_a_two_output_mod
 
     def both(names: list[str]) -> list[tfma.MetricConfig]:
         return [tfma.MetricConfig(class_name=name) for name in names] + [
-            tfma.MetricConfig(class_name=f"Batched{name}", module=BASELINE_METRICS, config=f'{{"name": "batched_{name}"}}')
+            tfma.MetricConfig(
+                class_name=f"Batched{name}", module=BASELINE_METRICS, config=f'{{"name": "batched_{name}"}}'
+            )
             for name in names
         ]
 
@@ -382,7 +405,9 @@ def test_batched_metrics_in_tfma_equal_the_ones_they_replace_on_a_two_output_mod
     clicks = scored["clicks"].astype(bool)
     assert ctr["example_count"] == len(clicks) and cvr["weighted_example_count"] == clicks.sum()
     assert ctr["batched_AUC"] == pytest.approx(sk.roc_auc_score(scored["clicks"], scored["ctr"]), abs=2e-3)
-    assert ctr["batched_BinaryCrossentropy"] == pytest.approx(sk.log_loss(scored["clicks"], scored["ctr"].astype(np.float64)), rel=1e-5)
+    assert ctr["batched_BinaryCrossentropy"] == pytest.approx(
+        sk.log_loss(scored["clicks"], scored["ctr"].astype(np.float64)), rel=1e-5
+    )
     model_mse = np.mean((scored["ratio"][clicks].astype(np.float64) - scored["cvr"][clicks]) ** 2)
     assert cvr["batched_MeanSquaredError"] == pytest.approx(model_mse, rel=1e-9)
 

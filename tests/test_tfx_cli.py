@@ -27,18 +27,27 @@ def test_tfx_cli_creates_and_runs_the_pipeline(tiny_logs, tmp_path):
         "LT4REC_TABLE_SCALE": "0.01",
     }
     created = subprocess.run(
-        [TFX, "pipeline", "create", "--engine", "local", "--pipeline_path", RUNNER], env=env, capture_output=True, text=True
+        [TFX, "pipeline", "create", "--engine", "local", "--pipeline_path", RUNNER],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert created.returncode == 0, created.stderr[-3000:]
     assert os.path.isdir(tmp_path / "tfx_home" / "lt4rec_cli_test")
     assert not os.path.exists(tmp_path / "pipeline" / "metadata.sqlite")  # compiled, not run
 
     ran = subprocess.run(
-        [TFX, "run", "create", "--engine", "local", "--pipeline_name", "lt4rec_cli_test"], env=env, capture_output=True, text=True
+        [TFX, "run", "create", "--engine", "local", "--pipeline_name", "lt4rec_cli_test"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
     settings = configs.PipelineSettings(
-        data_root=tiny_logs, pipeline_root=str(tmp_path / "pipeline"), serving_dir=str(tmp_path / "serving"), pipeline_name="lt4rec_cli_test"
+        data_root=tiny_logs,
+        pipeline_root=str(tmp_path / "pipeline"),
+        serving_dir=str(tmp_path / "serving"),
+        pipeline_name="lt4rec_cli_test",
     )
     steps = {step.component: step.state for step in local_runner.last_run_steps(settings)}
     assert set(steps) >= {"LogExampleGen", "Transform", "MaskSearch", "SparseSharingTrainer", "Evaluator", "TaskPusher"}

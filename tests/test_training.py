@@ -15,13 +15,18 @@ from tests.conftest import random_transformed
 def _setup(seed: int = 0):
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(600, seed)
-    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model = network.RankingNetwork(
+        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
+    )
     model.build_for({name: values[:2] for name, values in examples.items()})
     trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01))
     kernels = masks.get_kernels(model)
     task_masks = {}
     for task, rate in (("ctr", 0.5), ("cvr", 0.6)):
-        noisy = {name: kernel + np.random.default_rng(len(task) + int(rate * 10)).normal(0, 0.3, kernel.shape) for name, kernel in kernels.items()}
+        noisy = {
+            name: kernel + np.random.default_rng(len(task) + int(rate * 10)).normal(0, 0.3, kernel.shape)
+            for name, kernel in kernels.items()
+        }
         task_masks[task] = masks.prune_by_magnitude(noisy, model.initial_masks(task), 1, rate)
     masks.set_task_masks(model, task_masks)
     batches = {task: training.task_batches(examples, task, 64, seed) for task in ("ctr", "cvr")}
@@ -37,7 +42,9 @@ def _moments(trainer: training.MultiTaskTrainer, variable: tf.Variable) -> tuple
 
 
 def _state(model, trainer):
-    return {variable.name: (variable.numpy().copy(), *_moments(trainer, variable)) for variable in model.trainable_variables}
+    return {
+        variable.name: (variable.numpy().copy(), *_moments(trainer, variable)) for variable in model.trainable_variables
+    }
 
 
 @pytest.mark.parametrize("task, other", [("ctr", "cvr"), ("cvr", "ctr")])
@@ -66,7 +73,10 @@ def test_a_batch_of_one_task_changes_only_what_its_mask_keeps(task, other):
 
 def test_weights_no_task_keeps_are_zero_and_stay_zero():
     model, trainer, batches = _setup(1)
-    unused = {layer.name: (layer.task_mask("ctr") == 0) & (layer.task_mask("cvr") == 0) for layer in masks.masked_layers(model)}
+    unused = {
+        layer.name: (layer.task_mask("ctr") == 0) & (layer.task_mask("cvr") == 0)
+        for layer in masks.masked_layers(model)
+    }
     assert any(u.any() for u in unused.values())
     for _ in range(2):
         trainer.train(batches, "mixed", 3)
@@ -100,7 +110,10 @@ def test_cvr_batches_hold_clicked_impressions_only():
     assert len(batches) == training.task_steps(examples, "cvr", 50)
     users = collections.Counter(int(u) for batch in batches for u in batch["FEA_UID"][:, 0])
     assert not users - collections.Counter(int(u) for u in examples["FEA_UID"][examples[features.CLICK_LABEL] == 1, 0])
-    first, second = ([int(u) for u in next(iter(pass_))["FEA_UID"][:, 0]] for pass_ in (batches, training.task_batches(examples, "cvr", 50, 0)))
+    first, second = (
+        [int(u) for u in next(iter(pass_))["FEA_UID"][:, 0]]
+        for pass_ in (batches, training.task_batches(examples, "cvr", 50, 0))
+    )
     assert first == second  # reproducible from the seed
 
 
@@ -139,7 +152,9 @@ def test_lazy_adam_updates_only_the_rows_of_the_batch_as_adam_would():
     gradients, steps_rows = [], []
     for ids in steps:
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(tf.gather(table, ids)) * np.arange(1, len(ids) + 1, dtype=np.float32)[:, None])
+            loss = tf.reduce_sum(
+                tf.square(tf.gather(table, ids)) * np.arange(1, len(ids) + 1, dtype=np.float32)[:, None]
+            )
         gradient = tape.gradient(loss, table)
         assert isinstance(gradient, tf.IndexedSlices)
         gradients.append(tf.convert_to_tensor(gradient).numpy())
@@ -171,7 +186,9 @@ def test_lazy_adam_is_adam_for_dense_gradients():
 def test_trainer_with_lazy_adam_leaves_unused_embedding_rows_alone():
     tf.keras.utils.set_random_seed(0)
     examples = random_transformed(256, 0)
-    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model = network.RankingNetwork(
+        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
+    )
     model.build_for({name: values[:2] for name, values in examples.items()})
     trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, optimizer="lazy_adam"))
     user_table = model.embeddings.tables["user"].embeddings
@@ -197,7 +214,9 @@ def _shared_weight_displacement(loss_weights, schedule, seed: int = 0) -> np.nda
     """
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(2000, seed)
-    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model = network.RankingNetwork(
+        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
+    )
     model.build_for({name: values[:2] for name, values in examples.items()})
     for table in model.embeddings.tables.values():
         table.embeddings.assign(np.random.default_rng(seed).normal(0, 0.5, table.embeddings.shape))
@@ -206,7 +225,10 @@ def _shared_weight_displacement(loss_weights, schedule, seed: int = 0) -> np.nda
     kernels = masks.get_kernels(model)
     task_masks = {
         task: masks.prune_by_magnitude(
-            {name: kernel + np.random.default_rng(len(task)).normal(0, 0.3, kernel.shape) for name, kernel in kernels.items()},
+            {
+                name: kernel + np.random.default_rng(len(task)).normal(0, 0.3, kernel.shape)
+                for name, kernel in kernels.items()
+            },
             model.initial_masks(task),
             1,
             0.4,
@@ -241,7 +263,9 @@ def test_loss_weights_set_how_hard_each_task_pulls_on_the_shared_weights():
 def test_mixed_training_keeps_the_task_shares_in_every_tenth_of_a_pass(monkeypatch):
     tf.keras.utils.set_random_seed(0)
     examples = random_transformed(6000, 6)
-    model = network.RankingNetwork(features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(8,)))
+    model = network.RankingNetwork(
+        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(8,))
+    )
     model.build_for({name: values[:2] for name, values in examples.items()})
     trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=8))
     steps = []
@@ -254,4 +278,6 @@ def test_mixed_training_keeps_the_task_shares_in_every_tenth_of_a_pass(monkeypat
     assert steps.count("ctr") == n_ctr and steps.count("cvr") == n_cvr  # every whole batch, once
     expected = n_cvr / (n_ctr + n_cvr)
     for tenth in np.array_split(np.array(steps) == "cvr", 10):
-        assert abs(tenth.mean() - expected) < 0.02, f"CVR share {tenth.mean():.3f} in a tenth of the pass, expected {expected:.3f}"
+        assert (
+            abs(tenth.mean() - expected) < 0.02
+        ), f"CVR share {tenth.mean():.3f} in a tenth of the pass, expected {expected:.3f}"

@@ -65,7 +65,10 @@ def test_relatedness_ties_the_tasks_together():
     def correlation(rho):
         world = world_lib.World(world_lib.WorldConfig(rows=20_000, seed=5, task_relatedness=rho))
         impressions = world.sample(20_000)
-        logit = lambda p: np.log(p / (1 - p))
+
+        def logit(p):
+            return np.log(p / (1 - p))
+
         return np.corrcoef(logit(impressions.p_click), logit(impressions.expected_watch_ratio))[0, 1]
 
     independent, related = correlation(0.0), correlation(1.0)
@@ -132,8 +135,13 @@ def test_production_pctr_sees_only_coarse_attributes():
     order = np.argsort(key, kind="stable")
     twins = np.flatnonzero(np.diff(key[order]) == 0)
     first, second = order[twins[0]], order[twins[0] + 1]
-    draw = {"user": np.array([0, 0]), "video": np.array([first, second]), "position": np.array([1, 1]),
-            "algorithm": np.array([0, 0]), "same_category": np.array([False, False])}
+    draw = {
+        "user": np.array([0, 0]),
+        "video": np.array([first, second]),
+        "position": np.array([1, 1]),
+        "algorithm": np.array([0, 0]),
+        "same_category": np.array([False, False]),
+    }
     production = world._production_logit(draw, np.zeros(2))
     assert production[0] == pytest.approx(production[1])
     z = world._z_scale

@@ -112,7 +112,9 @@ def find_baselines(eval_config: tfma.EvalConfig) -> list[Baseline]:
                 raise ValueError(f"{metric.class_name} needs a MetricsSpec of one output, not {outputs}")
             (output,) = outputs
             label_key = model_spec.label_keys[output] if output else model_spec.label_key
-            weight_key = (model_spec.example_weight_keys.get(output) if output else model_spec.example_weight_key) or None
+            weight_key = (
+                model_spec.example_weight_keys.get(output) if output else model_spec.example_weight_key
+            ) or None
             if spec.HasField("example_weights") and not spec.example_weights.weighted:
                 weight_key = None  # the spec computes it unweighted only
             threshold = metric.HasField("threshold") or bool(metric.per_slice_thresholds)
@@ -143,7 +145,9 @@ def _record_batches(path: str) -> Iterator[list[bytes]]:
     ExampleGens write them), RECORDS_PER_BATCH at a time, read by TensorFlow: Beam's
     ReadFromTFRecord handles each record in Python, and took most of this pass's time."""
     compression = "GZIP" if path.endswith(".gz") else ""
-    for batch in tf.data.TFRecordDataset(path, compression_type=compression).batch(RECORDS_PER_BATCH).as_numpy_iterator():
+    for batch in (
+        tf.data.TFRecordDataset(path, compression_type=compression).batch(RECORDS_PER_BATCH).as_numpy_iterator()
+    ):
         yield list(batch)
 
 
@@ -171,7 +175,9 @@ def _single_values(records: list[bytes], keys: set[str]) -> dict[str, tuple[np.n
     try:
         parsed = tf.io.parse_example(records, spec) if spec else {}
     except tf.errors.InvalidArgumentError as error:
-        raise errors.DataError(f"a feature of {sorted(kinds)} is of more than one kind in the examples: {error.message}") from error
+        raise errors.DataError(
+            f"a feature of {sorted(kinds)} is of more than one kind in the examples: {error.message}"
+        ) from error
     found = {}
     for key in keys:
         if key not in parsed:
@@ -321,7 +327,11 @@ def report(
     configured_by_name = {
         (b.output_name, b.name): configured.metrics_specs[b.spec_index].metrics[b.metric_index] for b in baselines
     }
-    failing = {(f.metric_key.output_name, f.metric_key.name) for s in validation.metric_validations_per_slice for f in s.failures}
+    failing = {
+        (f.metric_key.output_name, f.metric_key.name)
+        for s in validation.metric_validations_per_slice
+        for f in s.failures
+    }
     checks = []
     for baseline in baselines:
         figures = metrics.get(baseline.output_name, {})
@@ -384,7 +394,9 @@ def report(
 def _lost_to(check: dict) -> str:
     task = check["output"] or "model"
     if check["metric"] == "auc":
-        return f"{task} AUC {check['model']:.4f} is not above the incumbent {check['feature']}'s {check['baseline']:.4f}"
+        return (
+            f"{task} AUC {check['model']:.4f} is not above the incumbent {check['feature']}'s {check['baseline']:.4f}"
+        )
     metric = check["metric"]
     return f"{task} {metric} {check['model']:.4f} is not below the no-skill {metric} {check['baseline']:.4f}"
 
@@ -454,13 +466,17 @@ class Executor(tfx_executor.Executor):
             logger.info("Evaluator: %s", note)
 
         configured_json = proto_utils.proto_to_json(configured)
-        super().Do(input_dict, output_dict, _with_extractors({**exec_properties, specs.EVAL_CONFIG_KEY: configured_json}))
+        super().Do(
+            input_dict, output_dict, _with_extractors({**exec_properties, specs.EVAL_CONFIG_KEY: configured_json})
+        )
 
         blessing = output_dict.get(specs.BLESSING_KEY)
         blessing = artifact_utils.get_single_instance(blessing) if blessing else None
         blessed = None
         if blessing is not None and blessing.has_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY):
-            blessed = blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == constants.BLESSED_VALUE
+            blessed = (
+                blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == constants.BLESSED_VALUE
+            )
         summary = report(
             baselines, configured, candidate_metrics(output_uri), statistics, eval_splits,
             tfma.load_validation_result(output_uri), blessed,
@@ -474,7 +490,9 @@ class Executor(tfx_executor.Executor):
                 blessing.set_string_custom_property(REASONS_PROPERTY, "; ".join(summary["failures"]))
                 logger.info("Evaluator: not blessed: %s", "; ".join(summary["failures"]))
 
-    def _split_statistics(self, examples, baselines: list[Baseline], eval_splits: list[str], output_uri: str) -> SplitStatistics:
+    def _split_statistics(
+        self, examples, baselines: list[Baseline], eval_splits: list[str], output_uri: str
+    ) -> SplitStatistics:
         """One Beam pass over the train and eval splits, in batches (see `_SplitSums`)."""
         means = sorted({(b.label_key, b.weight_key) for b in baselines if b.kind == NO_SKILL}, key=str)
         scores = sorted({b.feature for b in baselines if b.kind == INCUMBENT})
@@ -486,7 +504,8 @@ class Executor(tfx_executor.Executor):
                 for index, uri in enumerate(artifact_utils.get_split_uris(examples, split)):
                     sums.append(
                         pipeline
-                        | f"FilesForBaselines[{split}][{index}]" >> beam.Create(tf.io.gfile.glob(io_utils.all_files_pattern(uri)))
+                        | f"FilesForBaselines[{split}][{index}]"
+                        >> beam.Create(tf.io.gfile.glob(io_utils.all_files_pattern(uri)))
                         | f"SpreadFilesForBaselines[{split}][{index}]" >> beam.Reshuffle()
                         | f"ReadForBaselines[{split}][{index}]" >> beam.FlatMap(_record_batches)
                         | f"SumForBaselines[{split}][{index}]" >> beam.CombineGlobally(_SplitSums(means, scores))

@@ -143,8 +143,11 @@ def _request_bucket(record: bytes, buckets: int) -> int:
 
 
 _SPAN_SPECS = (
-    example_gen_utils.SPAN_SPEC, example_gen_utils.VERSION_SPEC,
-    example_gen_utils.YEAR_SPEC, example_gen_utils.MONTH_SPEC, example_gen_utils.DAY_SPEC,
+    example_gen_utils.SPAN_SPEC,
+    example_gen_utils.VERSION_SPEC,
+    example_gen_utils.YEAR_SPEC,
+    example_gen_utils.MONTH_SPEC,
+    example_gen_utils.DAY_SPEC,
 )
 
 
@@ -202,12 +205,17 @@ class Executor(BaseExampleGenExecutor):
         examples.set_string_custom_property("split_days", json.dumps(counts["split_days"], sort_keys=True))
         logger.info(
             "LogExampleGen: %d rows read, %d rejected, %d corrupt files %s; days per split %s",
-            counts[ROWS_READ], rejected, corrupt_files, counts["rejected"], counts["split_days"],
+            counts[ROWS_READ],
+            rejected,
+            corrupt_files,
+            counts["rejected"],
+            counts["split_days"],
         )
         limit = float(exec_properties.get(MAX_REJECTED_FRACTION) or 0.0)
         if corrupt_files:
             raise errors.DataError(
-                f"{corrupt_files} log file(s) could not be read to the end:\n  " + self._first_rejections(corrupt_only=True)
+                f"{corrupt_files} log file(s) could not be read to the end:\n  "
+                + self._first_rejections(corrupt_only=True)
             )
         if rejected > limit * counts[ROWS_READ]:
             raise errors.DataError(
@@ -225,7 +233,9 @@ class Executor(BaseExampleGenExecutor):
         found.sort(key=lambda r: (r["file"], r["record"]))
         return "\n  ".join(describe_rejection(r) for r in found[:count])
 
-    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]) -> dict[str, beam.PCollection]:
+    def GenerateExamplesByBeam(
+        self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]
+    ) -> dict[str, beam.PCollection]:
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         output_config = example_gen_pb2.Output()
@@ -270,13 +280,15 @@ class Executor(BaseExampleGenExecutor):
         _ = (
             rejected
             | "RejectedToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-            | "WriteRejected" >> beam.io.WriteToText(os.path.join(self._rejected_dir, "rejected"), file_name_suffix=".jsonl")
+            | "WriteRejected"
+            >> beam.io.WriteToText(os.path.join(self._rejected_dir, "rejected"), file_name_suffix=".jsonl")
         )
         counts = (
             (
                 read.rows | "RowKeys" >> beam.Map(lambda row: ROWS_READ),
                 rejected | "RejectedKeys" >> beam.Map(lambda r: f"rejected:{r['reason']}"),
-                rejected | "ReadRejectedKeys" >> beam.FlatMap(lambda r: [ROWS_READ] if r["reason"] != CORRUPT_FILE else []),
+                rejected
+                | "ReadRejectedKeys" >> beam.FlatMap(lambda r: [ROWS_READ] if r["reason"] != CORRUPT_FILE else []),
             )
             | "AllKeys" >> beam.Flatten()
             | "Count" >> beam.combiners.Count.PerElement()

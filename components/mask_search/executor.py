@@ -1,8 +1,8 @@
 """MaskSearch's executor: reads Transform's train split, runs the search, writes the masks artifact.
 
 The rounds are chosen on a seeded random share of the train split held out for it
-(`TrainConfig.validation_fraction`; every phase also stops early on it), so that the eval split stays the Evaluator's own
-test set, untouched by any choice the search makes.
+(`TrainConfig.validation_fraction`; every phase also stops early on it), so that the eval
+split stays the Evaluator's own test set, untouched by any choice the search makes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ WORKERS = "workers"  # how many workers searched, in search.json
 TRAIN_SPLIT = "train"
 
 
-def split_examples(examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput) -> inputs.TransformedSplit:
+def split_examples(
+    examples_artifacts: list, split: str, transform_output: tft.TFTransformOutput
+) -> inputs.TransformedSplit:
     uri = artifact_utils.get_split_uri(examples_artifacts, split)
     return inputs.TransformedSplit.from_patterns(io_utils.all_files_pattern(uri), transform_output)
 
@@ -52,7 +54,10 @@ class Executor(base_executor.BaseExecutor):
         transform_output = tft.TFTransformOutput(artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH]))
         tf.keras.utils.set_random_seed(train_config.seed)
         data = sparse_sharing.Datasets.from_split(
-            split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output), train_config, network_config.tasks, strategy
+            split_examples(input_dict[EXAMPLES], TRAIN_SPLIT, transform_output),
+            train_config,
+            network_config.tasks,
+            strategy,
         )
         with strategy.scope():
             model = network.RankingNetwork(feature_config, network_config)
@@ -61,15 +66,22 @@ class Executor(base_executor.BaseExecutor):
             algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config, strategy)
             logger.info(
                 "Mask search: %d rounds per task, q=%.3f (%.0f%% left after the last), %s %s pruning, rewinding to %s",
-                search_config.rounds, search_config.rate, 100 * search_config.remaining,
-                search_config.scope, search_config.granularity, search_config.rewind_to,
+                search_config.rounds,
+                search_config.rate,
+                100 * search_config.remaining,
+                search_config.scope,
+                search_config.granularity,
+                search_config.rewind_to,
             )
             algorithm.warmup()
             searches = {task: algorithm.search(task) for task in network_config.tasks}
 
         output = artifact_utils.get_single_instance(output_dict[MASKS])
         # Every replica writes (saving may need all of them); only the chief's folder is kept.
-        with distribution.output_folder(output.uri, replica) as folder, strategy.scope():  # writing sets sNET_init's masks
+        with (
+            distribution.output_folder(output.uri, replica) as folder,
+            strategy.scope(),
+        ):  # writing sets sNET_init's masks
             algorithm.write(folder, searches, extra={"features": feature_config.to_dict(), WORKERS: replica.workers})
             if replica.is_chief:
                 overlaps = masks.overlap(searches["ctr"].masks, searches["cvr"].masks)

@@ -28,8 +28,13 @@ class Executor(trainer_executor.GenericExecutor):
         super().Do(input_dict, output_dict, exec_properties)
         mark_model(output_dict, exec_properties)
 
-    def _GetFnArgs(self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]) -> fn_args_utils.FnArgs:
+    def _GetFnArgs(
+        self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]
+    ) -> fn_args_utils.FnArgs:
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
         if input_dict.get(MASKS):
-            fn_args.custom_config = {**(fn_args.custom_config or {}), trainer.MASKS_URI: artifact_utils.get_single_uri(input_dict[MASKS])}
+            fn_args.custom_config = {
+                **(fn_args.custom_config or {}),
+                trainer.MASKS_URI: artifact_utils.get_single_uri(input_dict[MASKS]),
+            }
         return fn_args
