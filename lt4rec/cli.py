@@ -574,7 +574,7 @@ _RUN_OPTIONS = [
     click.option(
         "--pipeline-root", required=True, help="Where TFX keeps artifacts (and, locally, its SQLite metadata store)."
     ),
-    click.option("--serving-dir", required=True, help="Where the pushed CTR and CVR models go."),
+    click.option("--serving-dir", required=True, help="Where the pushed CTR, CVR and rank models go."),
     click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline in ML Metadata."),
     click.option(
         "--eval-days",

@@ -1,7 +1,7 @@
 """The one definition of the LT4REC pipeline: every component, wired once.
 
-    LogExampleGen ─> StatisticsGen ─┬─> SchemaGen (inferred, to compare with the curated one)
-                                    └─> ExampleValidator <─ ImportSchemaGen (curated schema)
+    LogExampleGen ─> StatisticsGen ─┬─> InferredSchemaGen (SchemaGen, to compare with the curated one)
+                                    └─> ExampleValidator <─ CuratedSchemaGen (ImportSchemaGen)
                                               │
                                         AnomalyCheck (stops the run on anomalies)
                                               │
@@ -12,6 +12,7 @@
                                  latest blessed model ─> Evaluator (TFMA, per task)
                                                                 │ blessing
                                   TaskPusher: <serving_dir>/ctr/<v>/, <serving_dir>/cvr/<v>/
+                                              and <serving_dir>/rank/<v>/ (sparse sharing)
 
 The latest blessed model comes from a resolver over ML Metadata, or, on Kubeflow Pipelines
 2.x (`settings.import_base_model`), from an importer of the last pushed model.

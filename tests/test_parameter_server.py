@@ -1,4 +1,4 @@
-"""Id tables sharded over parameter servers (the README's placement for production tables).
+"""Id tables sharded over parameter servers (docs/OPERATIONS.md: placement for production tables).
 
 In a fresh process, an in-process cluster (one worker, two parameter servers) builds the
 network under ParameterServerStrategy with the Trainer's id-table partitioner, and a ClusterCoordinator
