@@ -200,6 +200,7 @@ def test_vertex_resolvers_ask_for_this_pipelines_models_only(compiled):
         assert query.endswith(' AND metadata.lt4rec_pipeline.string_value="lt4rec"')
 
 
+@pytest.mark.slow
 def test_every_container_asks_for_its_resources(tmp_path):
     out = tmp_path / "spec.json"
     result = subprocess.run(
@@ -233,6 +234,7 @@ def test_dataflow_workers_run_the_pipeline_image(tmp_path):
         kubeflow_runner.compile_pipeline(staged, str(tmp_path / "staged.json"), IMAGE)
 
 
+@pytest.mark.slow
 def test_lt4rec_pipeline_compile(tmp_path):
     out = tmp_path / "spec" / "lt4rec.json"
     result = subprocess.run(
@@ -278,6 +280,7 @@ def test_lt4rec_pipeline_compile(tmp_path):
     assert "range_config" in spec.root.dag.tasks["LogExampleGen"].inputs.parameters  # daily mode: the latest span
 
 
+@pytest.mark.slow
 def test_tfx_cli_compiles_the_runner_file(tmp_path):
     """`tfx pipeline compile --engine vertex` runs the runner file with LT4REC_* settings."""
     out = tmp_path / "tfx.json"
@@ -308,6 +311,7 @@ def test_tfx_cli_compiles_the_runner_file(tmp_path):
     assert args["image"] == IMAGE and tuple(args["args"][-len(DATAFLOW_ARGS) :]) == DATAFLOW_ARGS
 
 
+@pytest.mark.slow
 def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     """--training-workers: the Trainer and MaskSearch launch Vertex AI CustomJobs; Vertex sets TF_CONFIG."""
     out = tmp_path / "vertex.json"

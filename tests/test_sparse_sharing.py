@@ -44,6 +44,7 @@ def test_round_selection_picks_the_best_validation_round():
         sparse_sharing.select_round(cvr, 0.9)
 
 
+@pytest.mark.slow
 def test_search_rounds_are_scored_and_rewind_restores_the_targets():
     algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=2, remaining=0.25))
     initial = training.snapshot(algorithm.model)

@@ -249,6 +249,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.mark.slow
 def test_loss_weights_set_how_hard_each_task_pulls_on_the_shared_weights():
     """Eq. 2: w_ctr * L_ctr + w_cvr * L_cvr. Swapping the weights must swap whose direction wins."""
     mixed = ["ctr", "cvr"] * 6
@@ -260,6 +261,7 @@ def test_loss_weights_set_how_hard_each_task_pulls_on_the_shared_weights():
     assert _cosine(cvr_heavy, cvr_only) > _cosine(ctr_heavy, cvr_only) + 0.05
 
 
+@pytest.mark.slow
 def test_mixed_training_keeps_the_task_shares_in_every_tenth_of_a_pass(monkeypatch):
     tf.keras.utils.set_random_seed(0)
     examples = random_transformed(6000, 6)
