@@ -28,13 +28,19 @@ demo: install
 	$(BIN)/lt4rec pipeline run --data-root $(DEMO)/logs --pipeline-root $(DEMO)/pipeline \
 		--serving-dir $(DEMO)/serving --table-scale 0.05 --min-sparsity 0.5
 
+# Tests run on one worker per core, at most 4 (pytest-xdist; each worker holds TensorFlow and
+# its pipelines, 2-4 GB); tests/conftest.py groups them so that each module, and each shared
+# pipeline run, is computed by one worker.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+
 # Everything, as CI runs it: the linter, then every test (whole pipelines, clusters, servers).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The edit-test loop: unit tests only (no e2e or slow ones), a few minutes.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+	$(PYTEST) -m "not e2e and not slow"
 
 lint: install
 	$(BIN)/ruff check .

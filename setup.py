@@ -66,6 +66,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.6",  # `make test` runs the suite on one worker per core
             "ruff==0.8.4",  # formatter and linter: `make lint`, run by `make test`
             # Property-based tests; 6.168.5 is the last release for Python 3.10.
             "hypothesis==6.170.17; python_version >= '3.11'",

@@ -624,10 +624,13 @@ def _single_values_only(name: str, sub_keys: Optional[list]) -> None:
 
 
 class _OutputSumsMetric(metric_types.Metric):
-    """A metric whose value is a function of its output's `OutputSums` (`value`)."""
+    """A metric whose value is a function of its output's `OutputSums` (`value`), named
+    `DEFAULT_NAME` (TFMA's name for the metric it stands for) unless given a name."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(self._computations, name=name)
+    DEFAULT_NAME: str
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(self._computations, name=name or self.DEFAULT_NAME)
 
     @staticmethod
     def value(sums: OutputSums) -> float:
@@ -660,11 +663,15 @@ class _OutputSumsMetric(metric_types.Metric):
         return computations
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """As TFMA's calibration metrics: NaN when the denominator is about 0."""
+    return float("nan") if np.isclose(denominator, 0.0) else numerator / denominator
+
+
 class BatchedExampleCount(_OutputSumsMetric):
     """TFMA's ExampleCount: the examples, or with example weights the sum of their weights."""
 
-    def __init__(self, name: str = example_count.EXAMPLE_COUNT_NAME) -> None:
-        super().__init__(name)
+    DEFAULT_NAME = example_count.EXAMPLE_COUNT_NAME
 
     @property
     def compute_confidence_interval(self) -> bool:
@@ -681,8 +688,7 @@ metric_types.register_metric(BatchedExampleCount)
 class BatchedWeightedExampleCount(BatchedExampleCount):
     """TFMA's WeightedExampleCount: ExampleCount under another default name."""
 
-    def __init__(self, name: str = weighted_example_count.WEIGHTED_EXAMPLE_COUNT_NAME) -> None:
-        super().__init__(name)
+    DEFAULT_NAME = weighted_example_count.WEIGHTED_EXAMPLE_COUNT_NAME
 
 
 metric_types.register_metric(BatchedWeightedExampleCount)
@@ -691,12 +697,11 @@ metric_types.register_metric(BatchedWeightedExampleCount)
 class BatchedMeanLabel(_OutputSumsMetric):
     """TFMA's MeanLabel: sum w*y / sum w (NaN when sum w is about 0)."""
 
-    def __init__(self, name: str = calibration.MEAN_LABEL_NAME) -> None:
-        super().__init__(name)
+    DEFAULT_NAME = calibration.MEAN_LABEL_NAME
 
     @staticmethod
     def value(sums: OutputSums) -> float:
-        return float("nan") if np.isclose(sums.weight, 0.0) else sums.weighted_labels / sums.weight
+        return _ratio(sums.weighted_labels, sums.weight)
 
 
 metric_types.register_metric(BatchedMeanLabel)
@@ -705,12 +710,11 @@ metric_types.register_metric(BatchedMeanLabel)
 class BatchedMeanPrediction(_OutputSumsMetric):
     """TFMA's MeanPrediction: sum w*p / sum w (NaN when sum w is about 0)."""
 
-    def __init__(self, name: str = calibration.MEAN_PREDICTION_NAME) -> None:
-        super().__init__(name)
+    DEFAULT_NAME = calibration.MEAN_PREDICTION_NAME
 
     @staticmethod
     def value(sums: OutputSums) -> float:
-        return float("nan") if np.isclose(sums.weight, 0.0) else sums.weighted_predictions / sums.weight
+        return _ratio(sums.weighted_predictions, sums.weight)
 
 
 metric_types.register_metric(BatchedMeanPrediction)
@@ -719,14 +723,11 @@ metric_types.register_metric(BatchedMeanPrediction)
 class BatchedCalibration(_OutputSumsMetric):
     """TFMA's Calibration: sum w*p / sum w*y (NaN when sum w*y is about 0)."""
 
-    def __init__(self, name: str = calibration.CALIBRATION_NAME) -> None:
-        super().__init__(name)
+    DEFAULT_NAME = calibration.CALIBRATION_NAME
 
     @staticmethod
     def value(sums: OutputSums) -> float:
-        return (
-            float("nan") if np.isclose(sums.weighted_labels, 0.0) else sums.weighted_predictions / sums.weighted_labels
-        )
+        return _ratio(sums.weighted_predictions, sums.weighted_labels)
 
 
 metric_types.register_metric(BatchedCalibration)
@@ -738,8 +739,7 @@ class BatchedBinaryCrossentropy(_OutputSumsMetric):
     -(y log(p' + eps) + (1-y) log(1 - p' + eps)), p' = p clipped to [eps, 1 - eps], eps = 1e-7
     (Keras computes it in float32: values agree to about 1e-6)."""
 
-    def __init__(self, name: str = "binary_crossentropy") -> None:
-        super().__init__(name)
+    DEFAULT_NAME = "binary_crossentropy"
 
     @staticmethod
     def value(sums: OutputSums) -> float:
@@ -753,8 +753,7 @@ class BatchedMeanSquaredError(_OutputSumsMetric):
     """TFMA's MeanSquaredError: the weighted mean of (y-p)^2 over the examples where it is a
     number (NaN when their weights sum to 0)."""
 
-    def __init__(self, name: str = mean_regression_error.MEAN_SQUARED_ERROR_NAME) -> None:
-        super().__init__(name)
+    DEFAULT_NAME = mean_regression_error.MEAN_SQUARED_ERROR_NAME
 
     @staticmethod
     def value(sums: OutputSums) -> float:

@@ -96,6 +96,16 @@ class TrainConfig:
         return cls(**config)
 
 
+def _adam_state(optimizer: tf.keras.optimizers.Adam, variable: tf.Variable) -> tuple:
+    """This step's bias-corrected step size, beta_1, beta_2 and the variable's two moment slots."""
+    dtype = variable.dtype
+    step = tf.cast(optimizer.iterations + 1, dtype)
+    beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+    alpha = tf.cast(optimizer.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+    index = optimizer._index_dict[optimizer._var_key(variable)]
+    return alpha, beta_1, beta_2, optimizer._momentums[index], optimizer._velocities[index]
+
+
 class LazyAdam(tf.keras.optimizers.Adam):
     """Adam whose sparse (embedding) updates touch only the rows in the batch.
 
@@ -109,12 +119,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable)
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-        index = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[index], self._velocities[index]
+        alpha, beta_1, beta_2, m, v = _adam_state(self, variable)
         rows, position = tf.unique(gradient.indices)  # a row may appear more than once in a batch
         values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
@@ -147,12 +152,7 @@ class _TaskMasked:
         mask = self._step_masks.get(self._var_key(variable))
         if mask is None:
             return super().update_step(gradient, variable)
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-        index = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[index], self._velocities[index]
+        alpha, beta_1, beta_2, m, v = _adam_state(self, variable)
         gradient = tf.convert_to_tensor(gradient)
         keep = tf.cast(mask(), tf.bool)
         new_m = m + (gradient - m) * (1 - beta_1)

@@ -17,6 +17,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_SCALE = 0.01  # the pipeline tests' id tables, scaled to the tiny logs
 
 
+# Fixtures worth computing once per test worker: modules that use one run in the same worker.
+SHARED_RUNS = ("finished_run",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Ordering and grouping for `pytest -n N --dist loadgroup` (`make test`).
+
+    A module's tests share module fixtures, so each module is one group (as `loadfile`), and
+    the modules that use a run in `SHARED_RUNS` are one group. Groups of e2e tests (minutes
+    each) come first so that the workers end together: the unit tests fill in at the end.
+    """
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    group_of: dict[str, str] = {}
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if shared:
+            group_of[module(item)] = shared[0]
+        else:
+            group_of.setdefault(module(item), module(item))
+    e2e_groups = {group_of[module(item)] for item in items if item.get_closest_marker("e2e")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of[module(item)]))
+    items.sort(key=lambda item: group_of[module(item)] not in e2e_groups)  # a stable sort: e2e groups first
+
+
 def run_in_fresh_process(module: str, function: str, *args: object, timeout: float = 300) -> str:
     """Call `module.function(*args)` in a new Python process; its stdout, or fail with its stderr.
 
