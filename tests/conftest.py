@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the modules that use a run in `SHARED_RUNS` are one group. Groups of e2e tests (minutes
     each) come first so that the workers end together: the unit tests fill in at the end.
     """
+
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]
 
