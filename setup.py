@@ -14,7 +14,7 @@ SUBPACKAGES = ("pipeline", "components", "models", "serving", "logs")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
-    packages = ["lt4rec"]
+    packages = ["lt4rec", *(f"lt4rec.{nested}" for nested in find_packages(where="lt4rec"))]  # lt4rec.testing
     package_dir = {"lt4rec": "lt4rec"}
     for folder in SUBPACKAGES:
         name = f"lt4rec.{folder}"
@@ -53,7 +53,6 @@ setup(
         "tensorflow-model-analysis==0.47.1",
         "apache-beam[gcp]==2.59.0",
         "tensorflow-serving-api==2.16.1",
-        "tensorflow-recommenders==0.7.7",
         # kfp >= 2.6 needs protobuf 4, which tensorflow-metadata 1.16 forbids on Python < 3.11.
         "kfp==2.7.0; python_version >= '3.11'",
         "kfp==2.5.0; python_version < '3.11'",

@@ -29,8 +29,10 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from lt4rec.logs import generator
-from lt4rec.models import export, features, network, offline_transform
+from lt4rec.models import export, features, network
+from lt4rec.models.config import NetworkConfig
 from lt4rec.serving import batch_scoring
+from lt4rec.testing import offline_transform
 
 RUNNING_MODES = {
     "in_memory": ["--direct_running_mode=in_memory"],
@@ -52,7 +54,7 @@ def export_models(logs: str, serving_dir: str, workdir: str) -> None:
     parsed = tf.io.parse_example(first, export.raw_input_spec(transform_output))
     ids = transform_output.transform_features_layer()(parsed)
     tf.keras.utils.set_random_seed(0)
-    model = network.RankingNetwork(feature_config, network.NetworkConfig())
+    model = network.RankingNetwork(feature_config, NetworkConfig())
     model.build_for({name: ids[name] for name in features.FEATURE_NAMES})
     for task in ("ctr", "cvr"):
         export.export_task_model(

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import export, features, masks, metrics, network, sparse_sharing, training
+from lt4rec.models.config import NetworkConfig, SearchConfig, TrainConfig
 from lt4rec.pipeline import configs
 from transformed_logs import load
 
@@ -90,8 +91,8 @@ def prepare(name: str, train: dict, args, seed: int, build_batch: dict):
     """
     chosen = configs.select_model(
         name,
-        network.NetworkConfig(),
-        sparse_sharing.SearchConfig(
+        NetworkConfig(),
+        SearchConfig(
             rounds=args.rounds,
             remaining=args.remaining,
             epochs_per_round=args.epochs_per_round,
@@ -101,7 +102,7 @@ def prepare(name: str, train: dict, args, seed: int, build_batch: dict):
         ),
     )
     network_config, search_config = chosen["network"], chosen["search"]
-    train_config = training.TrainConfig(
+    train_config = TrainConfig(
         seed=seed,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -410,25 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--table-scale", type=float, default=TABLE_SCALE, help="Hashed table sizes, times DEFAULT_TABLES'."
     )
     parser.add_argument("--epochs", type=int, default=3, help="At most this many epochs per phase (early stopping).")
-    parser.add_argument("--warmup-epochs", type=float, default=sparse_sharing.SearchConfig.warmup_epochs)
-    parser.add_argument("--patience", type=int, default=training.TrainConfig.patience)
-    parser.add_argument("--validation-fraction", type=float, default=training.TrainConfig.validation_fraction)
-    parser.add_argument("--rounds", type=int, default=sparse_sharing.SearchConfig.rounds)
-    parser.add_argument("--remaining", type=float, default=sparse_sharing.SearchConfig.remaining)
-    parser.add_argument("--scope", default=sparse_sharing.SearchConfig.scope, choices=masks.SCOPES)
+    parser.add_argument("--warmup-epochs", type=float, default=SearchConfig.warmup_epochs)
+    parser.add_argument("--patience", type=int, default=TrainConfig.patience)
+    parser.add_argument("--validation-fraction", type=float, default=TrainConfig.validation_fraction)
+    parser.add_argument("--rounds", type=int, default=SearchConfig.rounds)
+    parser.add_argument("--remaining", type=float, default=SearchConfig.remaining)
+    parser.add_argument("--scope", default=SearchConfig.scope, choices=masks.SCOPES)
     parser.add_argument(
         "--min-sparsity",
         type=float,
         default=0.7,
         help="Sparse sharing: only rounds this sparse may be chosen (the target: at most 30%% of the MLP per task).",
     )
-    parser.add_argument("--epochs-per-round", type=int, default=sparse_sharing.SearchConfig.epochs_per_round)
+    parser.add_argument("--epochs-per-round", type=int, default=SearchConfig.epochs_per_round)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--optimizer", default="lazy_adam", choices=sorted(training.OPTIMIZERS))
-    parser.add_argument("--ctr-loss-weight", type=float, default=dict(training.TrainConfig.loss_weights)["ctr"])
-    parser.add_argument("--cvr-loss-weight", type=float, default=dict(training.TrainConfig.loss_weights)["cvr"])
-    parser.add_argument("--conflict-weight", type=float, default=training.TrainConfig.conflict_weight)
+    parser.add_argument("--ctr-loss-weight", type=float, default=dict(TrainConfig.loss_weights)["ctr"])
+    parser.add_argument("--cvr-loss-weight", type=float, default=dict(TrainConfig.loss_weights)["cvr"])
+    parser.add_argument("--conflict-weight", type=float, default=TrainConfig.conflict_weight)
     parser.add_argument("--out", default="comparison", help="Writes OUT.json (every figure) and OUT.png (the plot).")
     parser.add_argument(
         "--report",

@@ -33,6 +33,7 @@ import lt4rec
 import numpy as np
 import tensorflow as tf
 from lt4rec.models import features, network, training
+from lt4rec.models.config import NetworkConfig, TrainConfig
 
 def rss(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
@@ -40,7 +41,7 @@ def rss(field):
 sizes, steps, optimizer = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 before = rss("VmRSS")
 config = features.feature_config(overrides={table: {"size": rows} for table, rows in sizes.items()})
-model = network.RankingNetwork(config, network.NetworkConfig())
+model = network.RankingNetwork(config, NetworkConfig())
 rng = np.random.default_rng(0)
 table_of = config.table_of
 batch = {
@@ -50,7 +51,7 @@ batch = {
 batch[training.CLICK] = tf.constant(rng.integers(0, 2, 512))
 batch[training.WATCH_RATIO] = tf.constant(rng.random(512, dtype=np.float32))
 model.build_for({name: batch[name][:2] for name in features.FEATURE_NAMES})
-trainer = training.MultiTaskTrainer(model, training.TrainConfig(optimizer=optimizer))
+trainer = training.MultiTaskTrainer(model, TrainConfig(optimizer=optimizer))
 built = rss("VmRSS")
 seconds = []
 for _ in range(steps + 1 if steps else 0):

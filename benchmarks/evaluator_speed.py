@@ -30,7 +30,7 @@ from tfx.types import standard_artifacts
 
 from lt4rec.components.evaluator import executor
 from lt4rec.models import tfma_metrics
-from lt4rec.pipeline import trainer_cluster
+from lt4rec.testing import trainer_cluster
 
 TFMA_METRICS, BATCHED_METRICS = "TFMA's metrics", "Batched metrics"
 VARIANTS = (TFMA_METRICS, BATCHED_METRICS, "without GAUC", "without baselines")

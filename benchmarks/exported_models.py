@@ -36,6 +36,7 @@ import tensorflow_transform as tft
 import comparison
 from comparison import TABLE_SCALE
 from lt4rec.models import export, features, masks
+from lt4rec.models.config import NEURON
 from lt4rec.pipeline import configs
 from transformed_logs import data_folder, load
 
@@ -143,7 +144,7 @@ def main() -> None:
         default=0.75,
         help="Only rounds at least this sparse are chosen (the last round is ~80%%).",
     )
-    parser.add_argument("--granularities", nargs="+", default=[masks.CONNECTION, masks.NEURON])
+    parser.add_argument("--granularities", nargs="+", default=[masks.CONNECTION, NEURON])
     parser.add_argument("--rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=30, help="Calls per variant per round.")
     parser.add_argument("--seed", type=int, default=0)

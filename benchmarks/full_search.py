@@ -37,11 +37,12 @@ def main() -> None:
     import tensorflow_transform as tft
 
     from lt4rec.models import features, inputs, masks, network, sparse_sharing, training
+    from lt4rec.models.config import NetworkConfig, SearchConfig, TrainConfig
 
     started = time.perf_counter()
     transform_output = tft.TFTransformOutput(transform_dir)
-    train_config = training.TrainConfig(seed=args.seed, input_mode=args.input_mode)
-    search_config = sparse_sharing.SearchConfig()
+    train_config = TrainConfig(seed=args.seed, input_mode=args.input_mode)
+    search_config = SearchConfig()
     tf.keras.utils.set_random_seed(args.seed)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -49,7 +50,7 @@ def main() -> None:
         inputs.TransformedSplit.from_patterns(train_files, transform_output), train_config, masks.TASKS
     )
     seconds["data ready"] = time.perf_counter() - start
-    model = network.RankingNetwork(features.scaled_config(args.table_scale), network.NetworkConfig())
+    model = network.RankingNetwork(features.scaled_config(args.table_scale), NetworkConfig())
     model.build_for(next(iter(data.validation)))
     model.start_at_base_rates(data.base_rates)
     algorithm = sparse_sharing.SparseSharing(model, data, train_config, search_config)

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import features, metrics, network, training
+from lt4rec.models.config import SINGLE_TASK, NetworkConfig, TrainConfig
 from transformed_logs import data_folder, load, preparation_seconds
 
 
@@ -46,8 +47,8 @@ def _scores(model: network.RankingNetwork, examples: dict[str, np.ndarray], batc
 def _single_task(task: str, train: dict[str, np.ndarray], test, args, seed: int) -> tuple[list[np.ndarray], float]:
     """Trains a single-task net; returns its test predictions after each epoch, and seconds."""
     tf.keras.utils.set_random_seed(seed)
-    config = network.NetworkConfig(
-        variant=network.SINGLE_TASK,
+    config = NetworkConfig(
+        variant=SINGLE_TASK,
         tasks=(task,),
         embedding_dim=args.embedding_dim,
         hidden_units=tuple(args.hidden_units),
@@ -55,7 +56,7 @@ def _single_task(task: str, train: dict[str, np.ndarray], test, args, seed: int)
     model = network.RankingNetwork(features.scaled_config(args.table_scale), config)
     model.build_for({name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES})
     model.start_at_base_rates(training.base_rates(train))
-    train_config = training.TrainConfig(seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    train_config = TrainConfig(seed=seed, batch_size=args.batch_size, learning_rate=args.learning_rate)
     trainer = training.MultiTaskTrainer(model, train_config)
     batches = {task: training.task_batches(train, task, args.batch_size, seed)}
     predictions = []

@@ -23,7 +23,7 @@ import statistics
 import tempfile
 
 from lt4rec.models import trainer
-from lt4rec.pipeline import trainer_cluster
+from lt4rec.testing import trainer_cluster
 
 
 def main() -> None:

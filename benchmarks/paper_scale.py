@@ -35,9 +35,10 @@ def network_traffic() -> dict:
     import tensorflow as tf
 
     from lt4rec.models import features, network
+    from lt4rec.models.config import NetworkConfig
 
     config = features.scaled_config(0.01)
-    model = network.RankingNetwork(config, network.NetworkConfig())
+    model = network.RankingNetwork(config, NetworkConfig())
     model.build_for({spec.name: tf.ones((2, spec.max_values), tf.int64) for spec in features.FEATURES})
     tables = {id(v) for v in model.embeddings.variables}
     dense = [v for v in model.trainable_variables if id(v) not in tables]
@@ -47,7 +48,7 @@ def network_traffic() -> dict:
         "largest_dense_bytes": max(sizes),
         "dense_variables": len(sizes),
         "id_positions": sum(spec.max_values for spec in features.FEATURES),
-        "embedding_dim": network.NetworkConfig().embedding_dim,
+        "embedding_dim": NetworkConfig().embedding_dim,
     }
 
 

@@ -37,7 +37,7 @@ from comparison import TABLE_SCALE
 from exported_models import raw_requests, trained_model
 from grpc_latency import wait_until_serving
 from lt4rec.models import export, masks
-from lt4rec.pipeline.trainer_cluster import free_ports
+from lt4rec.testing.trainer_cluster import free_ports
 from transformed_logs import data_folder
 
 MAX_REQUEST_BYTES = 8 << 20

@@ -42,15 +42,16 @@ def measure(
     import tensorflow_transform as tft
 
     from lt4rec.models import features, inputs, masks, network, sparse_sharing, training
+    from lt4rec.models.config import NetworkConfig, TrainConfig
 
-    config = training.TrainConfig(seed=seed, input_mode=mode)
+    config = TrainConfig(seed=seed, input_mode=mode)
     start = time.perf_counter()
     split = inputs.TransformedSplit.from_patterns(files, tft.TFTransformOutput(transform_dir))
     data = sparse_sharing.Datasets.from_split(split, config, masks.TASKS)
     ready = time.perf_counter() - start
     rss_ready = peak_rss_gb()
     tf.keras.utils.set_random_seed(seed)
-    model = network.RankingNetwork(features.scaled_config(0.1), network.NetworkConfig())
+    model = network.RankingNetwork(features.scaled_config(0.1), NetworkConfig())
     model.build_for(next(iter(data.validation)))
     rng = np.random.default_rng(seed)
     kernels = masks.get_kernels(model)

@@ -19,12 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import features, masks, network, training
+from lt4rec.models.config import SHARED_BOTTOM, NetworkConfig, TrainConfig
 from transformed_logs import load
 
 
 def _trainer(variant: str, feature_config, sample, remaining: float, seed: int) -> training.MultiTaskTrainer:
     tf.keras.utils.set_random_seed(seed)
-    model = network.RankingNetwork(feature_config, network.NetworkConfig(variant=variant))
+    model = network.RankingNetwork(feature_config, NetworkConfig(variant=variant))
     model.build_for(sample)
     if model.masked:
         rng = np.random.default_rng(seed)
@@ -36,7 +37,7 @@ def _trainer(variant: str, feature_config, sample, remaining: float, seed: int) 
             }
             task_masks[task] = masks.prune_by_magnitude(noisy, masks.full_masks(model), 1, 1 - remaining)
         masks.set_task_masks(model, task_masks)
-    return training.MultiTaskTrainer(model, training.TrainConfig(seed=seed))
+    return training.MultiTaskTrainer(model, TrainConfig(seed=seed))
 
 
 def main() -> None:
@@ -52,12 +53,10 @@ def main() -> None:
     train = splits["train"].examples
     feature_config = features.scaled_config(0.1)
     sample = {name: tf.constant(splits["test"].examples[name][:2]) for name in features.FEATURE_NAMES}
-    batches = {
-        task: training.task_batches(train, task, training.TrainConfig().batch_size, args.seed) for task in masks.TASKS
-    }
+    batches = {task: training.task_batches(train, task, TrainConfig().batch_size, args.seed) for task in masks.TASKS}
     trainers = {
         "masked (sparse sharing)": _trainer(network.SPARSE_SHARING, feature_config, sample, args.remaining, args.seed),
-        "dense (shared bottom)": _trainer(network.SHARED_BOTTOM, feature_config, sample, args.remaining, args.seed),
+        "dense (shared bottom)": _trainer(SHARED_BOTTOM, feature_config, sample, args.remaining, args.seed),
     }
     speeds: dict[str, list[float]] = {name: [] for name in trainers}
     for name, trainer in trainers.items():

@@ -9,7 +9,8 @@ class Masks(Artifact):
     """Per-task masks of the shared MLP, sNET_init, every search round, plots and a summary.
 
     Files: `masks.npz`, `search.json`, `snet_init/`, `pruning_curve.png`,
-    `mask_overlap.png`, `summary.txt` (see `models/sparse_sharing.py` and `models/plots.py`).
+    `mask_overlap.png`, `summary.txt` (written and read by `models/masks.py`, the plots by
+    `models/plots.py`).
     The data span the search ran on is the int custom property `span`.
 
     The Kubeflow V2 compiler takes custom artifact types only with a KFP schema title as

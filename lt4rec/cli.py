@@ -10,7 +10,8 @@ import warnings
 
 import click
 
-from lt4rec import errors
+from lt4rec import errors, options
+from lt4rec.pipeline import configs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
@@ -281,222 +282,38 @@ def batch_score(
     click.echo(batch_scoring.format_counters(counters))
 
 
-# configs.MODELS' names (tested to agree), here so that --help needs no TensorFlow.
-MODEL_CHOICES = (
-    "s_weight",
-    "s_neuron",
-    "single_task",
-    "hard_sharing",
-    "shared_bottom",
-    "layer_sharing",
-    "mmoe",
-    "ple",
-    "esmm",
-)
-_SPARSE_MODELS = {"connection": "s_weight", "neuron": "s_neuron"}  # --granularity's model
+MODEL_CHOICES = tuple(configs.MODELS)
+_SPARSE_MODELS = {granularity: model for model, (_, granularity) in configs.MODELS.items() if granularity}
 
-_MODEL_OPTIONS = [
-    click.option(
+
+def run_options(command):
+    """The options of a pipeline run: every `setting` of `PipelineSettings` (data, days, tables,
+    the network, its training and mask search, the Evaluator's bounds), and the model."""
+    command = click.option(
+        "--granularity",
+        type=click.Choice(sorted(_SPARSE_MODELS)),
+        default=None,
+        help="Prune single weights (S-Weight) or whole units (S-Neuron): the same as --model s_weight or "
+        "--model s_neuron, which is the way to choose it (kept for older scripts).",
+    )(command)
+    command = click.option(
         "--model",
         type=click.Choice(MODEL_CHOICES),
         default=None,
-        show_default="s_weight",
+        show_default=configs.S_WEIGHT,
         help="s_weight / s_neuron: sparse sharing with connection / neuron masks (MaskSearch, then the "
         "Trainer under its masks); the others train from scratch without MaskSearch: single_task (two "
         "separate networks), hard_sharing, shared_bottom, layer_sharing (the paper's Layer_Share), "
         "mmoe, ple, esmm. Every model pushes a CTR and a CVR model.",
-    ),
-    click.option(
-        "--masks",
-        "mask_mode",
-        type=click.Choice(["search", "reuse"]),
-        default="search",
-        show_default=True,
-        help="search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
-        "in ML Metadata and retrain only the shared weights (daily runs).",
-    ),
-    click.option(
-        "--embedding-dim",
-        default=32,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Embedding dimension per field.",
-    ),
-    click.option(
-        "--hidden-units",
-        default="512,256,128",
-        show_default=True,
-        help="MLP widths, comma-separated (a bigger shared net: e.g. 1024,512,256).",
-    ),
-    click.option(
-        "--multi-view-dim",
-        default=0,
-        show_default=True,
-        type=click.IntRange(min=0),
-        help="Multi-view: extra embedding dimensions per field that only CVR sees (0: off).",
-    ),
-    click.option("--rounds", default=4, show_default=True, type=click.IntRange(min=1), help="Pruning rounds per task."),
-    click.option(
-        "--remaining",
-        default=0.2,
-        show_default=True,
-        type=click.FloatRange(0.0, 1.0, min_open=True),
-        help="Share of MLP weights left after the last round (sets q).",
-    ),
-    click.option(
-        "--prune-scope",
-        type=click.Choice(["global", "layer"]),
-        default="global",
-        show_default=True,
-        help="One magnitude threshold over the whole MLP, or the same share per layer.",
-    ),
-    click.option(
-        "--granularity",
-        type=click.Choice(["connection", "neuron"]),
-        default=None,
-        help="Prune single weights (S-Weight) or whole units (S-Neuron): the same as --model s_weight or "
-        "--model s_neuron, which is the way to choose it (kept for older scripts).",
-    ),
-    click.option(
-        "--rewind-to",
-        type=click.Choice(["warmup", "random"]),
-        default="warmup",
-        show_default=True,
-        help="Rewind each round to sNET_init (after warmup) or to the random initialisation.",
-    ),
-    click.option(
-        "--min-sparsity",
-        default=0.0,
-        show_default=True,
-        type=click.FloatRange(0.0, 1.0, max_open=True),
-        help="Only rounds with at least this share of MLP weights pruned may be chosen.",
-    ),
-    click.option(
-        "--validation-fraction",
-        default=0.1,
-        show_default=True,
-        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-        help="Share of the train split held out to stop every training phase early and to choose the search's rounds.",
-    ),
-    click.option(
-        "--patience",
-        default=1,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Stop a training phase after this many passes without a better validation loss (the best pass is kept).",
-    ),
-    click.option(
-        "--warmup-epochs",
-        default=0.2,
-        show_default=True,
-        type=click.FloatRange(min=0, min_open=True),
-        help="At most this many warmup passes; below 1, that share of one pass (a short warmup).",
-    ),
-    click.option(
-        "--epochs-per-round",
-        default=1,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="At most this many passes per search round.",
-    ),
-    click.option(
-        "--epochs",
-        default=1,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="At most this many passes of the final training (any model).",
-    ),
-    click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1)),
-    click.option(
-        "--input-mode",
-        type=click.Choice(["auto", "memory", "streaming"]),
-        default="auto",
-        show_default=True,
-        help="Train from the train split held in memory as columns, or streamed from its files (memory bounded "
-        "by --shuffle-buffer); auto: in memory when the columns fit in --in-memory-limit-gb.",
-    ),
-    click.option("--in-memory-limit-gb", default=2.0, show_default=True, type=click.FloatRange(min=0.0)),
-    click.option(
-        "--shuffle-buffer",
-        default=32_768,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Streaming: examples of a task permuted together (a block; memory holds a few per task).",
-    ),
-    click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True)),
-    click.option(
-        "--optimizer",
-        type=click.Choice(["adam", "lazy_adam"]),
-        default="lazy_adam",
-        show_default=True,
-        help="lazy_adam updates only the embedding rows each batch uses (its step cost does not grow with "
-        "the id tables); adam decays every row's moments on every step.",
-    ),
-    click.option(
-        "--ctr-loss-weight", default=0.7, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_ctr."
-    ),
-    click.option(
-        "--cvr-loss-weight", default=0.3, show_default=True, type=click.FloatRange(min=0.0), help="Task balance: w_cvr."
-    ),
-    click.option(
-        "--conflict-weight",
-        default=0.0,
-        show_default=True,
-        type=click.FloatRange(min=0.0),
-        help="Gradient conflict: extra CVR loss weight of clicked samples with a watch ratio under "
-        "--conflict-threshold (0: off).",
-    ),
-    click.option("--conflict-threshold", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0)),
-    click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and batch order."),
-    click.option(
-        "--min-ctr-auc", default=0.5, show_default=True, type=float, help="Bless only at or above this CTR AUC."
-    ),
-    click.option(
-        "--max-cvr-mse", default=0.25, show_default=True, type=float, help="Bless only at or below this CVR MSE."
-    ),
-    click.option(
-        "--max-ctr-auc-drop",
-        default=0.01,
-        show_default=True,
-        type=click.FloatRange(min=0.0),
-        help="Bless only if CTR AUC is at most this much below the latest blessed model's.",
-    ),
-    click.option(
-        "--max-cvr-mse-rise",
-        default=0.005,
-        show_default=True,
-        type=click.FloatRange(min=0.0),
-        help="Bless only if CVR MSE is at most this much above the latest blessed model's.",
-    ),
-    click.option(
-        "--beat-no-skill/--no-beat-no-skill",
-        default=True,
-        show_default=True,
-        help="Bless only if CVR MSE is below the no-skill MSE (the train split's mean watch ratio of clicks "
-        "predicted for every eval click).",
-    ),
-    click.option(
-        "--beat-incumbent/--no-beat-incumbent",
-        default=True,
-        show_default=True,
-        help="Bless only if CTR AUC is above the AUC of the logs' production pCTR (`pctr`) on the eval split "
-        "(skipped, with a note, when the eval split has no pctr).",
-    ),
-]
+    )(command)
+    return options.click_options(configs.PipelineSettings)(command)
 
 
-def model_options(command):
-    """The options of the model, its training and its mask search (see `_model_settings`)."""
-    for option in reversed(_MODEL_OPTIONS):
-        command = option(command)
-    return command
-
-
-def _model_name(options: dict) -> str:
+def _model_name(values: dict) -> str:
     """--model, or the sparse-sharing model --granularity names (s_weight when neither is given)."""
-    model, granularity = options["model"], options["granularity"]
+    model, granularity = values["model"], values["granularity"]
     if model is None:
-        return _SPARSE_MODELS[granularity or "connection"]
+        return _SPARSE_MODELS[granularity or configs.MODELS[configs.S_WEIGHT][1]]
     if granularity is not None and _SPARSE_MODELS[granularity] != model:
         raise click.BadParameter(
             f"--granularity {granularity} contradicts --model {model} "
@@ -506,60 +323,15 @@ def _model_name(options: dict) -> str:
     return model
 
 
-def _model_settings(options: dict) -> dict:
-    """PipelineSettings' model fields from the options of `model_options`."""
-    from lt4rec.models import network, sparse_sharing, training
-    from lt4rec.pipeline import configs
-
-    try:
-        hidden_units = tuple(int(width) for width in options["hidden_units"].split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{options['hidden_units']!r} is not a comma-separated list of widths", param_hint="--hidden-units"
-        )
-    model = _model_name(options)
-    settings = dict(
-        masks=options["mask_mode"],
-        network=network.NetworkConfig(
-            embedding_dim=options["embedding_dim"], hidden_units=hidden_units, multi_view_dim=options["multi_view_dim"]
-        ),
-        train=training.TrainConfig(
-            batch_size=options["batch_size"],
-            learning_rate=options["learning_rate"],
-            optimizer=options["optimizer"],
-            epochs=options["epochs"],
-            loss_weights=(("ctr", options["ctr_loss_weight"]), ("cvr", options["cvr_loss_weight"])),
-            conflict_weight=options["conflict_weight"],
-            conflict_threshold=options["conflict_threshold"],
-            seed=options["seed"],
-            validation_fraction=options["validation_fraction"],
-            patience=options["patience"],
-            input_mode=options["input_mode"],
-            in_memory_limit_gb=options["in_memory_limit_gb"],
-            shuffle_buffer=options["shuffle_buffer"],
-        ),
-        search=sparse_sharing.SearchConfig(
-            rounds=options["rounds"],
-            remaining=options["remaining"],
-            scope=options["prune_scope"],
-            granularity=options["granularity"] or "connection",  # set by the model below
-            rewind_to=options["rewind_to"],
-            min_sparsity=options["min_sparsity"],
-            warmup_epochs=options["warmup_epochs"],
-            epochs_per_round=options["epochs_per_round"],
-        ),
-        min_ctr_auc=options["min_ctr_auc"],
-        max_cvr_mse=options["max_cvr_mse"],
-        max_ctr_auc_drop=options["max_ctr_auc_drop"],
-        max_cvr_mse_rise=options["max_cvr_mse_rise"],
-        beat_no_skill=options["beat_no_skill"],
-        beat_incumbent=options["beat_incumbent"],
+def _pipeline_settings(ctx: click.Context, values: dict, **fields: object) -> configs.PipelineSettings:
+    """PipelineSettings from the options of `run_options`; further arguments are Beam options."""
+    settings = options.from_options(
+        configs.PipelineSettings,
+        values,
+        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
+        **fields,
     )
-    try:
-        settings.update(configs.select_model(model, settings["network"], settings["search"]))
-    except ValueError as error:  # e.g. multi-view with experts
-        raise click.BadParameter(str(error), param_hint="--model") from None
-    return settings
+    return configs.with_model(settings, _model_name(values))
 
 
 @cli.group()
@@ -567,83 +339,10 @@ def pipeline() -> None:
     """Run the TFX pipeline locally (LocalDagRunner), or compile it for Kubeflow."""
 
 
-_RUN_OPTIONS = [
-    click.option(
-        "--data-root", required=True, help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files> (gs:// on a cluster)."
-    ),
-    click.option(
-        "--pipeline-root", required=True, help="Where TFX keeps artifacts (and, locally, its SQLite metadata store)."
-    ),
-    click.option("--serving-dir", required=True, help="Where the pushed CTR, CVR and rank models go."),
-    click.option("--pipeline-name", default="lt4rec", show_default=True, help="Name of the pipeline in ML Metadata."),
-    click.option(
-        "--eval-days",
-        default=1,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Last days held out for evaluation.",
-    ),
-    click.option("--first-day", default=None, help="Only days on or after YYYYMMDD (history mode)."),
-    click.option("--last-day", default=None, help="Only days on or before YYYYMMDD (history mode)."),
-    click.option(
-        "--span",
-        default=None,
-        help="Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval.",
-    ),
-    click.option(
-        "--table-scale",
-        default=1.0,
-        show_default=True,
-        type=click.FloatRange(min=0.0, min_open=True),
-        help="Multiply the size of every hashed id table (0.01 for tiny data, >1 for production).",
-    ),
-    click.option(
-        "--max-rejected-fraction",
-        default=0.0,
-        show_default=True,
-        type=click.FloatRange(0.0, 1.0),
-        help="Share of log rows that may fail the label checks before the run stops.",
-    ),
-]
-
-
-def run_options(command):
-    """The options of a pipeline run (data, roots, days, tables), then `model_options`."""
-    command = model_options(command)
-    for option in reversed(_RUN_OPTIONS):
-        command = option(command)
-    return command
-
-
-def _pipeline_settings(ctx: click.Context, options: dict, **extra: object):
-    """PipelineSettings from the options of `run_options`; further arguments are Beam options."""
-    from lt4rec.pipeline import configs
-
-    names = (
-        "pipeline_name",
-        "data_root",
-        "pipeline_root",
-        "serving_dir",
-        "eval_days",
-        "first_day",
-        "last_day",
-        "span",
-        "table_scale",
-        "max_rejected_fraction",
-    )
-    model = {name: value for name, value in options.items() if name not in names}
-    return configs.PipelineSettings(
-        **{name: options[name] for name in names},
-        beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
-        **extra,
-        **_model_settings(model),
-    )
-
-
 @pipeline.command(name="run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @run_options
 @click.pass_context
-def pipeline_run(ctx: click.Context, **options: object) -> None:
+def pipeline_run(ctx: click.Context, **values: object) -> None:
     """Run the pipeline on day partitions of logs, locally.
 
     History mode (the default) reads every day partition (or those from --first-day to
@@ -658,7 +357,7 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
     """
     from lt4rec.pipeline import local_runner
 
-    settings = _pipeline_settings(ctx, options)
+    settings = _pipeline_settings(ctx, values)
     local_runner.run(settings)
     click.echo(f"Pipeline {settings.pipeline_name} finished; artifacts under {settings.pipeline_root}")
 
@@ -672,9 +371,6 @@ def pipeline_run(ctx: click.Context, **options: object) -> None:
     default="lt4rec:latest",
     show_default=True,
     help="Container image every component runs in (built from the Dockerfile and pushed).",
-)
-@click.option(
-    "--schema-file", default=None, help="The curated schema as the cluster sees it (default: the image's copy)."
 )
 @click.option(
     "--training-workers",
@@ -731,7 +427,6 @@ def pipeline_compile(
     ctx: click.Context,
     out_file: str,
     image: str,
-    schema_file: str | None,
     training_workers: int | None,
     parameter_servers: int,
     training_machine_type: str | None,
@@ -741,7 +436,7 @@ def pipeline_compile(
     training_memory_gb: float,
     cpus: float,
     memory_gb: float,
-    **options: object,
+    **values: object,
 ) -> None:
     """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
 
@@ -756,7 +451,7 @@ def pipeline_compile(
     N-1 workers, in --image), which train together under MultiWorkerMirroredStrategy, or,
     with --parameter-servers M, under ParameterServerStrategy with M parameter servers.
     """
-    from lt4rec.pipeline import configs, kubeflow_runner
+    from lt4rec.pipeline import kubeflow_runner
 
     vertex_training = None
     if training_workers:
@@ -768,9 +463,7 @@ def pipeline_compile(
         raise click.BadParameter(
             "parameter servers train with --training-workers (a Vertex AI job)", param_hint="--parameter-servers"
         )
-    settings = _pipeline_settings(
-        ctx, options, schema_file=schema_file or configs.SCHEMA_PATH, vertex_training=vertex_training
-    )
+    settings = _pipeline_settings(ctx, values, vertex_training=vertex_training)
     resources = kubeflow_runner.Resources(cpus, memory_gb, training_cpus, training_memory_gb)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image, resources))
 

@@ -22,12 +22,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from lt4rec.models import features
+from lt4rec.models.config import AUTO, INPUT_MODES, MEMORY, STREAMING
 
 logger = logging.getLogger(__name__)
 
 READ_BATCH = 1024  # records parsed per call
-MEMORY, STREAMING, AUTO = "memory", "streaming", "auto"
-INPUT_MODES = (AUTO, MEMORY, STREAMING)
 _HASH_SCALE = 2.0**32
 
 

@@ -32,19 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-TASKS = ("ctr", "cvr")
-CONNECTION = "connection"  # S-Weight: each kernel entry is kept or dropped
-NEURON = "neuron"  # S-Neuron: whole units (kernel columns) are kept or dropped
-GRANULARITIES = (CONNECTION, NEURON)
-GLOBAL = "global"  # one magnitude threshold over every masked kernel
-PER_LAYER = "layer"  # each kernel drops the same share
-SCOPES = (GLOBAL, PER_LAYER)
+from lt4rec.models.config import CONNECTION, GLOBAL, GRANULARITIES, PER_LAYER, SCOPES, TASKS, NetworkConfig
 
 Masks = dict[str, np.ndarray]  # layer name -> 0/1 float32 array of the kernel's shape
 
@@ -190,13 +186,6 @@ def get_kernels(model: tf.keras.layers.Layer) -> dict[str, np.ndarray]:
 def full_masks(model: tf.keras.layers.Layer) -> Masks:
     """Masks that keep everything (round 0 of a search)."""
     return {layer.name: np.ones(layer.layer.kernel.shape, np.float32) for layer in masked_layers(model)}
-
-
-def rate_for(remaining: float, rounds: int) -> float:
-    """The share q to drop per round so that `remaining` is left after `rounds` rounds."""
-    if not 0 < remaining <= 1 or rounds < 1:
-        raise ValueError(f"cannot leave {remaining} of the weights after {rounds} rounds")
-    return 1.0 - remaining ** (1.0 / rounds)
 
 
 def remaining_fraction(masks: Mapping[str, np.ndarray]) -> float:
@@ -362,3 +351,43 @@ def load_masks(path: str) -> dict[str, Masks]:
         task, name = key.split("/", 1)
         result.setdefault(task, {})[name] = arrays[key].astype(np.float32)
     return result
+
+
+# The Masks artifact (MaskSearch's output; its TFX type is `components.artifacts.Masks`): a
+# folder with the chosen masks, sNET_init (the weights every task's mask starts from, with
+# the masks of round 0) and the search's report.
+MASKS_FILE = "masks.npz"
+REPORT_FILE = "search.json"
+SNET_INIT_CHECKPOINT = "snet_init/checkpoint"
+
+
+def write_artifact(folder: str, snet_init: tf.keras.Model, masks_by_task: Mapping[str, Masks], report: Mapping) -> None:
+    """The artifact's files: `masks_by_task`, `snet_init`'s weights, and `report` (with the
+    network's config under "network", which `load_artifact` checks)."""
+    tf.io.gfile.makedirs(folder)
+    save_masks(os.path.join(folder, MASKS_FILE), masks_by_task)
+    tf.train.Checkpoint(network=snet_init).write(os.path.join(folder, SNET_INIT_CHECKPOINT))
+    with tf.io.gfile.GFile(os.path.join(folder, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def read_report(folder: str) -> dict:
+    with tf.io.gfile.GFile(os.path.join(folder, REPORT_FILE)) as f:
+        return json.load(f)
+
+
+def read_artifact_masks(folder: str) -> dict[str, Masks]:
+    """The chosen masks of an artifact, by task."""
+    return load_masks(os.path.join(folder, MASKS_FILE))
+
+
+def load_artifact(folder: str, model: tf.keras.Model) -> dict[str, Masks]:
+    """Restore sNET_init from an artifact into `model` (a network of the searched config) and
+    return its chosen masks, for `set_task_masks`."""
+    searched = NetworkConfig.from_dict(read_report(folder)["network"])
+    if searched != model.config:
+        raise ValueError(f"the masks in {folder} were searched on network {searched}, not on {model.config}")
+    tf.train.Checkpoint(network=model).read(
+        os.path.join(folder, SNET_INIT_CHECKPOINT)
+    ).assert_existing_objects_matched()
+    return read_artifact_masks(folder)

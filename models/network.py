@@ -40,107 +40,23 @@ task's experts below the last level, which the shared gates mix).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import features, layers, masks
+from lt4rec.models.config import (
+    ESMM,
+    EXPERT_VARIANTS,
+    HARD_SHARING,
+    LAYER_SHARING,
+    MMOE,
+    SPARSE_SHARING,
+    NetworkConfig,
+)
 
-SPARSE_SHARING = "sparse_sharing"
-HARD_SHARING = "hard_sharing"
-SHARED_BOTTOM = "shared_bottom"
-SINGLE_TASK = "single_task"
-LAYER_SHARING = "layer_sharing"
-MMOE = "mmoe"
-PLE = "ple"
-ESMM = "esmm"
-VARIANTS = (SPARSE_SHARING, HARD_SHARING, SHARED_BOTTOM, SINGLE_TASK, LAYER_SHARING, MMOE, PLE, ESMM)
-EXPERT_VARIANTS = (MMOE, PLE)
-BOTH_TASKS_VARIANTS = (LAYER_SHARING, MMOE, PLE, ESMM)  # defined on the CTR and CVR tasks together
-_TUPLE_FIELDS = ("tasks", "hidden_units", "ctr_tower_units", "expert_units", "tower_units")
 OUTPUT_NAMES = {"ctr": "ctr", "cvr": "cvr"}  # what each head predicts, as exported
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkConfig:
-    """The shape of the network; recorded with every trained model."""
-
-    variant: str = SPARSE_SHARING
-    tasks: tuple[str, ...] = masks.TASKS
-    embedding_dim: int = 32
-    hidden_units: tuple[int, ...] = (512, 256, 128)
-    # Multi-view: this many extra embedding dimensions per field that only CVR sees.
-    multi_view_dim: int = 0
-    # Layer sharing: the CTR-only tower between the shared MLP and CTR's head.
-    ctr_tower_units: tuple[int, ...] = (512, 256, 128)
-    # MMoE and PLE: the experts (each an MLP of expert_units) and each task's tower.
-    num_experts: int = 4  # MMoE
-    expert_units: tuple[int, ...] = (128, 64)
-    tower_units: tuple[int, ...] = (32,)
-    shared_experts: int = 2  # PLE, per level
-    task_experts: int = 1  # PLE, per task and level
-    extraction_layers: int = 2  # PLE: levels
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown network variant {self.variant!r}; one of {VARIANTS}")
-        unknown = set(self.tasks) - set(masks.TASKS)
-        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks {self.tasks} must be some of {masks.TASKS}, each once")
-        if self.variant in BOTH_TASKS_VARIANTS and set(self.tasks) != set(masks.TASKS):
-            raise ValueError(f"a {self.variant} network has both tasks {masks.TASKS}, not {self.tasks}")
-        if self.multi_view_dim and "cvr" not in self.tasks:
-            raise ValueError("multi-view adds CVR-only embeddings: the network needs the cvr task")
-        if self.multi_view_dim and self.variant in EXPERT_VARIANTS:
-            raise ValueError(
-                f"multi-view is not supported by {self.variant}: its experts read one input for both tasks"
-            )
-        if self.variant in EXPERT_VARIANTS:
-            counts = {"num_experts": self.num_experts, "extraction_layers": self.extraction_layers}
-            if self.variant == PLE:
-                counts = {
-                    "shared_experts": self.shared_experts,
-                    "task_experts": self.task_experts,
-                    "extraction_layers": self.extraction_layers,
-                }
-            small = {name: value for name, value in counts.items() if value < 1}
-            if small or not self.expert_units:
-                raise ValueError(
-                    f"{self.variant} needs experts of at least one layer and counts of at least 1, "
-                    f"not {small or self.expert_units}"
-                )
-        widths = (*self.hidden_units, *self.ctr_tower_units, *self.expert_units, *self.tower_units)
-        if any(width < 1 for width in widths):
-            raise ValueError(f"layer widths must be positive: {widths}")
-
-    @property
-    def masked(self) -> bool:
-        """Sparse sharing: the network needs the masks of a mask search."""
-        return self.variant == SPARSE_SHARING
-
-    @property
-    def esmm(self) -> bool:
-        """ESMM: the CVR head learns through pCTCVR = pCTR * pCVR on all impressions."""
-        return self.variant == ESMM
-
-    @property
-    def separate_networks(self) -> bool:
-        """Single task on both tasks: one whole network (embeddings included) per task."""
-        return self.variant == SINGLE_TASK and len(self.tasks) > 1
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, config: Mapping) -> "NetworkConfig":
-        """From `to_dict`'s output (or an older one, without the later fields: their defaults)."""
-        config = dict(config)
-        for name in _TUPLE_FIELDS:
-            if name in config:
-                config[name] = tuple(config[name])
-        return cls(**config)
 
 
 def _mlp(units: tuple[int, ...], name: str, masked: bool) -> list[tf.keras.layers.Layer]:

@@ -16,10 +16,8 @@ benchmarks call all three.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -27,50 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import distribution, inputs, masks, metrics, network, training
+from lt4rec.models.config import REWIND_RANDOM, REWIND_WARMUP, SearchConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
-
-REWIND_WARMUP = "warmup"  # sNET_init, the weights after warmup (the paper's choice)
-REWIND_RANDOM = "random"  # the random initialisation (the original lottery ticket)
-REWIND_TARGETS = (REWIND_WARMUP, REWIND_RANDOM)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    """How the masks are searched; recorded in the masks artifact."""
-
-    rounds: int = 4
-    remaining: float = 0.2  # the share of MLP weights left after `rounds` rounds
-    scope: str = masks.GLOBAL
-    granularity: str = masks.CONNECTION
-    rewind_to: str = REWIND_WARMUP
-    min_sparsity: float = 0.0  # only rounds with at least this share pruned may be chosen
-    # Whole passes at most (early stopping may end sooner); below 1, that share of one pass.
-    # Short by default, as late rewinding in lottery-ticket work: after a whole pass the id
-    # embeddings of sNET_init have seen every row, and the final training from there
-    # overfits (benchmarks/comparison.py, 1M impressions: CTR AUC 0.693 after a whole
-    # pass, 0.710 after a fifth; single-task 0.707).
-    warmup_epochs: float = 0.2
-    epochs_per_round: int = 1
-
-    def __post_init__(self) -> None:
-        if self.rewind_to not in REWIND_TARGETS:
-            raise ValueError(f"rewind_to must be one of {REWIND_TARGETS}, not {self.rewind_to!r}")
-        if not (0 < self.warmup_epochs < 1 or float(self.warmup_epochs).is_integer() and self.warmup_epochs >= 1):
-            raise ValueError(
-                f"warmup_epochs must be a share of one pass in (0, 1) or whole passes, not {self.warmup_epochs}"
-            )
-        masks.rate_for(self.remaining, self.rounds)  # validates remaining and rounds
-        if not 0 <= self.min_sparsity < 1:
-            raise ValueError(f"min_sparsity {self.min_sparsity} is not in [0, 1)")
-
-    @property
-    def rate(self) -> float:
-        """q: the share of the remaining weights each round drops."""
-        return masks.rate_for(self.remaining, self.rounds)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +102,7 @@ class Datasets:
     def from_split(
         cls,
         split: inputs.TransformedSplit,
-        config: training.TrainConfig,
+        config: TrainConfig,
         tasks: Iterable[str],
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -232,7 +189,7 @@ class SparseSharing:
         self,
         model: network.RankingNetwork,
         data: Datasets,
-        train_config: training.TrainConfig,
+        train_config: TrainConfig,
         search_config: SearchConfig,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -333,12 +290,10 @@ class SparseSharing:
         return train_shared(self.trainer, self.data, task_masks, self.trainer.config.epochs, self.seed + 10_000)
 
     def write(self, folder: str, searches: Mapping[str, TaskSearch], extra: Mapping | None = None) -> None:
-        """The search's result, for the trainer: chosen masks, sNET_init (with round-0 masks), every round."""
-        tf.io.gfile.makedirs(folder)
-        masks.save_masks(os.path.join(folder, MASKS_FILE), {task: search.masks for task, search in searches.items()})
+        """The search's result as the Masks artifact (`masks.write_artifact`): the chosen masks,
+        sNET_init (with round-0 masks), and a report of every round."""
         self.rewind(REWIND_WARMUP)
         self._initial_masks()
-        tf.train.Checkpoint(network=self.model).write(os.path.join(folder, SNET_INIT_CHECKPOINT))
         report = {
             "network": self.model.config.to_dict(),
             "train": self.trainer.config.to_dict(),
@@ -355,26 +310,4 @@ class SparseSharing:
             },
             **(extra or {}),
         }
-        with tf.io.gfile.GFile(os.path.join(folder, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=2)
-
-
-MASKS_FILE = "masks.npz"
-REPORT_FILE = "search.json"
-SNET_INIT_CHECKPOINT = "snet_init/checkpoint"
-
-
-def read_report(folder: str) -> dict:
-    with tf.io.gfile.GFile(os.path.join(folder, REPORT_FILE)) as f:
-        return json.load(f)
-
-
-def load_search(folder: str, model: network.RankingNetwork) -> dict[str, masks.Masks]:
-    """Restore sNET_init from a search's output into `model` and return its chosen masks."""
-    searched = network.NetworkConfig.from_dict(read_report(folder)["network"])
-    if searched != model.config:
-        raise ValueError(f"the masks in {folder} were searched on network {searched}, not on {model.config}")
-    tf.train.Checkpoint(network=model).read(
-        os.path.join(folder, SNET_INIT_CHECKPOINT)
-    ).assert_existing_objects_matched()
-    return masks.load_masks(os.path.join(folder, MASKS_FILE))
+        masks.write_artifact(folder, self.model, {task: search.masks for task, search in searches.items()}, report)

@@ -12,7 +12,7 @@ MultiWorkerMirroredStrategy (`distribution.py`).
 It writes:
 - the serving model (`fn_args.serving_model_dir`): raw serialized examples in, `ctr` and
   `cvr` out, which the Evaluator scores;
-- `<model>/training/`: the trained weights as a checkpoint, the masks, the settings, the
+- `<model>/training/`: the trained weights (with the masks) as a checkpoint, the settings, the
   training passes' figures and the eval metrics, from which the per-task exports are
   made; `replicas/<task>-<index>.json` (and `.start.json`) hold each replica's digest of
   its weights and masks at the end (and at the first step) of training.
@@ -33,6 +33,7 @@ from tfx import v1 as tfx
 
 from lt4rec import errors
 from lt4rec.models import distribution, export, features, inputs, masks, network, sparse_sharing, training
+from lt4rec.models.config import ModelSettings, NetworkConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if replica.serves:  # a worker or parameter server: the chief schedules the training
         distribution.serve(replica)
     config = fn_args.custom_config or {}
-    feature_config = features.FeatureConfig.from_dict(config[FEATURES])
-    network_config = network.NetworkConfig.from_dict(config[NETWORK])
-    train_config = training.TrainConfig.from_dict(config[TRAIN])
+    settings = ModelSettings.from_dict(config)  # as MaskSearch reads them
+    feature_config, network_config, train_config = settings.features, settings.network, settings.train
     # Before any TensorFlow op runs: collectives are configured when the runtime starts.
     strategy = distribution.training_strategy(replica, network.id_table_shapes(feature_config, network_config))
     coordinator = distribution.coordinator(strategy)
@@ -105,11 +105,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         folder = training_folder(serving_model_dir)
         tf.io.gfile.makedirs(folder)
         tf.train.Checkpoint(network=model).write(os.path.join(folder, CHECKPOINT))
-        if model.masked:
-            masks.save_masks(
-                os.path.join(folder, sparse_sharing.MASKS_FILE),
-                {t: masks.get_masks(model, t) for t in network_config.tasks},
-            )
         _write_json(
             os.path.join(folder, SETTINGS_FILE),
             {
@@ -148,7 +143,7 @@ def _restore_base_model(model: network.RankingNetwork, base_model: str) -> dict:
     folder = training_folder(base_model)
     with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE)) as f:
         settings = json.load(f)
-    trained_on = network.NetworkConfig.from_dict(settings[NETWORK])
+    trained_on = NetworkConfig.from_dict(settings[NETWORK])
     if trained_on != model.config:
         raise errors.UserFacingError(
             f"the base model {os.path.dirname(folder)} is a {trained_on} network, not {model.config}: "
@@ -175,7 +170,7 @@ def _train_sparse_sharing(
         task_masks = {task: masks.get_masks(model, task) for task in model.config.tasks}
         masks_uri, start = base[MASKS_URI], "the weights and masks of the base model"
     elif config.get(MASKS_URI):
-        task_masks = sparse_sharing.load_search(config[MASKS_URI], model)
+        task_masks = masks.load_artifact(config[MASKS_URI], model)
         masks_uri, start = config[MASKS_URI], "sNET_init"
     else:
         raise errors.UserFacingError(
@@ -217,7 +212,7 @@ def load_trained(model_uri: str) -> tuple[network.RankingNetwork, dict]:
     with tf.io.gfile.GFile(os.path.join(folder, SETTINGS_FILE)) as f:
         settings = json.load(f)
     model = network.RankingNetwork(
-        features.FeatureConfig.from_dict(settings[FEATURES]), network.NetworkConfig.from_dict(settings[NETWORK])
+        features.FeatureConfig.from_dict(settings[FEATURES]), NetworkConfig.from_dict(settings[NETWORK])
     )
     model.build_for({spec.name: tf.zeros([1, spec.max_values], tf.int64) for spec in features.FEATURES})
     tf.train.Checkpoint(network=model).read(os.path.join(folder, CHECKPOINT)).assert_existing_objects_matched()

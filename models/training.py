@@ -28,72 +28,14 @@ import numpy as np
 import tensorflow as tf
 
 from lt4rec.models import distribution, features, inputs, masks, metrics, network
+from lt4rec.models.config import ADAM, LAZY_ADAM, NetworkConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 CLICK = features.CLICK_LABEL
 WATCH_RATIO = features.WATCH_RATIO_LABEL
 LABEL_KEYS = (CLICK, WATCH_RATIO)
-ESMM = "esmm"  # `network.NetworkConfig.variant` of the model trained with the CTCVR loss
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How the network is trained; recorded with every trained model."""
-
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    epochs: int = 1  # at most this many passes of the final (shared) training
-    loss_weights: tuple[tuple[str, float], ...] = (("ctr", 0.7), ("cvr", 0.3))
-    # Gradient conflict: clicked samples with a watch ratio under the threshold weigh
-    # 1 + conflict_weight in the CVR loss (0 turns it off).
-    conflict_weight: float = 0.0
-    conflict_threshold: float = 0.2
-    seed: int = 0
-    # "lazy_adam": Adam that updates only the embedding rows a batch used, so a step's cost
-    # does not grow with the id tables (`LazyAdam`; needed at production table sizes, and
-    # it learned better in benchmarks/comparison.py); or "adam", tf_keras' Adam.
-    optimizer: str = "lazy_adam"
-    # Early stopping: a seeded share of the train split is held out, and every phase stops
-    # after `patience` passes without a better validation loss, keeping its best pass.
-    validation_fraction: float = 0.1
-    patience: int = 1
-    # Where the train split is read from (`inputs.py`): "memory" (columns, gathered from on
-    # every pass), "streaming" (the files through tf.data, memory bounded by the shuffle
-    # buffer), or "auto": in memory when the columns take at most `in_memory_limit_gb`.
-    input_mode: str = inputs.AUTO
-    in_memory_limit_gb: float = 2.0
-    shuffle_buffer: int = 32_768  # examples per shuffled block of each task stream (memory: a few blocks)
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {self.optimizer!r}")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction {self.validation_fraction} is not in (0, 1)")
-        if self.patience < 1 or self.epochs < 1:
-            raise ValueError("epochs and patience must be at least 1")
-        if self.input_mode not in inputs.INPUT_MODES:
-            raise ValueError(f"input_mode must be one of {inputs.INPUT_MODES}, not {self.input_mode!r}")
-        if self.shuffle_buffer < 1 or self.in_memory_limit_gb < 0:
-            raise ValueError("shuffle_buffer must be at least 1 and in_memory_limit_gb at least 0")
-
-    @property
-    def holdout(self) -> tuple[float, int]:
-        """(fraction, seed) of the validation share `inputs.held_out` sets aside."""
-        return self.validation_fraction, self.seed
-
-    @property
-    def loss_weight(self) -> dict[str, float]:
-        return dict(self.loss_weights)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, config: Mapping) -> "TrainConfig":
-        config = dict(config)
-        config["loss_weights"] = tuple((task, float(w)) for task, w in config["loss_weights"])
-        return cls(**config)
+ESMM = "esmm"  # `NetworkConfig.variant` of the model trained with the CTCVR loss
 
 
 def _adam_state(optimizer: tf.keras.optimizers.Adam, variable: tf.Variable) -> tuple:
@@ -170,7 +112,7 @@ class MaskedLazyAdam(_TaskMasked, LazyAdam):
     """Lazy Adam (embedding rows) with per-step masks (`_TaskMasked`)."""
 
 
-OPTIMIZERS = {"adam": MaskedAdam, "lazy_adam": MaskedLazyAdam}
+OPTIMIZERS = {ADAM: MaskedAdam, LAZY_ADAM: MaskedLazyAdam}
 
 
 Columns = Mapping[str, "np.ndarray | tf.Tensor"]  # transformed examples in memory: name -> [rows, ...]
@@ -253,7 +195,7 @@ def steps_per_pass(rows: int, batch_size: int, strategy: tf.distribute.Strategy 
     return max(rows // batch_size, min(rows, 1))
 
 
-def batch_streams(config: network.NetworkConfig) -> tuple[str, ...]:
+def batch_streams(config: NetworkConfig) -> tuple[str, ...]:
     """The tasks whose batches a network trains on: ESMM learns both from impressions alone."""
     return ("ctr",) if config.variant == ESMM else config.tasks
 

@@ -1,10 +1,13 @@
 """The settings of a pipeline run, with their defaults, in one place.
 
-`PipelineSettings` is what `create_pipeline` takes; the runners fill it from the command
-line (`lt4rec pipeline run`) or from `LT4REC_*` environment variables (the runner files
-that the tfx CLI and Kubeflow execute). Beam options for every Beam-based component come
-from `beam_pipeline_args` here and nowhere else: the DirectRunner by default, or the
-options of Dataflow, Flink or Spark.
+`PipelineSettings` is what `create_pipeline` takes. Its fields declared with
+`options.setting` (and those of the network, training and search configs nested in it,
+`models/config.py`) are the command line's options (`lt4rec pipeline run/compile`) and the
+`LT4REC_*` environment variables of the runner files that the tfx CLI and Kubeflow
+execute: both are generated from the fields (`lt4rec/options.py`), so an option is added
+here, once. Beam options for every Beam-based component come from `beam_pipeline_args`
+here and nowhere else: the DirectRunner by default, or the options of Dataflow, Flink or
+Spark. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -13,12 +16,27 @@ import dataclasses
 import datetime as dt
 import os
 import re
+from collections.abc import Mapping
 
-import tensorflow as tf
-
-from lt4rec import errors
-from lt4rec.components import artifacts
-from lt4rec.models import features, inputs, network, sparse_sharing, training
+from lt4rec import errors, options
+from lt4rec.models import features
+from lt4rec.models.config import (
+    CONNECTION,
+    ESMM,
+    HARD_SHARING,
+    LAYER_SHARING,
+    MMOE,
+    NEURON,
+    PLE,
+    SHARED_BOTTOM,
+    SINGLE_TASK,
+    SPARSE_SHARING,
+    ModelSettings,
+    NetworkConfig,
+    SearchConfig,
+    TrainConfig,
+)
+from lt4rec.options import setting
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 # None: Beam's DirectRunner, in memory. (With any argument set, TFX also packages itself
@@ -37,22 +55,16 @@ MASK_MODES = (SEARCH_MASKS, REUSE_MASKS)
 S_WEIGHT = "s_weight"  # sparse sharing of connections (LT4REC's S-Weight): the default
 S_NEURON = "s_neuron"  # sparse sharing of whole units (S-Neuron)
 MODELS = {
-    S_WEIGHT: (network.SPARSE_SHARING, "connection"),
-    S_NEURON: (network.SPARSE_SHARING, "neuron"),
+    S_WEIGHT: (SPARSE_SHARING, CONNECTION),
+    S_NEURON: (SPARSE_SHARING, NEURON),
     **{
         variant: (variant, None)
-        for variant in (
-            network.SINGLE_TASK,
-            network.HARD_SHARING,
-            network.SHARED_BOTTOM,
-            network.LAYER_SHARING,
-            network.MMOE,
-            network.PLE,
-            network.ESMM,
-        )
+        for variant in (SINGLE_TASK, HARD_SHARING, SHARED_BOTTOM, LAYER_SHARING, MMOE, PLE, ESMM)
     },
 }
-_DAY = re.compile(r"^\d{8}$")
+MODEL_ENV = options.ENV_PREFIX + "MODEL"  # the runner files' --model
+BEAM_ARGS_ENV = options.ENV_PREFIX + "BEAM_ARGS"  # Beam's options, separated by spaces
+DAY = re.compile(r"^\d{8}$")  # a day partition's folder: YYYYMMDD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +94,24 @@ class VertexTraining:
                 "parameter servers need at least 2 training replicas: the chief coordinates, workers train"
             )
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "VertexTraining | None":
+        """From LT4REC_TRAINING_WORKERS (None when unset), LT4REC_GCP_PROJECT, LT4REC_GCP_REGION,
+        LT4REC_TRAINING_MACHINE_TYPE and LT4REC_PARAMETER_SERVERS (as `lt4rec pipeline compile`'s options)."""
+        workers = environ.get("LT4REC_TRAINING_WORKERS")
+        if not workers:
+            return None
+        try:
+            return cls(
+                workers=int(workers),
+                project=environ.get("LT4REC_GCP_PROJECT", ""),
+                region=environ.get("LT4REC_GCP_REGION", ""),
+                machine_type=environ.get("LT4REC_TRAINING_MACHINE_TYPE") or cls.machine_type,
+                parameter_servers=int(environ.get("LT4REC_PARAMETER_SERVERS") or 0),
+            )
+        except ValueError as error:
+            raise errors.UserFacingError(f"LT4REC_* environment variables: {error}") from None
+
     def custom_config(self) -> dict:
         """The Trainer's custom_config entries that TFX's Vertex training executor reads."""
         from tfx.extensions.google_cloud_ai_platform import constants
@@ -106,41 +136,69 @@ class VertexTraining:
 class PipelineSettings:
     """Everything a run of the pipeline depends on."""
 
-    data_root: str
-    pipeline_root: str
-    serving_dir: str
-    pipeline_name: str = "lt4rec"
+    data_root: str = setting(help="Folder of day partitions: DATA_ROOT/YYYYMMDD/<files> (gs:// on a cluster).")
+    pipeline_root: str = setting(help="Where TFX keeps artifacts (and, locally, its SQLite metadata store).")
+    serving_dir: str = setting(help="Where the pushed CTR, CVR and rank models go.")
+    pipeline_name: str = setting("lt4rec", "Name of the pipeline in ML Metadata.")
     # History mode: the day partitions from first_day to last_day (all by default); the
     # last eval_days of them are held out for evaluation.
-    eval_days: int = 1
-    first_day: str | None = None
-    last_day: str | None = None
+    eval_days: int = setting(1, "Last days held out for evaluation.", low=1)
+    first_day: str | None = setting(None, "Only days on or after YYYYMMDD (history mode).")
+    last_day: str | None = setting(None, "Only days on or before YYYYMMDD (history mode).")
     # Daily mode: one day (YYYYMMDD, or "latest"), split 9:1 by request.
-    span: str | None = None
+    span: str | None = setting(
+        None, "Daily mode: take only this day (YYYYMMDD, or 'latest'), split 9:1 by request into train and eval."
+    )
     # Id tables: shared between related features, hashed table sizes scaled.
-    share_tables: bool = True
-    table_scale: float = 1.0
-    max_rejected_fraction: float = 0.0
+    share_tables: bool = setting(True, "One id table for related features (e.g. a video's id wherever it appears).")
+    table_scale: float = setting(
+        1.0,
+        "Multiply the size of every hashed id table (0.01 for tiny data, >1 for production).",
+        low=0.0,
+        low_open=True,
+    )
+    max_rejected_fraction: float = setting(
+        0.0, "Share of log rows that may fail the label checks before the run stops.", low=0.0, high=1.0
+    )
     # The model: the network, its training, the mask search (Algorithm 1's settings).
-    network: network.NetworkConfig = network.NetworkConfig()
-    train: training.TrainConfig = training.TrainConfig()
-    search: sparse_sharing.SearchConfig = sparse_sharing.SearchConfig()
-    masks: str = SEARCH_MASKS
+    network: NetworkConfig = NetworkConfig()
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig = SearchConfig()
+    masks: str = setting(
+        SEARCH_MASKS,
+        "search: run MaskSearch (Algorithm 1 steps 1-2) in this run; reuse: train under the latest masks "
+        "in ML Metadata and retrain only the shared weights (daily runs).",
+        choices=MASK_MODES,
+    )
     # The Evaluator blesses a model whose CTR AUC and CVR MSE (clicks only) are within
     # these bounds, and, once a blessed model exists, no worse than it by more than these.
-    min_ctr_auc: float = 0.5
-    max_cvr_mse: float = 0.25
-    max_ctr_auc_drop: float = 0.01
-    max_cvr_mse_rise: float = 0.005
+    min_ctr_auc: float = setting(0.5, "Bless only at or above this CTR AUC.")
+    max_cvr_mse: float = setting(0.25, "Bless only at or below this CVR MSE.")
+    max_ctr_auc_drop: float = setting(
+        0.01, "Bless only if CTR AUC is at most this much below the latest blessed model's.", low=0.0
+    )
+    max_cvr_mse_rise: float = setting(
+        0.005, "Bless only if CVR MSE is at most this much above the latest blessed model's.", low=0.0
+    )
     # And only a model that beats its baselines on the eval split: CVR MSE below the no-skill
     # MSE (the train split's mean watch ratio of clicks, predicted for every click), CTR AUC
     # above the logged production pCTR's (skipped when the eval split carries no pctr).
-    beat_no_skill: bool = True
-    beat_incumbent: bool = True
+    beat_no_skill: bool = setting(
+        True,
+        "Bless only if CVR MSE is below the no-skill MSE (the train split's mean watch ratio of clicks "
+        "predicted for every eval click).",
+    )
+    beat_incumbent: bool = setting(
+        True,
+        "Bless only if CTR AUC is above the AUC of the logs' production pCTR (`pctr`) on the eval split "
+        "(skipped, with a note, when the eval split has no pctr).",
+    )
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
     # The curated schema CuratedSchemaGen imports: this repository's file by default; on
     # Kubeflow a path inside the image or on GCS (the Kubeflow runner sets the image's).
-    schema_file: str = SCHEMA_PATH
+    schema_file: str = setting(
+        SCHEMA_PATH, "The curated schema as the pipeline's components see it (on a cluster: default the image's copy)."
+    )
     metadata_path: str | None = None  # SQLite file; default <pipeline_root>/metadata.sqlite
     # None: the Trainer runs in the pipeline's own container (or process), on one worker.
     vertex_training: VertexTraining | None = None
@@ -173,70 +231,30 @@ class PipelineSettings:
         return features.scaled_config(self.table_scale, self.share_tables)
 
     @property
-    def model_settings(self) -> dict:
-        """What MaskSearch and the Trainer are given: one dict, so they cannot disagree."""
-        return {
-            "features": self.feature_config.to_dict(),
-            "network": self.network.to_dict(),
-            "train": self.train.to_dict(),
-            "search": self.search.to_dict(),
-        }
-
-    @property
-    def trainer_settings(self) -> dict:
-        """The Trainer's custom_config: the model settings, and where it trains if elsewhere."""
-        return {
-            **self.model_settings,
-            artifacts.PIPELINE_NAME_KEY: self.pipeline_name,  # marks the model (`artifacts.mark_pipeline`)
-            **(self.vertex_training.custom_config() if self.vertex_training else {}),
-        }
+    def model_settings(self) -> ModelSettings:
+        """What MaskSearch and the Trainer are given: one value, so they cannot disagree."""
+        return ModelSettings(self.feature_config, self.network, self.train, self.search)
 
     @property
     def metadata_sqlite(self) -> str:
         return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
 
     @classmethod
-    def from_env(cls) -> "PipelineSettings":
-        """Settings from LT4REC_* environment variables, for runner files run by other tools."""
-        env = os.environ
-        try:
-            return cls(
-                data_root=env["LT4REC_DATA_ROOT"],
-                pipeline_root=env["LT4REC_PIPELINE_ROOT"],
-                serving_dir=env["LT4REC_SERVING_DIR"],
-                pipeline_name=env.get("LT4REC_PIPELINE_NAME", "lt4rec"),
-                eval_days=int(env.get("LT4REC_EVAL_DAYS", "1")),
-                span=env.get("LT4REC_SPAN") or None,
-                table_scale=float(env.get("LT4REC_TABLE_SCALE", "1.0")),
-                beam_pipeline_args=tuple(env["LT4REC_BEAM_ARGS"].split())
-                if env.get("LT4REC_BEAM_ARGS")
-                else DEFAULT_BEAM_PIPELINE_ARGS,
-                schema_file=env.get("LT4REC_SCHEMA_FILE") or SCHEMA_PATH,
-                masks=env.get("LT4REC_MASKS") or SEARCH_MASKS,
-                **select_model(env.get("LT4REC_MODEL") or S_WEIGHT),
-                train=training.TrainConfig(input_mode=env.get("LT4REC_INPUT_MODE") or inputs.AUTO),
-                beat_no_skill=_env_flag("LT4REC_BEAT_NO_SKILL", True),
-                beat_incumbent=_env_flag("LT4REC_BEAT_INCUMBENT", True),
-                vertex_training=VertexTraining(
-                    workers=int(env["LT4REC_TRAINING_WORKERS"]),
-                    project=env.get("LT4REC_GCP_PROJECT", ""),
-                    region=env.get("LT4REC_GCP_REGION", ""),
-                    machine_type=env.get("LT4REC_TRAINING_MACHINE_TYPE") or VertexTraining.machine_type,
-                    parameter_servers=int(env.get("LT4REC_PARAMETER_SERVERS") or 0),
-                )
-                if env.get("LT4REC_TRAINING_WORKERS")
-                else None,
-            )
-        except KeyError as missing:
-            raise errors.UserFacingError(f"environment variable {missing.args[0]} is not set") from None
-        except ValueError as error:
-            raise errors.UserFacingError(f"LT4REC_* environment variables: {error}") from None
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "PipelineSettings":
+        """Settings from LT4REC_* environment variables, for runner files run by other tools:
+        one per option of `lt4rec pipeline run` (LT4REC_TABLE_SCALE for --table-scale), and
+        LT4REC_MODEL, LT4REC_BEAM_ARGS and the Vertex AI training job's (LT4REC_TRAINING_WORKERS...)."""
+        settings = options.from_env(
+            cls,
+            environ,
+            beam_pipeline_args=tuple(environ.get(BEAM_ARGS_ENV, "").split()) or DEFAULT_BEAM_PIPELINE_ARGS,
+            vertex_training=VertexTraining.from_env(environ),
+        )
+        return with_model(settings, environ.get(MODEL_ENV) or S_WEIGHT)
 
 
 def select_model(
-    model: str,
-    network_config: network.NetworkConfig = network.NetworkConfig(),
-    search: sparse_sharing.SearchConfig = sparse_sharing.SearchConfig(),
+    model: str, network_config: NetworkConfig = NetworkConfig(), search: SearchConfig = SearchConfig()
 ) -> dict:
     """PipelineSettings' `network` and `search` for a model of MODELS, from these (their sizes kept).
 
@@ -245,50 +263,24 @@ def select_model(
     if model not in MODELS:
         raise errors.UserFacingError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
     variant, granularity = MODELS[model]
-    network_config = dataclasses.replace(network_config, variant=variant, tasks=network.NetworkConfig.tasks)
+    network_config = dataclasses.replace(network_config, variant=variant, tasks=NetworkConfig.tasks)
     if granularity is not None:
         search = dataclasses.replace(search, granularity=granularity)
     return {"network": network_config, "search": search}
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    """A boolean environment variable: 1/true/yes/on or 0/false/no/off (any case); unset or empty: `default`."""
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise errors.UserFacingError(f"environment variable {name}={os.environ[name]!r} is not a boolean (true/false, 1/0)")
+def with_model(settings: PipelineSettings, model: str) -> PipelineSettings:
+    """`settings` training `model` (a key of MODELS), with the network's and search's other settings."""
+    try:
+        return dataclasses.replace(settings, **select_model(model, settings.network, settings.search))
+    except ValueError as error:  # e.g. multi-view with experts
+        raise errors.UserFacingError(str(error)) from None
 
 
 def _check_day(value: str, name: str) -> None:
     try:
-        if not _DAY.match(value):
+        if not DAY.match(value):
             raise ValueError
         dt.datetime.strptime(value, "%Y%m%d")
     except ValueError:
         raise errors.UserFacingError(f"{name} {value!r} is not a day of the form YYYYMMDD") from None
-
-
-def discover_days(data_root: str) -> list[str]:
-    """The day partitions (YYYYMMDD folders with files) under a data root, or a DataError."""
-    if not tf.io.gfile.exists(data_root):
-        raise errors.DataError(f"data root {data_root} does not exist")
-    if not tf.io.gfile.isdir(data_root):
-        raise errors.DataError(f"data root {data_root} is not a folder")
-    days = []
-    for entry in sorted(tf.io.gfile.listdir(data_root)):
-        name = entry.rstrip("/")
-        folder = os.path.join(data_root, name)
-        if _DAY.match(name) and tf.io.gfile.isdir(folder):
-            names = [f for f in tf.io.gfile.listdir(folder) if not f.startswith(("_", "."))]
-            if any(not tf.io.gfile.isdir(os.path.join(folder, f)) for f in names):
-                days.append(name)
-    if not days:
-        raise errors.DataError(
-            f"data root {data_root} has no day partitions: expected {data_root}/YYYYMMDD/<files> "
-            "(e.g. from `lt4rec generate` or `lt4rec preprocess`)"
-        )
-    return days

@@ -11,19 +11,43 @@ import dataclasses
 import logging
 import os
 
+import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from lt4rec import errors
 from lt4rec.pipeline import configs
 from lt4rec.pipeline import pipeline as pipeline_lib
 
 logger = logging.getLogger(__name__)
 
 
+def discover_days(data_root: str) -> list[str]:
+    """The day partitions (YYYYMMDD folders with files) under a data root, or a DataError."""
+    if not tf.io.gfile.exists(data_root):
+        raise errors.DataError(f"data root {data_root} does not exist")
+    if not tf.io.gfile.isdir(data_root):
+        raise errors.DataError(f"data root {data_root} is not a folder")
+    days = []
+    for entry in sorted(tf.io.gfile.listdir(data_root)):
+        name = entry.rstrip("/")
+        folder = os.path.join(data_root, name)
+        if configs.DAY.match(name) and tf.io.gfile.isdir(folder):
+            names = [f for f in tf.io.gfile.listdir(folder) if not f.startswith(("_", "."))]
+            if any(not tf.io.gfile.isdir(os.path.join(folder, f)) for f in names):
+                days.append(name)
+    if not days:
+        raise errors.DataError(
+            f"data root {data_root} has no day partitions: expected {data_root}/YYYYMMDD/<files> "
+            "(e.g. from `lt4rec generate` or `lt4rec preprocess`)"
+        )
+    return days
+
+
 def build(settings: configs.PipelineSettings) -> tfx.dsl.Pipeline:
     """The local pipeline, after checking that the data root holds day partitions."""
-    days = configs.discover_days(settings.data_root)
+    days = discover_days(settings.data_root)
     logger.info("Data root %s: %d day partitions, %s to %s", settings.data_root, len(days), days[0], days[-1])
     return pipeline_lib.create_pipeline(
         settings,

@@ -27,7 +27,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
-from lt4rec.components import task_pusher
+from lt4rec.components import artifacts, task_pusher
 from lt4rec.components.anomaly_check import AnomalyCheck
 from lt4rec.components.evaluator import Evaluator
 from lt4rec.components.log_example_gen import LogExampleGen, day_span
@@ -89,7 +89,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
         masks_source = search_class(
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
-            settings=settings.model_settings,
+            settings=settings.model_settings.to_dict(),
             custom_config=search_config,
         ).with_id("MaskSearch")  # one id wherever it runs
         masks = masks_source.outputs["masks"]
@@ -119,7 +119,11 @@ def create_components(settings: configs.PipelineSettings) -> list:
         masks=masks,
         base_model=base_model,
         run_fn=configs.RUN_FN,
-        custom_config=settings.trainer_settings,
+        custom_config={  # the model's settings, the pipeline that marks the model, where it trains
+            **settings.model_settings.to_dict(),
+            artifacts.PIPELINE_NAME_KEY: settings.pipeline_name,
+            **(settings.vertex_training.custom_config() if settings.vertex_training else {}),
+        },
     ).with_id("SparseSharingTrainer")  # one id wherever it trains: ML Metadata lineage, caching
     evaluator = Evaluator(  # TFX's, with the no-skill and incumbent baselines (components/evaluator)
         examples=example_gen.outputs["examples"],

@@ -33,7 +33,14 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
-from lt4rec.serving import server as grpc_server
+from lt4rec.serving.registry import RpcError
+from lt4rec.serving.servicer import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SIGNATURE,
+    SIGNATURE_DEF_FIELD,
+    ModelStatusServicer,
+    PredictionServicer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +67,8 @@ HTTP_STATUS = {
 }
 
 
-def _invalid(message: str) -> grpc_server.RpcError:
-    return grpc_server.RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _invalid(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _is_named(value: Any) -> bool:
@@ -118,10 +125,10 @@ class RestApi:
 
     def __init__(
         self,
-        prediction: grpc_server.PredictionServicer,
-        status: grpc_server.ModelStatusServicer,
+        prediction: PredictionServicer,
+        status: ModelStatusServicer,
         port: int,
-        max_request_bytes: int = grpc_server.DEFAULT_MAX_REQUEST_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         host: str = "",
     ):
         self.prediction = prediction
@@ -159,7 +166,7 @@ class RestApi:
     def handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
         try:
             status, body = HTTPStatus.OK, self._answer(request, method)
-        except grpc_server.RpcError as error:
+        except RpcError as error:
             status, body = HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": error.message}
         except Exception as error:  # noqa: BLE001 - the server must answer and keep serving
             logger.exception("REST %s %s failed unexpectedly", method, request.path)
@@ -179,12 +186,12 @@ class RestApi:
         length = int(request.headers.get("Content-Length") or 0)
         if length > self.max_request_bytes:
             request.close_connection = True  # the body is not read
-            raise grpc_server.RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"the request has {length} bytes, over this server's "
-                                       f"limit of {self.max_request_bytes} (--max-request-bytes)")  # fmt: skip
+            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the request has {length} bytes, over this server's "
+                           f"limit of {self.max_request_bytes} (--max-request-bytes)")  # fmt: skip
         body = request.rfile.read(length) if length else b""
         if found is None:
-            raise grpc_server.RpcError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {request.path}")
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {request.path}")
         spec = model_pb2.ModelSpec(name=found["name"])
         if found["version"] is not None:
             spec.version.value = int(found["version"])
@@ -198,22 +205,20 @@ class RestApi:
             )
         if method == "GET" and suffix == "/metadata":
             request_proto = get_model_metadata_pb2.GetModelMetadataRequest(
-                model_spec=spec, metadata_field=[grpc_server.SIGNATURE_DEF_FIELD]
+                model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD]
             )
             answer = self._call(self.prediction, "GetModelMetadata", request_proto)
             signature_map = get_model_metadata_pb2.SignatureDefMap()
-            answer.metadata[grpc_server.SIGNATURE_DEF_FIELD].Unpack(signature_map)
+            answer.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_map)
             return {
                 "model_spec": json_format.MessageToDict(answer.model_spec, preserving_proto_field_name=True),
                 "metadata": {
-                    grpc_server.SIGNATURE_DEF_FIELD: json_format.MessageToDict(
-                        signature_map, preserving_proto_field_name=True
-                    )
+                    SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_map, preserving_proto_field_name=True)
                 },
             }
         if method == "POST" and suffix == ":predict":
             return self._predict(spec, body)
-        raise grpc_server.RpcError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {request.path}")
+        raise RpcError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {request.path}")
 
     @staticmethod
     def _call(servicer, name: str, request_proto):
@@ -231,8 +236,8 @@ class RestApi:
             )
         spec.signature_name = document.get("signature_name", "")
         signature = self.prediction.registry.get(spec).signature(
-            spec.signature_name or grpc_server.DEFAULT_SIGNATURE, grpc.StatusCode.FAILED_PRECONDITION,
-            f'Serving signature key "{spec.signature_name or grpc_server.DEFAULT_SIGNATURE}" not found.',
+            spec.signature_name or DEFAULT_SIGNATURE, grpc.StatusCode.FAILED_PRECONDITION,
+            f'Serving signature key "{spec.signature_name or DEFAULT_SIGNATURE}" not found.',
         )  # fmt: skip
         aliases = sorted(signature.inputs)
         rows = "instances" in document

@@ -1,21 +1,17 @@
-"""Shared fixtures: small generated logs, and tools to damage a copy of them."""
+"""Shared fixtures (small generated logs, a finished run, served models) and the grouping of tests
+for parallel runs; shared helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from typing import Callable
 
 import pytest
 
 import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-
-LT4REC = os.path.join(os.path.dirname(sys.executable), "lt4rec")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TABLE_SCALE = 0.01  # the pipeline tests' id tables, scaled to the tiny logs
-
+from lt4rec.models.config import NEURON, NetworkConfig, TrainConfig
+from tests.helpers import TABLE_SCALE, read_examples, tiny_model, write_examples
 
 # Fixtures worth computing once per test worker: modules that use one run in the same worker.
 SHARED_RUNS = ("finished_run",)
@@ -43,28 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of[module(item)]))
     items.sort(key=lambda item: group_of[module(item)] not in e2e_groups)  # a stable sort: e2e groups first
-
-
-def run_in_fresh_process(module: str, function: str, *args: object, timeout: float = 300) -> str:
-    """Call `module.function(*args)` in a new Python process; its stdout, or fail with its stderr.
-
-    For tests that must configure TensorFlow's runtime (devices, servers) before it starts.
-    """
-    call = f"from {module} import {function} as f; f({', '.join(map(repr, args))})"
-    done = subprocess.run([sys.executable, "-c", call], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
-def tiny_model() -> dict:
-    """The pipeline tests' network, training and search settings: small and quick."""
-    from lt4rec.models import network, sparse_sharing, training
-
-    return dict(
-        network=network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16)),
-        train=training.TrainConfig(batch_size=128),
-        search=sparse_sharing.SearchConfig(rounds=2, remaining=0.25),
-    )
 
 
 @pytest.fixture(scope="session")
@@ -97,23 +71,6 @@ def finished_run(tiny_logs, tmp_path_factory):
     return settings
 
 
-def read_examples(path: str) -> list:
-    import tensorflow as tf
-
-    return [
-        tf.train.Example.FromString(record)
-        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
-    ]
-
-
-def write_examples(path: str, examples: list) -> None:
-    import tensorflow as tf
-
-    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
-        for example in examples:
-            writer.write(example.SerializeToString())
-
-
 @pytest.fixture
 def damaged_copy(tiny_logs, tmp_path) -> Callable[[Callable[[list], list]], str]:
     """Copies the tiny logs and rewrites the 2nd day's file through `damage(examples)`."""
@@ -126,28 +83,6 @@ def damaged_copy(tiny_logs, tmp_path) -> Callable[[Callable[[list], list]], str]
         return root
 
     return make
-
-
-def random_transformed(rows: int, seed: int = 0) -> dict:
-    """Transformed examples (ids in [0, 16), 0 = missing) whose labels depend on a few ids.
-
-    Small enough for every table of `features.scaled_config(0.001)`; stands in for
-    Transform's output in the unit tests of the models.
-    """
-    import numpy as np
-
-    from lt4rec.models import features
-
-    rng = np.random.default_rng(seed)
-    examples = {
-        spec.name: rng.integers(0, 16, size=(rows, spec.max_values)).astype(np.int64) for spec in features.FEATURES
-    }
-    logit = (examples["FEA_UID"][:, 0] % 5 - 2) * 0.8 + (examples["FEA_VID"][:, 0] % 3 - 1)
-    click = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    ratio = np.clip(0.5 + 0.1 * (examples["FEA_CP"][:, 0] % 4) + rng.normal(0, 0.1, rows), 0, 1)
-    examples[features.CLICK_LABEL] = click
-    examples[features.WATCH_RATIO_LABEL] = np.where(click == 1, ratio, 0).astype(np.float32)
-    return examples
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +99,8 @@ def served_models(tiny_logs, tmp_path_factory):
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from lt4rec.models import export, features, masks, network, offline_transform, training
+    from lt4rec.models import export, features, masks, network, training
+    from lt4rec.testing import offline_transform
 
     root = tmp_path_factory.mktemp("served")
     days = sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))
@@ -175,9 +111,9 @@ def served_models(tiny_logs, tmp_path_factory):
     columns = offline_transform.transform(days[:-1], transform_dir)
 
     tf.keras.utils.set_random_seed(3)
-    model = network.RankingNetwork(feature_config, network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16)))
+    model = network.RankingNetwork(feature_config, NetworkConfig(embedding_dim=8, hidden_units=(32, 16)))
     model.build_for({name: values[:2] for name, values in columns.items()})
-    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=128))
+    trainer = training.MultiTaskTrainer(model, TrainConfig(batch_size=128))
     trainer.train({task: training.task_batches(columns, task, 128, 3) for task in ("ctr", "cvr")}, "fixture", 3)
     masks.set_task_masks(
         model,
@@ -185,7 +121,7 @@ def served_models(tiny_logs, tmp_path_factory):
             task: masks.prune_by_magnitude(
                 masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity
             )
-            for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION))
+            for task, granularity in (("ctr", NEURON), ("cvr", masks.CONNECTION))
         },
     )
 
@@ -228,7 +164,8 @@ def tiny_transform(tiny_logs, tmp_path_factory):
 
     import tensorflow_transform as tft
 
-    from lt4rec.models import features, offline_transform
+    from lt4rec.models import features
+    from lt4rec.testing import offline_transform
 
     root = tmp_path_factory.mktemp("tiny_transform")
     days = sorted(glob.glob(os.path.join(tiny_logs, "2*", "part-*.gz")))

@@ -31,7 +31,7 @@ from lt4rec.components.evaluator import executor
 from lt4rec.models import features
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
-from tests.conftest import TABLE_SCALE, read_examples, tiny_model, write_examples
+from tests.helpers import TABLE_SCALE, read_examples, tiny_model, write_examples
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import LT4REC, write_examples
+from tests.helpers import LT4REC, write_examples
 
 pytestmark = pytest.mark.e2e
 

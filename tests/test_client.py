@@ -93,7 +93,7 @@ def test_lt4rec_score_prints_the_ranking_and_names_grpc_errors(served, tiny_logs
     import json
     import subprocess
 
-    from tests.conftest import LT4REC
+    from tests.helpers import LT4REC
 
     _, target = served
     logs = os.path.join(tiny_logs, "20201013", "part-*.gz")

@@ -12,9 +12,9 @@ from ml_metadata.proto import metadata_store_pb2
 
 from lt4rec import errors
 from lt4rec.models import masks as masks_lib
-from lt4rec.models import sparse_sharing, trainer
+from lt4rec.models import trainer
 from lt4rec.pipeline import configs, local_runner
-from tests.conftest import TABLE_SCALE, tiny_model
+from tests.helpers import TABLE_SCALE, tiny_model
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,7 @@ def test_daily_runs_continue_the_blessed_model_under_its_own_masks(tiny_logs, tm
     local_runner.run(unblessed)
     (newer_masks,) = _artifacts(unblessed)["masks"]
     assert os.listdir(os.path.join(first.serving_dir, "ctr")) == ["1"]  # nothing pushed
-    newer = masks_lib.load_masks(os.path.join(newer_masks.uri, sparse_sharing.MASKS_FILE))
+    newer = masks_lib.read_artifact_masks(newer_masks.uri)
     day_1 = _trained_masks(first_model)
     assert any(not np.array_equal(newer[task][name], day_1[task][name]) for task in day_1 for name in day_1[task])
 

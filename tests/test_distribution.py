@@ -15,7 +15,8 @@ import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs 
 import tensorflow as tf
 
 from lt4rec.models import distribution, training
-from tests.conftest import run_in_fresh_process
+from lt4rec.models.config import NEURON, NetworkConfig, TrainConfig
+from tests.helpers import run_in_fresh_process
 
 
 def _replica(monkeypatch, cluster: dict, task_type: str, index: int) -> distribution.Replica:
@@ -89,16 +90,16 @@ def mirrored_against_one_device(optimizer: str) -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from lt4rec.models import features, masks, network
-    from tests.conftest import random_transformed
+    from tests.helpers import random_transformed
 
     columns = random_transformed(600, seed=4)
-    config = training.TrainConfig(batch_size=64, learning_rate=0.01, optimizer=optimizer)
+    config = TrainConfig(batch_size=64, learning_rate=0.01, optimizer=optimizer)
 
     def trained(strategy: tf.distribute.Strategy, initial: list | None, task_masks: dict | None):
         tf.keras.utils.set_random_seed(0)
         with strategy.scope():
             model = network.RankingNetwork(
-                features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
+                features.scaled_config(0.001), NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
             )
             model.build_for({name: values[:2] for name, values in columns.items()})
             if initial is not None:
@@ -109,7 +110,7 @@ def mirrored_against_one_device(optimizer: str) -> None:
                     task: masks.prune_by_magnitude(
                         masks.get_kernels(model), model.initial_masks(task), 1, rate, granularity=granularity
                     )
-                    for task, rate, granularity in (("ctr", 0.5, masks.NEURON), ("cvr", 0.6, masks.CONNECTION))
+                    for task, rate, granularity in (("ctr", 0.5, NEURON), ("cvr", 0.6, masks.CONNECTION))
                 }
             masks.set_task_masks(model, task_masks)
             trainer = training.MultiTaskTrainer(model, config, strategy)

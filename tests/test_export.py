@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from lt4rec.models import export, features, masks, network
+from lt4rec.models.config import PLE, SHARED_BOTTOM, SINGLE_TASK, NetworkConfig
 
 pytestmark = pytest.mark.slow
 
@@ -116,17 +117,15 @@ def _read_by(model: network.RankingNetwork, inputs: dict, task: str) -> set[str]
     [
         (network.LAYER_SHARING, BOTH),
         (network.MMOE, BOTH),
-        (network.PLE, BOTH),
+        (PLE, BOTH),
         (network.ESMM, BOTH),
-        (network.SINGLE_TASK, BOTH),
-        (network.SHARED_BOTTOM, BOTH),
+        (SINGLE_TASK, BOTH),
+        (SHARED_BOTTOM, BOTH),
     ],
 )
 def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_transform, tmp_path, variant, tasks):
     tf.keras.utils.set_random_seed(11)
-    model = network.RankingNetwork(
-        features.scaled_config(0.001), network.NetworkConfig(variant=variant, tasks=tasks, **SMALL)
-    )
+    model = network.RankingNetwork(features.scaled_config(0.001), NetworkConfig(variant=variant, tasks=tasks, **SMALL))
     transform_output = tiny_transform.transform_output
     raw = tiny_transform.raw_examples[:64]
     inputs = _transformed(transform_output, raw)
@@ -162,11 +161,11 @@ def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_tra
         assert all(layer["path"] == export.DENSE for layer in metadata["layers"]) and exported.layer_widths
 
         other = {"ctr": "cvr", "cvr": "ctr"}[task]
-        if variant == network.PLE:  # below the last level the shared gate mixes the other task's experts
+        if variant == PLE:  # below the last level the shared gate mixes the other task's experts
             assert {name for name in saved if other in name} == {
                 n for n in everything if n.split("/")[1:3] == ["extraction_0", f"{other}_experts"]
             }
-        elif variant != network.SHARED_BOTTOM and len(tasks) > 1:
+        elif variant != SHARED_BOTTOM and len(tasks) > 1:
             assert not [name for name in saved if other in name]
         if variant == network.MMOE:  # embeddings, experts, the task's gate, tower and head
             assert {name.split("/")[1] for name in saved} == {
@@ -177,7 +176,7 @@ def test_dense_variants_export_each_task_exactly_and_only_what_it_reads(tiny_tra
                 f"{task}_head",
             }
 
-    if variant not in (network.MMOE, network.PLE, network.SINGLE_TASK, network.LAYER_SHARING):
+    if variant not in (network.MMOE, PLE, SINGLE_TASK, network.LAYER_SHARING):
         return  # (each export takes seconds: the rest are like these)
     # The multi-task model the Evaluator scores: every head, as the network.
     path = str(tmp_path / "serving")

@@ -11,7 +11,7 @@ import pytest
 
 from lt4rec.logs import generator, raw_events, records
 from lt4rec.models import features
-from tests.conftest import LT4REC, read_examples
+from tests.helpers import LT4REC, read_examples
 
 ROWS = 4000
 

@@ -11,7 +11,7 @@ from packaging.markers import Marker
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _pins() -> dict[str, str]:

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from lt4rec.models import features, inputs, sparse_sharing, training
-from tests.conftest import random_transformed
+from lt4rec.models.config import TrainConfig
+from tests.helpers import random_transformed
 
 SPEC = {
     **{spec.name: tf.io.FixedLenFeature([spec.max_values], tf.int64) for spec in features.FEATURES},
@@ -108,7 +109,7 @@ def test_every_worker_batches_its_replicas_share_of_the_global_batch(examples):
 @pytest.mark.parametrize("mode", [inputs.MEMORY, inputs.STREAMING])
 def test_datasets_from_a_split_memory_or_streamed_agree_on_steps_rates_and_validation(examples, mode):
     columns, split = examples
-    config = training.TrainConfig(batch_size=64, seed=HOLDOUT[1], validation_fraction=HOLDOUT[0], input_mode=mode)
+    config = TrainConfig(batch_size=64, seed=HOLDOUT[1], validation_fraction=HOLDOUT[0], input_mode=mode)
     data = sparse_sharing.Datasets.from_split(split, config, ("ctr", "cvr"))
     kept, held = training.hold_out(columns, *HOLDOUT)
     assert data.mode == mode

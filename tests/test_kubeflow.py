@@ -15,10 +15,10 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from lt4rec import errors
 from lt4rec.components import task_pusher
-from lt4rec.models import training
-from lt4rec.pipeline import configs, kubeflow_runner
+from lt4rec.models.config import TrainConfig
+from lt4rec.pipeline import configs, kubeflow_runner, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
-from tests.conftest import LT4REC
+from tests.helpers import LT4REC
 
 IMAGE = "europe-docker.pkg.dev/p/lt4rec/lt4rec:1.0"
 BEAM_ARGS = ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
@@ -80,12 +80,12 @@ def _parameter(spec: pipeline_spec_pb2.PipelineSpec, task: str, name: str):
 def compiled(tmp_path_factory) -> tuple[str, dict, pipeline_spec_pb2.PipelineSpec]:
     settings = configs.PipelineSettings(**ROOTS, beam_pipeline_args=BEAM_ARGS)
     out = str(tmp_path_factory.mktemp("kubeflow") / "lt4rec.json")
-    original = configs.discover_days
-    configs.discover_days = _fail  # the data root is the cluster's: compiling must not list it
+    original = local_runner.discover_days
+    local_runner.discover_days = _fail  # the data root is the cluster's: compiling must not list it
     try:
         path = kubeflow_runner.compile_pipeline(settings, out, IMAGE)
     finally:
-        configs.discover_days = original
+        local_runner.discover_days = original
     assert path == out
     return (out, *_load(out))
 
@@ -334,7 +334,7 @@ def test_multi_worker_training_compiles_to_a_vertex_training_job(tmp_path):
     assert [pool["replica_count"] for pool in job["worker_pool_specs"]] == [1, 2]  # a chief and two workers
     assert {pool["container_spec"]["image_uri"] for pool in job["worker_pool_specs"]} == {IMAGE}
     # run_fn still gets it
-    assert training.TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train
+    assert TrainConfig.from_dict(config["train"]) == configs.PipelineSettings(**ROOTS).train
     # MaskSearch runs on the same launcher, the same job (its replicas run the search executor).
     search = json_format.MessageToDict(spec.deployment_spec)["executors"]["MaskSearch_executor"]["container"]
     assert (

@@ -24,7 +24,7 @@ from lt4rec.models import masks as masks_lib
 from lt4rec.models import trainer
 from lt4rec.pipeline import configs, kubeflow_runner, local_runner
 from tests import kubeflow_local
-from tests.conftest import TABLE_SCALE, read_examples, tiny_model
+from tests.helpers import TABLE_SCALE, read_examples, tiny_model
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from lt4rec.components.log_example_gen import LogExampleGen, day_span
 from lt4rec.components.log_example_gen.component import DAILY_PATTERN
 from lt4rec.components.log_example_gen.executor import resolve_span
 from lt4rec.pipeline.pipeline import _range_config
-from tests.conftest import read_examples
+from tests.helpers import read_examples
 
 
 def run_example_gen(tmp_path, data_root, **kwargs) -> str:

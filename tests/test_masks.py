@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from lt4rec.models import masks
+from lt4rec.models.config import NEURON, rate_for
 
 
 def _kernels(seed: int = 0) -> dict[str, np.ndarray]:
@@ -34,7 +35,7 @@ def _wrapper(units_in: int = 6, units_out: int = 4) -> masks.TaskMaskedPruneLowM
 @pytest.mark.parametrize("scope", masks.SCOPES)
 def test_round_r_keeps_the_top_share_of_magnitudes_less_the_weights_of_dead_units(scope):
     kernels = _kernels()
-    rate = masks.rate_for(0.2, 4)
+    rate = rate_for(0.2, 4)
     current = {name: np.ones_like(kernel, dtype=np.float32) for name, kernel in kernels.items()}
     for round_index in range(1, 5):
         # By hand: the round(size * (1-q)^r) largest |w| still kept (per scope), then the live ones.
@@ -79,7 +80,7 @@ def test_per_layer_scope_prunes_every_layer_alike():
 def test_neuron_masks_remove_whole_units():
     kernels = _kernels()
     full = {name: np.ones_like(kernel, dtype=np.float32) for name, kernel in kernels.items()}
-    neuron = masks.prune_by_magnitude(kernels, full, 2, 0.3, granularity=masks.NEURON)
+    neuron = masks.prune_by_magnitude(kernels, full, 2, 0.3, granularity=NEURON)
     assert_whole_units(list(neuron.values()))
     units = sum(mask.shape[1] for mask in neuron.values())
     kept_units = sum(len(masks.units_kept(mask)) for mask in neuron.values())
@@ -91,7 +92,7 @@ def test_global_neuron_pruning_ranks_units_within_their_layer_scale():
     # A wide first layer has smaller weights (as after Glorot init): raw means would empty it.
     kernels = {"wide": rng.normal(0, 0.05, (800, 64)), "narrow": rng.normal(0, 0.2, (64, 32))}
     full = {name: np.ones_like(kernel) for name, kernel in kernels.items()}
-    neuron = masks.prune_by_magnitude(kernels, full, 3, 0.4, granularity=masks.NEURON)
+    neuron = masks.prune_by_magnitude(kernels, full, 3, 0.4, granularity=NEURON)
     kept = {name: len(masks.units_kept(mask)) for name, mask in neuron.items()}
     assert abs(sum(kept.values()) - 96 * 0.6**3) <= 1.0
     assert kept["wide"] >= 5 and kept["narrow"] >= 5  # neither layer is emptied
@@ -174,7 +175,7 @@ def test_bad_shapes_and_settings_are_refused():
     with pytest.raises(ValueError, match="masks for tasks"):
         layer.set_task_masks({"ctr": np.ones((6, 4))})  # every task at once, or none
     with pytest.raises(ValueError):
-        masks.rate_for(0.0, 4)
+        rate_for(0.0, 4)
     with pytest.raises(ValueError):
         masks.prune_by_magnitude(_kernels(), {}, 1, 0.5, scope="everywhere")
 

@@ -14,20 +14,21 @@ import tensorflow_transform as tft
 
 from lt4rec import cli, errors
 from lt4rec.models import export, features, masks, network, trainer
+from lt4rec.models.config import NEURON, VARIANTS
 from lt4rec.pipeline import configs, kubeflow_runner, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
-from tests.conftest import TABLE_SCALE, read_examples, tiny_model
+from tests.helpers import TABLE_SCALE, read_examples, tiny_model
 
 pytestmark = pytest.mark.e2e
 
 ROOTS = dict(data_root="gs://b/logs", pipeline_root="gs://b/pipeline", serving_dir="gs://b/serving")
-SPARSE = {configs.S_WEIGHT: masks.CONNECTION, configs.S_NEURON: masks.NEURON}
+SPARSE = {configs.S_WEIGHT: masks.CONNECTION, configs.S_NEURON: NEURON}
 
 
 def test_the_command_line_offers_exactly_the_models_of_the_settings():
     assert cli.MODEL_CHOICES == tuple(configs.MODELS)
     assert {granularity for _, granularity in configs.MODELS.values() if granularity} == set(masks.GRANULARITIES)
-    assert {variant for variant, _ in configs.MODELS.values()} == set(network.VARIANTS)
+    assert {variant for variant, _ in configs.MODELS.values()} == set(VARIANTS)
 
 
 @pytest.mark.parametrize("model", list(configs.MODELS))
@@ -74,7 +75,7 @@ def test_granularity_still_picks_the_sparse_sharing_model():
     default_network, default_search = _from_command_line()
     assert default_network.variant == network.SPARSE_SHARING and default_search.granularity == masks.CONNECTION
     assert _from_command_line("--granularity", "neuron") == _from_command_line("--model", "s_neuron")
-    assert _from_command_line("--model", "s_neuron", "--granularity", "neuron")[1].granularity == masks.NEURON
+    assert _from_command_line("--model", "s_neuron", "--granularity", "neuron")[1].granularity == NEURON
     with pytest.raises(click.BadParameter, match="contradicts"):
         _from_command_line("--model", "s_weight", "--granularity", "neuron")
     with pytest.raises(click.BadParameter, match="contradicts"):
@@ -97,7 +98,7 @@ def test_a_daily_run_of_a_baseline_continues_the_latest_blessed_model_without_ma
 def test_a_baseline_compiles_for_kubeflow_without_mask_search(tmp_path, monkeypatch):
     from tests.test_kubeflow import _fail, _load
 
-    monkeypatch.setattr(configs, "discover_days", _fail)  # the data root is the cluster's
+    monkeypatch.setattr(local_runner, "discover_days", _fail)  # the data root is the cluster's
     settings = configs.PipelineSettings(**ROOTS, **configs.select_model("ple"))
     _, spec = _load(kubeflow_runner.compile_pipeline(settings, str(tmp_path / "ple.json")))
     tasks = spec.root.dag.tasks

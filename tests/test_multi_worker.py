@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from lt4rec.models import distribution, features, masks, network, sparse_sharing, trainer
-from lt4rec.pipeline import trainer_cluster
+from lt4rec.models import distribution, features, masks, network, trainer
+from lt4rec.testing import trainer_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -50,13 +50,13 @@ def test_the_chief_saved_what_the_workers_held_trained_from_snet_init_with_the_s
     assert list(distribution.fingerprint(model).values()) == list(digests.values())
 
     (masks_artifact,) = execution.inputs["masks"]
-    searched = masks.load_masks(os.path.join(masks_artifact.uri, sparse_sharing.MASKS_FILE))
+    searched = masks.read_artifact_masks(masks_artifact.uri)
     for task in masks.TASKS:
         assert all(np.array_equal(masks.get_masks(model, task)[name], searched[task][name]) for name in searched[task])
 
     snet_init = network.RankingNetwork(model.feature_config, model.config)
     snet_init.build_for({spec.name: np.zeros([1, spec.max_values], np.int64) for spec in features.FEATURES})
-    masks.set_task_masks(snet_init, sparse_sharing.load_search(masks_artifact.uri, snet_init))
+    masks.set_task_masks(snet_init, masks.load_artifact(masks_artifact.uri, snet_init))
     expected_start = list(distribution.fingerprint(snet_init).values())  # sNET_init under the searched masks
     replicas = os.path.join(model_uri, trainer.TRAINING_FOLDER, trainer.REPLICAS_FOLDER)
     for worker in ("chief-0", "worker-0"):
@@ -94,10 +94,10 @@ def test_two_workers_search_the_masks_one_worker_finds(two_worker_search):
     one_worker, two_workers, workers = two_worker_search
     for worker in workers:
         assert f"Training as {worker.name} of 2 workers (MultiWorkerMirroredStrategy" in open(worker.log).read()
-    one, two = sparse_sharing.read_report(one_worker), sparse_sharing.read_report(two_workers)
+    one, two = masks.read_report(one_worker), masks.read_report(two_workers)
     assert two["workers"] == 2
-    one_masks = masks.load_masks(os.path.join(one_worker, sparse_sharing.MASKS_FILE))
-    two_masks = masks.load_masks(os.path.join(two_workers, sparse_sharing.MASKS_FILE))
+    one_masks = masks.read_artifact_masks(one_worker)
+    two_masks = masks.read_artifact_masks(two_workers)
     for task in masks.TASKS:
         # The same global batches, gradients summed over two replicas instead of one: equal
         # up to the order of floating-point sums, so the same rounds score alike and win.
@@ -108,4 +108,4 @@ def test_two_workers_search_the_masks_one_worker_finds(two_worker_search):
         for name, mask in one_masks[task].items():
             assert np.mean(two_masks[task][name] == mask) > 0.999, (task, name)
     assert 0.0 < masks.remaining_fraction(two_masks["ctr"]) < 1.0  # a real search: masks pruned, not all ones
-    assert os.path.exists(os.path.join(two_workers, sparse_sharing.SNET_INIT_CHECKPOINT + ".index"))
+    assert os.path.exists(os.path.join(two_workers, masks.SNET_INIT_CHECKPOINT + ".index"))

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from lt4rec.models import features, layers, masks, network, training
-from tests.conftest import random_transformed
+from lt4rec.models.config import PLE, SHARED_BOTTOM, SINGLE_TASK, NetworkConfig
+from tests.helpers import random_transformed
 
 FEATURE_CONFIG = features.scaled_config(0.001)
 SMALL = dict(embedding_dim=4, hidden_units=(16, 8), ctr_tower_units=(12, 6), expert_units=(8, 6), tower_units=(5,))
@@ -61,17 +62,17 @@ def test_feature_cross_is_every_pairwise_dot_product_with_the_embeddings():
     [
         (network.SPARSE_SHARING, ("ctr", "cvr"), 2, 1),
         (network.HARD_SHARING, ("ctr", "cvr"), 0, 2),
-        (network.SHARED_BOTTOM, ("ctr", "cvr"), 0, 1),
-        (network.SINGLE_TASK, ("cvr",), 0, 1),
-        (network.SINGLE_TASK, ("ctr", "cvr"), 0, 2),
+        (SHARED_BOTTOM, ("ctr", "cvr"), 0, 1),
+        (SINGLE_TASK, ("cvr",), 0, 1),
+        (SINGLE_TASK, ("ctr", "cvr"), 0, 2),
         (network.LAYER_SHARING, ("ctr", "cvr"), 0, 1),
         (network.MMOE, ("ctr", "cvr"), 0, 2),
-        (network.PLE, ("ctr", "cvr"), 0, 2),
+        (PLE, ("ctr", "cvr"), 0, 2),
         (network.ESMM, ("ctr", "cvr"), 0, 2),
     ],
 )
 def test_variants_predict_each_task_in_range(variant, tasks, masked_layers, towers):
-    config = network.NetworkConfig(variant=variant, tasks=tasks, **SMALL)
+    config = NetworkConfig(variant=variant, tasks=tasks, **SMALL)
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     inputs = _inputs()
     model.build_for(inputs)
@@ -85,7 +86,7 @@ def test_variants_predict_each_task_in_range(variant, tasks, masked_layers, towe
 
 
 def test_sparse_sharing_tasks_see_their_own_masks_of_one_kernel():
-    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
+    model = network.RankingNetwork(FEATURE_CONFIG, NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
     inputs = _inputs()
     model.build_for(inputs)
     before = model(inputs)
@@ -99,7 +100,7 @@ def test_sparse_sharing_tasks_see_their_own_masks_of_one_kernel():
 
 
 def test_multi_view_inputs_reach_cvr_only():
-    config = network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8), multi_view_dim=2)
+    config = NetworkConfig(embedding_dim=4, hidden_units=(16, 8), multi_view_dim=2)
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     inputs = _inputs()
     model.build_for(inputs)
@@ -118,22 +119,22 @@ def test_multi_view_inputs_reach_cvr_only():
 
 
 def test_config_round_trips_and_refuses_nonsense():
-    config = network.NetworkConfig(variant=network.HARD_SHARING, hidden_units=(8, 4))
-    assert network.NetworkConfig.from_dict(config.to_dict()) == config
+    config = NetworkConfig(variant=network.HARD_SHARING, hidden_units=(8, 4))
+    assert NetworkConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError):
-        network.NetworkConfig(variant="cross_stitch")
+        NetworkConfig(variant="cross_stitch")
     with pytest.raises(ValueError):
-        network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr", "ctr"))
+        NetworkConfig(variant=SINGLE_TASK, tasks=("ctr", "ctr"))
 
 
 ALL_VARIANTS = [
     (network.SPARSE_SHARING, ("ctr", "cvr")),
     (network.HARD_SHARING, ("ctr", "cvr")),
-    (network.SHARED_BOTTOM, ("ctr", "cvr")),
-    (network.SINGLE_TASK, ("ctr", "cvr")),
+    (SHARED_BOTTOM, ("ctr", "cvr")),
+    (SINGLE_TASK, ("ctr", "cvr")),
     (network.LAYER_SHARING, ("ctr", "cvr")),
     (network.MMOE, ("ctr", "cvr")),
-    (network.PLE, ("ctr", "cvr")),
+    (PLE, ("ctr", "cvr")),
     (network.ESMM, ("ctr", "cvr")),
 ]
 OTHER = {"ctr": "cvr", "cvr": "ctr"}
@@ -145,14 +146,14 @@ def _other_task_only(model: network.RankingNetwork, task: str) -> set[str]:
     return {
         v.name
         for v in model.trainable_variables
-        if other in v.name and not (model.config.variant == network.PLE and f"extraction_0/{other}_experts/" in v.name)
+        if other in v.name and not (model.config.variant == PLE and f"extraction_0/{other}_experts/" in v.name)
     }
 
 
 @pytest.mark.parametrize("variant, tasks", ALL_VARIANTS)
 @pytest.mark.parametrize("task", ["ctr", "cvr"])
 def test_a_task_forward_reads_every_variable_but_the_other_task_own(variant, tasks, task):
-    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=variant, tasks=tasks, **SMALL))
+    model = network.RankingNetwork(FEATURE_CONFIG, NetworkConfig(variant=variant, tasks=tasks, **SMALL))
     inputs = _inputs()
     model(inputs, task=task)
     created = {v.name for v in model.trainable_variables}
@@ -164,12 +165,12 @@ def test_a_task_forward_reads_every_variable_but_the_other_task_own(variant, tas
     gradients = tape.gradient(score, model.trainable_variables)
     unread = {v.name for v, g in zip(model.trainable_variables, gradients) if g is None}
     assert unread == _other_task_only(model, task)
-    if variant in (network.HARD_SHARING, network.ESMM, network.SINGLE_TASK, network.MMOE):
+    if variant in (network.HARD_SHARING, network.ESMM, SINGLE_TASK, network.MMOE):
         assert any("tower" in name or "mlp" in name for name in unread)  # the other task's own layers, untouched
 
 
 def test_single_task_on_both_tasks_is_two_separate_networks():
-    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=network.SINGLE_TASK, **SMALL))
+    model = network.RankingNetwork(FEATURE_CONFIG, NetworkConfig(variant=SINGLE_TASK, **SMALL))
     inputs = _inputs()
     model.build_for(inputs)
     assert model.embeddings is None and set(model.task_embeddings) == {"ctr", "cvr"}
@@ -183,15 +184,13 @@ def test_single_task_on_both_tasks_is_two_separate_networks():
     after = model(inputs)
     np.testing.assert_array_equal(before["ctr"].numpy(), after["ctr"].numpy())
     assert not np.allclose(before["cvr"].numpy(), after["cvr"].numpy())
-    one = network.RankingNetwork(
-        FEATURE_CONFIG, network.NetworkConfig(variant=network.SINGLE_TASK, tasks=("ctr",), **SMALL)
-    )
+    one = network.RankingNetwork(FEATURE_CONFIG, NetworkConfig(variant=SINGLE_TASK, tasks=("ctr",), **SMALL))
     one.build_for(inputs)
     assert one.task_embeddings is None and set(one(inputs)) == {"ctr"}  # the one-task form as before
 
 
 def test_layer_sharing_is_the_shared_mlp_with_a_ctr_tower_above_it():
-    config = network.NetworkConfig(variant=network.LAYER_SHARING, **SMALL)
+    config = NetworkConfig(variant=network.LAYER_SHARING, **SMALL)
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     model.build_for(_inputs())
     ctr, cvr = model.towers["ctr"], model.towers["cvr"]
@@ -203,11 +202,11 @@ def test_layer_sharing_is_the_shared_mlp_with_a_ctr_tower_above_it():
         [12, 6],
     ]
     assert model.heads["cvr"].kernel.shape == (8, 1) and model.heads["ctr"].kernel.shape == (6, 1)
-    assert network.NetworkConfig(variant=network.LAYER_SHARING).ctr_tower_units == (512, 256, 128)  # the paper's tower
+    assert NetworkConfig(variant=network.LAYER_SHARING).ctr_tower_units == (512, 256, 128)  # the paper's tower
 
 
 def test_mmoe_mixes_its_experts_by_each_task_softmax_gate():
-    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=network.MMOE, num_experts=3, **SMALL))
+    model = network.RankingNetwork(FEATURE_CONFIG, NetworkConfig(variant=network.MMOE, num_experts=3, **SMALL))
     inputs = _inputs()
     model.build_for(inputs)
     shared = model.cross(model.embeddings(inputs))
@@ -225,7 +224,7 @@ def test_mmoe_mixes_its_experts_by_each_task_softmax_gate():
 
 
 def test_ple_levels_have_customized_gates_that_sum_to_one():
-    config = network.NetworkConfig(variant=network.PLE, shared_experts=2, task_experts=2, extraction_layers=3, **SMALL)
+    config = NetworkConfig(variant=PLE, shared_experts=2, task_experts=2, extraction_layers=3, **SMALL)
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     model.build_for(_inputs())
     assert len(model.extraction) == 3 and [level.shared_gate is None for level in model.extraction] == [
@@ -245,8 +244,8 @@ def test_ple_levels_have_customized_gates_that_sum_to_one():
 
 
 def test_esmm_predicts_pctr_and_pcvr_and_says_so():
-    config = network.NetworkConfig(variant=network.ESMM, **SMALL)
-    assert config.esmm and not network.NetworkConfig(variant=network.HARD_SHARING).esmm
+    config = NetworkConfig(variant=network.ESMM, **SMALL)
+    assert config.esmm and not NetworkConfig(variant=network.HARD_SHARING).esmm
     model = network.RankingNetwork(FEATURE_CONFIG, config)
     model.build_for(_inputs())
     assert model.esmm and not model.masked
@@ -255,20 +254,18 @@ def test_esmm_predicts_pctr_and_pcvr_and_says_so():
     assert np.all((ctcvr > 0) & (ctcvr < outputs["ctr"].numpy()))
 
 
-@pytest.mark.parametrize("variant, tasks", [*ALL_VARIANTS, (network.SINGLE_TASK, ("cvr",))])
+@pytest.mark.parametrize("variant, tasks", [*ALL_VARIANTS, (SINGLE_TASK, ("cvr",))])
 def test_every_variant_config_round_trips(variant, tasks):
-    config = network.NetworkConfig(
-        variant=variant, tasks=tasks, num_experts=6, shared_experts=3, extraction_layers=1, **SMALL
-    )
-    assert network.NetworkConfig.from_dict(config.to_dict()) == config
-    assert network.NetworkConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    config = NetworkConfig(variant=variant, tasks=tasks, num_experts=6, shared_experts=3, extraction_layers=1, **SMALL)
+    assert NetworkConfig.from_dict(config.to_dict()) == config
+    assert NetworkConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     # A config written before the later fields existed reads with their defaults.
     old = {
         key: value
-        for key, value in network.NetworkConfig(variant=network.HARD_SHARING).to_dict().items()
+        for key, value in NetworkConfig(variant=network.HARD_SHARING).to_dict().items()
         if key in ("variant", "tasks", "embedding_dim", "hidden_units", "multi_view_dim")
     }
-    assert network.NetworkConfig.from_dict(old) == network.NetworkConfig(variant=network.HARD_SHARING)
+    assert NetworkConfig.from_dict(old) == NetworkConfig(variant=network.HARD_SHARING)
 
 
 @pytest.mark.parametrize(
@@ -277,15 +274,15 @@ def test_every_variant_config_round_trips(variant, tasks):
         dict(variant=network.MMOE, tasks=("ctr",)),
         dict(variant=network.ESMM, tasks=("cvr",)),
         dict(variant=network.LAYER_SHARING, tasks=("ctr",)),
-        dict(variant=network.PLE, multi_view_dim=2),
+        dict(variant=PLE, multi_view_dim=2),
         dict(variant=network.MMOE, num_experts=0),
-        dict(variant=network.PLE, expert_units=()),
+        dict(variant=PLE, expert_units=()),
         dict(variant=network.LAYER_SHARING, ctr_tower_units=(8, 0)),
     ],
 )
 def test_configs_that_make_no_network_are_refused(settings):
     with pytest.raises(ValueError):
-        network.NetworkConfig(**settings)
+        NetworkConfig(**settings)
 
 
 @pytest.mark.parametrize("variant", [network.SPARSE_SHARING, network.MMOE, network.ESMM])
@@ -297,7 +294,7 @@ def test_a_fresh_model_started_at_base_rates_predicts_them(variant):
         {"ctr": clicked.mean(), "cvr": columns[features.WATCH_RATIO_LABEL].reshape(-1)[clicked].mean()}
     )
     rates = {"ctr": 0.04, "cvr": 0.35}  # far from a fresh sigmoid's 0.5
-    model = network.RankingNetwork(FEATURE_CONFIG, network.NetworkConfig(variant=variant, **SMALL))
+    model = network.RankingNetwork(FEATURE_CONFIG, NetworkConfig(variant=variant, **SMALL))
     inputs = _inputs(rows=64)
     model.build_for(inputs)
     model.start_at_base_rates(rates)

@@ -26,22 +26,23 @@ import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs 
 
 import tensorflow as tf
 
-from lt4rec.models import distribution, features, masks, network, sparse_sharing, trainer, training
-from lt4rec.pipeline import trainer_cluster
-from tests.conftest import read_examples, run_in_fresh_process
+from lt4rec.models import distribution, features, masks, network, trainer, training
+from lt4rec.models.config import NEURON, NetworkConfig, TrainConfig
+from lt4rec.testing import trainer_cluster
+from tests.helpers import read_examples, run_in_fresh_process
 
 pytestmark = pytest.mark.e2e
 
 HASHED_TABLES = ("user", "video", "content_provider", "tag")
 FEATURE_CONFIG_SCALE = 0.01
-NETWORK = network.NetworkConfig(embedding_dim=8, hidden_units=(32, 16))
+NETWORK = NetworkConfig(embedding_dim=8, hidden_units=(32, 16))
 STEPS = 5
 
 
 def train_on_parameter_servers(out: str) -> None:
     """Run in a fresh process: build, mask and train on a loopback PS cluster; write what happened."""
-    from lt4rec.pipeline.trainer_cluster import free_ports
-    from tests.conftest import random_transformed
+    from lt4rec.testing.trainer_cluster import free_ports
+    from tests.helpers import random_transformed
 
     worker, *ps = (f"localhost:{port}" for port in free_ports(3))
     cluster = tf.train.ClusterSpec({"worker": [worker], "ps": ps})
@@ -66,10 +67,10 @@ def train_on_parameter_servers(out: str) -> None:
                 task: masks.prune_by_magnitude(
                     masks.get_kernels(model), model.initial_masks(task), 1, 0.5, granularity=granularity
                 )
-                for task, granularity in (("ctr", masks.NEURON), ("cvr", masks.CONNECTION))
+                for task, granularity in (("ctr", NEURON), ("cvr", masks.CONNECTION))
             },
         )
-        trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01), strategy)
+        trainer = training.MultiTaskTrainer(model, TrainConfig(batch_size=64, learning_rate=0.01), strategy)
     before = masks.get_kernels(model)
 
     step = trainer.replica_step("ctr")
@@ -179,7 +180,7 @@ def test_parameter_server_training_moves_only_what_the_searched_masks_keep_from_
     (masks_artifact,) = execution.inputs["masks"]
     snet_init = network.RankingNetwork(model.feature_config, model.config)
     snet_init.build_for({spec.name: np.zeros([1, spec.max_values], np.int64) for spec in features.FEATURES})
-    searched = sparse_sharing.load_search(masks_artifact.uri, snet_init)
+    searched = masks.load_artifact(masks_artifact.uri, snet_init)
     assert 0.0 < masks.remaining_fraction(searched["ctr"]) < 1.0  # the masks of a real search
     initial_kernels = masks.get_kernels(snet_init)
     for task in masks.TASKS:
@@ -226,8 +227,8 @@ def test_mask_search_runs_on_parameter_servers_too(finished_run, tmp_path):
     )
     log = open(chief.log).read()
     assert "coordinator of 2 workers and 2 parameter servers" in log and "ctr search round 1" in log
-    report = sparse_sharing.read_report(str(tmp_path / "out" / "masks"))
-    searched = masks.load_masks(str(tmp_path / "out" / "masks" / sparse_sharing.MASKS_FILE))
+    report = masks.read_report(str(tmp_path / "out" / "masks"))
+    searched = masks.read_artifact_masks(str(tmp_path / "out" / "masks"))
     for task in masks.TASKS:
         rounds = report["tasks"][task]["rounds"]
         assert [r["remaining"] for r in rounds] == sorted((r["remaining"] for r in rounds), reverse=True)

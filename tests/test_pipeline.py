@@ -13,10 +13,11 @@ import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 
 from lt4rec import errors
-from lt4rec.models import export, features, masks, network, sparse_sharing, trainer
+from lt4rec.models import export, features, masks, network, trainer
+from lt4rec.models.config import NEURON
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
-from tests.conftest import LT4REC, TABLE_SCALE, read_examples
+from tests.helpers import LT4REC, TABLE_SCALE, read_examples
 
 pytestmark = pytest.mark.e2e
 
@@ -47,8 +48,8 @@ def test_components_are_wired_once_in_order(tiny_logs):
 
 def test_mask_search_writes_every_round_masks_plots_and_summary(finished_run):
     folder = _latest(finished_run, "MaskSearch", "masks")
-    report = sparse_sharing.read_report(folder)
-    found = masks.load_masks(os.path.join(folder, sparse_sharing.MASKS_FILE))
+    report = masks.read_report(folder)
+    found = masks.read_artifact_masks(folder)
     for task in ("ctr", "cvr"):
         rounds = report["tasks"][task]["rounds"]
         assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -64,8 +65,8 @@ def test_mask_search_writes_every_round_masks_plots_and_summary(finished_run):
 
 def test_trained_model_keeps_the_masks_and_scores_raw_logs(finished_run, tiny_logs):
     model_dir = _latest(finished_run, "SparseSharingTrainer", "model")
-    searched = masks.load_masks(os.path.join(_latest(finished_run, "MaskSearch", "masks"), sparse_sharing.MASKS_FILE))
-    trained = masks.load_masks(os.path.join(model_dir, trainer.TRAINING_FOLDER, sparse_sharing.MASKS_FILE))
+    searched = masks.read_artifact_masks(_latest(finished_run, "MaskSearch", "masks"))
+    trained = masks.get_task_masks(trainer.load_trained(model_dir)[0])  # the masks the checkpoint holds
     for task in searched:
         for layer in searched[task]:
             np.testing.assert_array_equal(trained[task][layer], searched[task][layer])
@@ -151,11 +152,11 @@ def test_the_curated_schema_is_the_one_transform_used(finished_run):
 
 def test_a_missing_or_empty_data_root_is_named(tmp_path):
     with pytest.raises(errors.DataError, match="does not exist"):
-        configs.discover_days(str(tmp_path / "nowhere"))
+        local_runner.discover_days(str(tmp_path / "nowhere"))
     (tmp_path / "empty" / "20201011").mkdir(parents=True)
     (tmp_path / "empty" / "20201011" / "_SUCCESS").write_text("")
     with pytest.raises(errors.DataError, match="no day partitions"):
-        configs.discover_days(str(tmp_path / "empty"))
+        local_runner.discover_days(str(tmp_path / "empty"))
 
 
 def _run_cli(data_root: str, tmp_path) -> subprocess.CompletedProcess:
@@ -253,7 +254,7 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
     model, transform_output, raw, inputs = trained_network
     # Prune whole units further, so that compaction has units to drop.
     pruned = masks.prune_by_magnitude(
-        masks.get_kernels(model), masks.get_masks(model, task), 1, 0.5, granularity=masks.NEURON
+        masks.get_kernels(model), masks.get_masks(model, task), 1, 0.5, granularity=NEURON
     )
     masks.set_task_masks(model, {**masks.get_task_masks(model), task: pruned})
     expected = model(inputs, task=task)[task].numpy()

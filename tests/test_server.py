@@ -31,7 +31,8 @@ from tensorflow_serving.apis import (
 
 from lt4rec import errors
 from lt4rec.serving import server as serving_server
-from tests.conftest import LT4REC
+from lt4rec.serving import servicer
+from tests.helpers import LT4REC
 
 pytestmark = pytest.mark.e2e
 
@@ -454,7 +455,7 @@ def test_unexpected_errors_are_internal_and_logged(stub, served_models, monkeypa
     def broken(*_args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(serving_server, "as_proto_field", broken)
+    monkeypatch.setattr(servicer, "as_proto_field", broken)
     with pytest.raises(grpc.RpcError) as raised:
         stub.Predict(predict_request("ctr", served_models.raw_examples[:2]), timeout=10)
     assert raised.value.code() == grpc.StatusCode.INTERNAL

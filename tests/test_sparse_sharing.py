@@ -7,13 +7,12 @@ import pytest
 import tensorflow as tf
 
 from lt4rec.models import features, masks, network, sparse_sharing, trainer, training
-from tests.conftest import random_transformed
+from lt4rec.models.config import NEURON, REWIND_TARGETS, NetworkConfig, SearchConfig, TrainConfig
+from tests.helpers import random_transformed
 from tests.test_masks import assert_whole_units
 
 
-def _algorithm(
-    search: sparse_sharing.SearchConfig, seed: int = 0, multi_view_dim: int = 0
-) -> sparse_sharing.SparseSharing:
+def _algorithm(search: SearchConfig, seed: int = 0, multi_view_dim: int = 0) -> sparse_sharing.SparseSharing:
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(1200, seed)
     train = {k: v[:1000] for k, v in examples.items()}
@@ -21,12 +20,10 @@ def _algorithm(
     data = sparse_sharing.Datasets.from_columns(train, validation, 128, seed, masks.TASKS)
     model = network.RankingNetwork(
         features.scaled_config(0.001),
-        network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8), multi_view_dim=multi_view_dim),
+        NetworkConfig(embedding_dim=4, hidden_units=(16, 8), multi_view_dim=multi_view_dim),
     )
     model.build_for(next(iter(data.validation)))
-    return sparse_sharing.SparseSharing(
-        model, data, training.TrainConfig(batch_size=128, learning_rate=0.01, seed=seed), search
-    )
+    return sparse_sharing.SparseSharing(model, data, TrainConfig(batch_size=128, learning_rate=0.01, seed=seed), search)
 
 
 def _round(task: str, index: int, remaining: float, value: float) -> sparse_sharing.RoundResult:
@@ -46,7 +43,7 @@ def test_round_selection_picks_the_best_validation_round():
 
 @pytest.mark.slow
 def test_search_rounds_are_scored_and_rewind_restores_the_targets():
-    algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=2, remaining=0.25))
+    algorithm = _algorithm(SearchConfig(rounds=2, remaining=0.25))
     initial = training.snapshot(algorithm.model)
     algorithm.warmup()
     snet_init = algorithm.snet_init
@@ -73,9 +70,7 @@ def test_search_rounds_are_scored_and_rewind_restores_the_targets():
 def test_neuron_level_search_and_shared_training_keep_their_masks():
     # Per layer, half the units of every layer is exactly half the weights (globally, the
     # share of weights depends on which layers the dropped units are in).
-    config = sparse_sharing.SearchConfig(
-        rounds=1, remaining=0.5, scope=masks.PER_LAYER, granularity=masks.NEURON, min_sparsity=0.5
-    )
+    config = SearchConfig(rounds=1, remaining=0.5, scope=masks.PER_LAYER, granularity=NEURON, min_sparsity=0.5)
     algorithm = _algorithm(config, seed=1)
     algorithm.warmup()
     found = {task: algorithm.search(task) for task in masks.TASKS}
@@ -102,7 +97,7 @@ def _search_recording_rounds(algorithm: sparse_sharing.SparseSharing, task: str)
 
 @pytest.fixture(scope="module")
 def _after_search(tmp_path_factory):
-    algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=2, remaining=0.25), seed=2)
+    algorithm = _algorithm(SearchConfig(rounds=2, remaining=0.25), seed=2)
     algorithm.warmup()
     ctr, ctr_rounds = _search_recording_rounds(algorithm, "ctr")
     cvr, cvr_rounds = _search_recording_rounds(algorithm, "cvr")
@@ -184,7 +179,7 @@ def test_the_trainers_path_starts_every_kept_weight_at_snet_init(searched, monke
 
 def test_with_multi_view_each_round_keeps_its_share_of_the_tasks_own_weights():
     """CTR never sees CVR's view rows: its rounds keep (1-q)^r of the weights CTR starts with."""
-    algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=2, remaining=0.25), seed=3, multi_view_dim=2)
+    algorithm = _algorithm(SearchConfig(rounds=2, remaining=0.25), seed=3, multi_view_dim=2)
     algorithm.warmup()
     initial = algorithm.model.initial_masks("ctr")
     initial_count = sum(int(mask.sum()) for mask in initial.values())
@@ -200,9 +195,9 @@ def test_with_multi_view_each_round_keeps_its_share_of_the_tasks_own_weights():
         previous = round_masks
 
 
-@pytest.mark.parametrize("rewind_to", sparse_sharing.REWIND_TARGETS)
+@pytest.mark.parametrize("rewind_to", REWIND_TARGETS)
 def test_every_round_starts_from_the_rewinding_target_with_a_fresh_optimizer(monkeypatch, rewind_to):
-    algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=2, remaining=0.25, rewind_to=rewind_to), seed=4)
+    algorithm = _algorithm(SearchConfig(rounds=2, remaining=0.25, rewind_to=rewind_to), seed=4)
     random_init = training.snapshot(algorithm.model)
     algorithm.warmup()
     target = algorithm.snet_init if rewind_to == sparse_sharing.REWIND_WARMUP else random_init
@@ -236,7 +231,7 @@ def test_every_round_starts_from_the_rewinding_target_with_a_fresh_optimizer(mon
 
 
 def test_a_short_warmup_takes_that_share_of_each_tasks_batches(monkeypatch):
-    algorithm = _algorithm(sparse_sharing.SearchConfig(rounds=1, warmup_epochs=0.25), seed=5)
+    algorithm = _algorithm(SearchConfig(rounds=1, warmup_epochs=0.25), seed=5)
     steps = []
     original = algorithm.trainer.train_step
     monkeypatch.setattr(
@@ -248,4 +243,4 @@ def test_a_short_warmup_takes_that_share_of_each_tasks_batches(monkeypatch):
         assert steps.count(task) == int(np.ceil(0.25 * whole_pass)), (task, whole_pass)
     for bad in (0.0, 1.5, -1.0):
         with pytest.raises(ValueError, match="warmup_epochs"):
-            sparse_sharing.SearchConfig(warmup_epochs=bad)
+            SearchConfig(warmup_epochs=bad)

@@ -9,17 +9,16 @@ import pytest
 import tensorflow as tf
 
 from lt4rec.models import features, masks, network, training
-from tests.conftest import random_transformed
+from lt4rec.models.config import NetworkConfig, TrainConfig
+from tests.helpers import random_transformed
 
 
 def _setup(seed: int = 0):
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(600, seed)
-    model = network.RankingNetwork(
-        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
-    )
+    model = network.RankingNetwork(features.scaled_config(0.001), NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
     model.build_for({name: values[:2] for name, values in examples.items()})
-    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, learning_rate=0.01))
+    trainer = training.MultiTaskTrainer(model, TrainConfig(batch_size=64, learning_rate=0.01))
     kernels = masks.get_kernels(model)
     task_masks = {}
     for task, rate in (("ctr", 0.5), ("cvr", 0.6)):
@@ -95,9 +94,9 @@ def test_reset_optimizer_clears_moments_and_step_count():
 def test_cvr_loss_counts_clicks_and_weighs_conflicts():
     labels = {features.CLICK_LABEL: tf.constant([1, 1]), features.WATCH_RATIO_LABEL: tf.constant([0.1, 0.9])}
     predictions = tf.constant([0.5, 0.5])
-    plain = training.task_loss("cvr", labels, predictions, training.TrainConfig())
+    plain = training.task_loss("cvr", labels, predictions, TrainConfig())
     assert float(plain) == pytest.approx((0.16 + 0.16) / 2)
-    weighted = training.task_loss("cvr", labels, tf.constant([0.1, 0.5]), training.TrainConfig(conflict_weight=3.0))
+    weighted = training.task_loss("cvr", labels, tf.constant([0.1, 0.5]), TrainConfig(conflict_weight=3.0))
     assert float(weighted) == pytest.approx((4 * 0.0 + 1 * 0.16) / 5)
 
 
@@ -186,11 +185,9 @@ def test_lazy_adam_is_adam_for_dense_gradients():
 def test_trainer_with_lazy_adam_leaves_unused_embedding_rows_alone():
     tf.keras.utils.set_random_seed(0)
     examples = random_transformed(256, 0)
-    model = network.RankingNetwork(
-        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
-    )
+    model = network.RankingNetwork(features.scaled_config(0.001), NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
     model.build_for({name: values[:2] for name, values in examples.items()})
-    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=64, optimizer="lazy_adam"))
+    trainer = training.MultiTaskTrainer(model, TrainConfig(batch_size=64, optimizer="lazy_adam"))
     user_table = model.embeddings.tables["user"].embeddings
     first, second = list(training.task_batches(examples, "ctr", 8, 0))[:2]
     trainer.train_step("ctr", first)  # the rows of the first batch now have momentum
@@ -202,7 +199,7 @@ def test_trainer_with_lazy_adam_leaves_unused_embedding_rows_alone():
     moved = np.abs(user_table.numpy() - before).max(axis=1)
     assert (moved[used[used != features.MISSING_ID]] > 0).all() and not moved[unused].any()
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        training.TrainConfig(optimizer="sgd")
+        TrainConfig(optimizer="sgd")
 
 
 def _shared_weight_displacement(loss_weights, schedule, seed: int = 0) -> np.ndarray:
@@ -214,13 +211,11 @@ def _shared_weight_displacement(loss_weights, schedule, seed: int = 0) -> np.nda
     """
     tf.keras.utils.set_random_seed(seed)
     examples = random_transformed(2000, seed)
-    model = network.RankingNetwork(
-        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(16, 8))
-    )
+    model = network.RankingNetwork(features.scaled_config(0.001), NetworkConfig(embedding_dim=4, hidden_units=(16, 8)))
     model.build_for({name: values[:2] for name, values in examples.items()})
     for table in model.embeddings.tables.values():
         table.embeddings.assign(np.random.default_rng(seed).normal(0, 0.5, table.embeddings.shape))
-    config = training.TrainConfig(batch_size=128, learning_rate=1e-3, loss_weights=tuple(loss_weights.items()))
+    config = TrainConfig(batch_size=128, learning_rate=1e-3, loss_weights=tuple(loss_weights.items()))
     trainer = training.MultiTaskTrainer(model, config)
     kernels = masks.get_kernels(model)
     task_masks = {
@@ -265,11 +260,9 @@ def test_loss_weights_set_how_hard_each_task_pulls_on_the_shared_weights():
 def test_mixed_training_keeps_the_task_shares_in_every_tenth_of_a_pass(monkeypatch):
     tf.keras.utils.set_random_seed(0)
     examples = random_transformed(6000, 6)
-    model = network.RankingNetwork(
-        features.scaled_config(0.001), network.NetworkConfig(embedding_dim=4, hidden_units=(8,))
-    )
+    model = network.RankingNetwork(features.scaled_config(0.001), NetworkConfig(embedding_dim=4, hidden_units=(8,)))
     model.build_for({name: values[:2] for name, values in examples.items()})
-    trainer = training.MultiTaskTrainer(model, training.TrainConfig(batch_size=8))
+    trainer = training.MultiTaskTrainer(model, TrainConfig(batch_size=8))
     steps = []
     original = trainer.train_step
     monkeypatch.setattr(trainer, "train_step", lambda task, batch: steps.append(task) or original(task, batch))

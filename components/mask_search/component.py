@@ -46,7 +46,7 @@ class MaskSearch(base_component.BaseComponent):
         settings: Mapping,
         custom_config: Mapping | None = None,
     ):
-        """`settings`: {"features", "network", "train", "search"}, each the `to_dict()` of its config;
+        """`settings`: `models.config.ModelSettings.to_dict()`, as the Trainer's custom_config holds it;
         `custom_config`: a Vertex AI training job's (`VertexMaskSearch`)."""
         spec = MaskSearchSpec(
             examples=examples,

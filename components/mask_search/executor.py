@@ -18,7 +18,8 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from lt4rec.models import distribution, features, inputs, masks, network, plots, sparse_sharing, training
+from lt4rec.models import distribution, inputs, masks, network, plots, sparse_sharing
+from lt4rec.models.config import ModelSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ class Executor(base_executor.BaseExecutor):
         replica = distribution.Replica.from_env()
         if replica.serves:  # a worker or parameter server: the chief schedules the training
             distribution.serve(replica)
-        settings = json.loads(exec_properties[SETTINGS])
-        feature_config = features.FeatureConfig.from_dict(settings["features"])
-        network_config = network.NetworkConfig.from_dict(settings["network"])
-        train_config = training.TrainConfig.from_dict(settings["train"])
-        search_config = sparse_sharing.SearchConfig(**settings["search"])
+        settings = ModelSettings.from_dict(json.loads(exec_properties[SETTINGS]))
+        feature_config, network_config, train_config, search_config = (
+            settings.features,
+            settings.network,
+            settings.train,
+            settings.search,
+        )
         # Before any TensorFlow op runs: collectives are configured when the runtime starts.
         strategy = distribution.training_strategy(replica, network.id_table_shapes(feature_config, network_config))
 
@@ -98,7 +101,7 @@ class Executor(base_executor.BaseExecutor):
 def record_search(output_dict: dict[str, list], input_dict: dict[str, list]) -> None:
     """The masks artifact's properties, from the search report its folder holds (also after a Vertex AI job)."""
     output = artifact_utils.get_single_instance(output_dict[MASKS])
-    report = sparse_sharing.read_report(output.uri)
+    report = masks.read_report(output.uri)
     for task, search in report["tasks"].items():
         best = search["rounds"][search["best_round"]]
         output.set_float_custom_property(f"{task}_remaining", search["remaining"])
