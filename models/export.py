@@ -22,6 +22,13 @@ its candidates' (tf.Examples), and scores every candidate as if it carried the c
 padded with "". The rank model's signatures also take `rank_weights`, but for
 `serving_scores` (serialized examples in, `ctr` and `cvr` out), which batch scoring calls.
 Labels and bookkeeping columns are not inputs.
+
+Embedding storage (`embedding_storage` of the task and rank exports, `EMBEDDING_STORAGE`
+by default): the id tables, ~80% of a model's bytes, are stored as trained (float32), as
+float16, or as int8 with one float32 scale per row (symmetric per-row quantization:
+`quantize_table`). The graph gathers the rows a batch reads, then dequantizes them to
+float32: only the stored tables shrink, everything after the lookup computes in float32.
+The metadata records the storage and the tables' bytes.
 """
 
 from __future__ import annotations
@@ -55,6 +62,12 @@ DENSE, SPARSE, MEASURE = "dense", "sparse", "measure"
 MATMUL_CHOICES = (MEASURE, DENSE, SPARSE)
 SPARSE_CANDIDATE_DENSITY = 0.5  # denser layers are never timed as sparse
 SPARSE_MARGIN = 0.9  # the sparse path must take at most this share of the dense time
+FLOAT32, FLOAT16, INT8 = "float32", "float16", "int8"
+EMBEDDING_STORAGES = (FLOAT32, FLOAT16, INT8)
+# How every export stores the embedding tables unless told (one place: the export functions'
+# defaults read it). float32 keeps the trained tables bit for bit.
+EMBEDDING_STORAGE = FLOAT32
+INT8_LEVELS = 127  # int8 storage: a row's values are multiples of its scale, max|row| / 127, in [-127, 127]
 
 
 def raw_input_spec(transform_output: tft.TFTransformOutput) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
@@ -74,11 +87,17 @@ class SharedFront(tf.Module):
     broadcast to every candidate: the same numbers as embedding them on every row.
     """
 
-    def __init__(self, model: network.RankingNetwork, view: bool):
+    def __init__(self, model: network.RankingNetwork, view: bool, embedding_storage: str = EMBEDDING_STORAGE):
         super().__init__(name="shared_front")
-        self.embeddings = _copy_embeddings(model.embeddings)
+        self.embedding_storage = check_storage(embedding_storage)
+        self.embeddings = _copy_embeddings(model.embeddings, embedding_storage)
         self.cross = layers.FeatureCross()
-        self.view = _copy_embeddings(model.cvr_view) if view and model.cvr_view is not None else None
+        self.view = _copy_embeddings(model.cvr_view, embedding_storage) if view and model.cvr_view is not None else None
+
+    @property
+    def embedding_bytes(self) -> int:
+        """The bytes of the stored id tables (and int8's scales)."""
+        return sum(_bytes(variable) for variable in self.variables if variable.ref() in _embedding_variables(self))
 
     def __call__(
         self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None
@@ -171,15 +190,22 @@ class FoldedTower(tf.Module):
 class TaskNetwork(tf.Module):
     """One task's network with its mask folded in: the shared front and the task's folded tower.
 
-    `compact`, `matmul`, `batch`: as `FoldedTower` takes them.
+    `compact`, `matmul`, `batch`: as `FoldedTower` takes them; `embedding_storage`: how the
+    front stores the id tables (one of `EMBEDDING_STORAGES`).
     """
 
     def __init__(
-        self, model: network.RankingNetwork, task: str, compact: bool = False, matmul: str = MEASURE, batch: int = 200
+        self,
+        model: network.RankingNetwork,
+        task: str,
+        compact: bool = False,
+        matmul: str = MEASURE,
+        batch: int = 200,
+        embedding_storage: str = EMBEDDING_STORAGE,
     ):
         super().__init__(name=f"{task}_network")
         self.task = task
-        self.front = SharedFront(model, view=task == "cvr")
+        self.front = SharedFront(model, view=task == "cvr", embedding_storage=embedding_storage)
         self.tower = FoldedTower(model, task, compact, matmul, batch)
 
     layer_paths = property(lambda self: self.tower.layer_paths)
@@ -189,9 +215,12 @@ class TaskNetwork(tf.Module):
     kernels = property(lambda self: self.tower.kernels)
     biases = property(lambda self: self.tower.biases)
 
+    embedding_storage = property(lambda self: self.front.embedding_storage)
+    embedding_bytes = property(lambda self: self.front.embedding_bytes)
+
     def metadata(self) -> dict:
-        """What the model is, for `assets.extra/` beside it: task, widths, paths, weights kept."""
-        return self.tower.metadata()
+        """What the model is, for `assets.extra/` beside it: task, widths, paths, weights kept, table storage."""
+        return {**self.tower.metadata(), **_storage_metadata(self)}
 
     def __call__(self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None) -> tf.Tensor:
         return self.tower(*self.front(inputs, context))
@@ -201,18 +230,32 @@ class RankNetwork(tf.Module):
     """Both tasks over one shared front: the embeddings and cross computed once for CTR and CVR.
 
     For the joint `rank` model (`export_rank_model`): each task's folded tower as its own
-    model has it (the same kernels, paths and scores), one copy of the embeddings.
+    model has it (the same kernels, paths and scores), one copy of the embeddings, stored as
+    `embedding_storage` says.
     """
 
-    def __init__(self, model: network.RankingNetwork, compact: bool = True, matmul: str = MEASURE, batch: int = 200):
+    def __init__(
+        self,
+        model: network.RankingNetwork,
+        compact: bool = True,
+        matmul: str = MEASURE,
+        batch: int = 200,
+        embedding_storage: str = EMBEDDING_STORAGE,
+    ):
         if not model.masked:
             raise ValueError("a joint rank model folds the masks of a sparse-sharing network")
         super().__init__(name="rank_network")
-        self.front = SharedFront(model, view=True)
+        self.front = SharedFront(model, view=True, embedding_storage=embedding_storage)
         self.towers = {task: FoldedTower(model, task, compact, matmul, batch) for task in model.config.tasks}
 
+    embedding_storage = property(lambda self: self.front.embedding_storage)
+    embedding_bytes = property(lambda self: self.front.embedding_bytes)
+
     def metadata(self) -> dict:
-        return {"tasks": {network.OUTPUT_NAMES[task]: tower.metadata() for task, tower in self.towers.items()}}
+        return {
+            "tasks": {network.OUTPUT_NAMES[task]: tower.metadata() for task, tower in self.towers.items()},
+            **_storage_metadata(self),
+        }
 
     def __call__(
         self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None
@@ -304,12 +347,128 @@ def _drop_dead_units(kernels: list[np.ndarray], biases: list[np.ndarray]) -> tup
     return kernels, biases
 
 
-def _copy_embeddings(source: layers.FieldEmbeddings) -> layers.FieldEmbeddings:
+def check_storage(embedding_storage: str) -> str:
+    if embedding_storage not in EMBEDDING_STORAGES:
+        raise ValueError(f"embedding_storage must be one of {EMBEDDING_STORAGES}, not {embedding_storage!r}")
+    return embedding_storage
+
+
+def quantize_table(table: np.ndarray, embedding_storage: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A float32 table [rows, dim] as stored: (values, per-row float32 scales, or None).
+
+    float32: the table itself; float16: rounded to the nearest half-precision value; int8:
+    symmetric per row, scale = max|row| / `INT8_LEVELS` and values = round(row / scale) (0
+    for a row of zeros, whose scale is 0), so that a row reads back as values * scale.
+    """
+    table = np.asarray(table, np.float32)
+    if check_storage(embedding_storage) == FLOAT32:
+        return table, None
+    if embedding_storage == FLOAT16:
+        return table.astype(np.float16), None
+    scales = (np.abs(table).max(axis=1) / np.float32(INT8_LEVELS)).astype(np.float32)
+    divisors = np.where(scales > 0, scales, np.float32(1))[:, np.newaxis]
+    values = np.clip(np.rint(table / divisors), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    return values, scales
+
+
+def dequantize_table(values: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+    """What a stored table reads back as, in float32 (the lookup's arithmetic, on the whole table)."""
+    table = np.asarray(values).astype(np.float32)
+    return table if scales is None else table * np.asarray(scales, np.float32)[:, np.newaxis]
+
+
+class StoredTable(tf.keras.layers.Layer):
+    """One id table as `quantize_table` stores it: `table(ids)` gathers rows, then dequantizes to float32.
+
+    Stands in for a `tf.keras.layers.Embedding` (the same [..., dim] rows for ids of any
+    shape); its variables (`values`, and `scales` for int8) are not trainable.
+    """
+
+    def __init__(self, table: np.ndarray, embedding_storage: str, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.embedding_storage = check_storage(embedding_storage)
+        values, scales = quantize_table(table, embedding_storage)
+        self.values = tf.Variable(values, trainable=False, name=f"{self.name}_values")
+        # Scales as [rows, 1]: a gathered scale broadcasts over its row with no reshape (fewer graph nodes per lookup).
+        self.scales = (
+            None if scales is None else tf.Variable(scales[:, np.newaxis], trainable=False, name=f"{self.name}_scales")
+        )
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        rows = tf.cast(tf.gather(self.values, ids), tf.float32)
+        return rows if self.scales is None else rows * tf.gather(self.scales, ids)
+
+
+class StoredFieldEmbeddings(layers.FieldEmbeddings):
+    """A `FieldEmbeddings` whose tables are `StoredTable`s of the source's: the same fields and pooling."""
+
+    def __init__(self, source: layers.FieldEmbeddings, embedding_storage: str):
+        super().__init__(source.feature_config, source.dim, name=source.name)
+        self.embedding_storage = check_storage(embedding_storage)
+        # In place of the (unbuilt, weightless) Embedding layers the parent made.
+        self.tables = {
+            name: StoredTable(table.embeddings.numpy(), embedding_storage, name=f"{name}_embedding")
+            for name, table in source.tables.items()
+        }
+
+
+def _copy_embeddings(source: layers.FieldEmbeddings, embedding_storage: str = FLOAT32) -> layers.FieldEmbeddings:
+    """The source's tables as `embedding_storage` stores them (float32: a plain copy, as trained)."""
+    if check_storage(embedding_storage) != FLOAT32:
+        return StoredFieldEmbeddings(source, embedding_storage)
     copy = layers.FieldEmbeddings(source.feature_config, source.dim, name=source.name)
     copy.build(None)
     for name, table in source.tables.items():
         copy.tables[name].build(None)
         copy.tables[name].set_weights(table.get_weights())
+    return copy
+
+
+def _embedding_variables(module: tf.Module) -> set:
+    """The refs of the variables of every `FieldEmbeddings` (stored or not) in `module`."""
+    return {
+        variable.ref()
+        for layer in module.submodules
+        if isinstance(layer, layers.FieldEmbeddings)
+        for variable in layer.variables
+    }
+
+
+def _bytes(variable: tf.Variable) -> int:
+    return int(variable.shape.num_elements()) * variable.dtype.size
+
+
+def _storage_metadata(exported: "TaskNetwork | RankNetwork | DenseTaskModel") -> dict:
+    return {"embedding_storage": exported.embedding_storage, "embedding_bytes": exported.embedding_bytes}
+
+
+def stored_network(model: network.RankingNetwork, embedding_storage: str) -> network.RankingNetwork:
+    """A copy of an unmasked network whose id tables are stored as `embedding_storage` says.
+
+    The same config, name and (assigned) weights but for the tables, which are
+    `StoredFieldEmbeddings`: its forward pass is the trained network's on dequantized tables.
+    """
+    if model.masked:
+        raise ValueError("a sparse-sharing network's exports store their tables through SharedFront")
+    copy = network.RankingNetwork(model.feature_config, model.config, name=model.name)
+    if model.embeddings is not None:
+        copy.embeddings = StoredFieldEmbeddings(model.embeddings, embedding_storage)
+    if model.task_embeddings is not None:
+        copy.task_embeddings = {
+            task: StoredFieldEmbeddings(table, embedding_storage) for task, table in model.task_embeddings.items()
+        }
+    if model.cvr_view is not None:
+        copy.cvr_view = StoredFieldEmbeddings(model.cvr_view, embedding_storage)
+    copy.build_for({spec.name: tf.zeros([1, spec.max_values], tf.int64) for spec in features.FEATURES})
+    trained = {
+        variable.name: variable for variable in model.variables if variable.ref() not in _embedding_variables(model)
+    }
+    stored = _embedding_variables(copy)
+    rest = [variable for variable in copy.variables if variable.ref() not in stored]
+    if sorted(variable.name for variable in rest) != sorted(trained):
+        raise ValueError(f"the copy of {model.name} does not have the trained network's variables")
+    for variable in rest:
+        variable.assign(trained[variable.name])
     return copy
 
 
@@ -333,28 +492,28 @@ class DenseTaskModel(tf.Module):
     pass reads (found by tracing it), so that the SavedModel holds nothing of the other
     task's gates, towers, heads or, for single-task networks, embeddings. The metadata has
     the keys of `TaskNetwork.metadata` (every kernel dense and kept), the variant, and the
-    parameter counts, so that exports of different variants compare.
+    parameter counts, so that exports of different variants compare. With an
+    `embedding_storage` other than float32 the forward pass is that of `stored_network(model)`
+    (the trained weights, the tables stored as told); the parameter counts stay the trained ones.
     """
 
-    def __init__(self, model: network.RankingNetwork, task: str):
+    def __init__(self, model: network.RankingNetwork, task: str, embedding_storage: str = EMBEDDING_STORAGE):
         if model.masked:
             raise ValueError("a sparse-sharing network exports through TaskNetwork, which folds its masks")
         super().__init__(name=f"{task}_network")
         self.task = task
         self.variant = model.config.variant
-        self._forward = functools.partial(_task_output, model, task)  # not tracked: the model is not saved
-        spec = {feature.name: tf.TensorSpec([None, feature.max_values], tf.int64) for feature in features.FEATURES}
-        read = {variable.ref() for variable in tf.function(self._forward).get_concrete_function(spec).variables}
-        self.kept = [variable for variable in model.variables if variable.ref() in read]
-        embedding = {
-            variable.ref()
-            for layer in model.submodules
-            if isinstance(layer, layers.FieldEmbeddings)
-            for variable in layer.variables
-        }
-        head = {variable.ref() for variable in model.heads[task].variables}
-        self.embedding_parameters = sum(int(v.shape.num_elements()) for v in self.kept if v.ref() in embedding)
-        self.parameters = sum(int(v.shape.num_elements()) for v in self.kept)
+        self.embedding_storage = check_storage(embedding_storage)
+        trained = _read_variables(model, task)
+        embedding = _embedding_variables(model)
+        self.embedding_parameters = sum(int(v.shape.num_elements()) for v in trained if v.ref() in embedding)
+        self.parameters = sum(int(v.shape.num_elements()) for v in trained)
+        serving = model if embedding_storage == FLOAT32 else stored_network(model, embedding_storage)
+        self._forward = functools.partial(_task_output, serving, task)  # not tracked: the model is not saved
+        self.kept = _read_variables(serving, task)
+        embedding = _embedding_variables(serving)
+        head = {variable.ref() for variable in serving.heads[task].variables}
+        self.embedding_bytes = sum(_bytes(v) for v in self.kept if v.ref() in embedding)
         self._kernels = [v for v in self.kept if len(v.shape) == 2 and v.ref() not in embedding | head]
         self.layer_paths = [LayerPath(tuple(int(d) for d in v.shape), 1.0, DENSE) for v in self._kernels]
 
@@ -381,6 +540,7 @@ class DenseTaskModel(tf.Module):
             "layers": [
                 {"name": v.name, **dataclasses.asdict(path)} for v, path in zip(self._kernels, self.layer_paths)
             ],
+            **_storage_metadata(self),
         }
 
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -530,6 +690,14 @@ def _task_output(model: network.RankingNetwork, task: str, inputs: Mapping[str, 
     return model(inputs, task=task)[task]
 
 
+def _read_variables(model: network.RankingNetwork, task: str) -> list[tf.Variable]:
+    """The variables `task`'s forward pass reads (found by tracing it), in the model's order."""
+    spec = {feature.name: tf.TensorSpec([None, feature.max_values], tf.int64) for feature in features.FEATURES}
+    forward = tf.function(functools.partial(_task_output, model, task))
+    read = {variable.ref() for variable in forward.get_concrete_function(spec).variables}
+    return [variable for variable in model.variables if variable.ref() in read]
+
+
 def _write_metadata(path: str, metadata: dict) -> None:
     tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA))
     with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE), "w") as f:
@@ -543,16 +711,21 @@ def export_task_model(
     path: str,
     compact: bool = True,
     matmul: str = MEASURE,
+    embedding_storage: str = EMBEDDING_STORAGE,
 ) -> "TaskNetwork | DenseTaskModel":
     """One task's SavedModel for TF Serving, with the mask folded in (and compacted).
 
     Sparse sharing goes through `TaskNetwork` (`compact` and `matmul` apply); every other
-    variant through `DenseTaskModel` (nothing to fold or compact). `assets.extra/` (which
-    TF Serving leaves alone) gets `METADATA_FILE`: the task, the layer widths, the share
-    of MLP weights kept and each layer's matmul path.
+    variant through `DenseTaskModel` (nothing to fold or compact). `embedding_storage`: how
+    the id tables are stored (one of `EMBEDDING_STORAGES`, see the module's docstring).
+    `assets.extra/` (which TF Serving leaves alone) gets `METADATA_FILE`: the task, the
+    layer widths, the share of MLP weights kept, each layer's matmul path and the tables'
+    storage and bytes.
     """
     task_network = (
-        TaskNetwork(model, task, compact=compact, matmul=matmul) if model.masked else DenseTaskModel(model, task)
+        TaskNetwork(model, task, compact=compact, matmul=matmul, embedding_storage=embedding_storage)
+        if model.masked
+        else DenseTaskModel(model, task, embedding_storage=embedding_storage)
     )
     save_task_network(task_network, transform_output, path)
     return task_network
@@ -574,16 +747,21 @@ def save_task_network(
 
 
 def export_rank_model(
-    model: network.RankingNetwork, transform_output: tft.TFTransformOutput, path: str, matmul: str = MEASURE
+    model: network.RankingNetwork,
+    transform_output: tft.TFTransformOutput,
+    path: str,
+    matmul: str = MEASURE,
+    embedding_storage: str = EMBEDDING_STORAGE,
 ) -> RankNetwork:
     """The joint `rank` model: `ctr`, `cvr` and `rankscore` from one pass over the shared front.
 
     Beside the per-task models (TF Serving deployments keep them): one call scores a ranking
     request for both tasks. Its towers are the per-task models' (compacted), so its scores
-    are theirs; `rankscore` = ctr^a * cvr^b * video_length^c with (a, b, c) the request's
-    `rank_weights` input (`serving.client.rankscore` defines it), NaN without a length.
+    are theirs (for the same `embedding_storage`); `rankscore` = ctr^a * cvr^b *
+    video_length^c with (a, b, c) the request's `rank_weights` input
+    (`serving.client.rankscore` defines it), NaN without a length.
     """
-    rank_network = RankNetwork(model, compact=True, matmul=matmul)
+    rank_network = RankNetwork(model, compact=True, matmul=matmul, embedding_storage=embedding_storage)
     module = ServingModule(rank_network, transform_output, rankscore=True)
     module.network = rank_network
     module.save(path)
@@ -592,6 +770,11 @@ def export_rank_model(
 
 
 def read_metadata(path: str) -> dict:
-    """The metadata `export_task_model` wrote beside a SavedModel."""
+    """The metadata `export_task_model` (or `export_rank_model`) wrote beside a SavedModel.
+
+    Models exported before the storage was recorded stored their tables as float32.
+    """
     with tf.io.gfile.GFile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE)) as f:
-        return json.load(f)
+        metadata = json.load(f)
+    metadata.setdefault("embedding_storage", FLOAT32)
+    return metadata
