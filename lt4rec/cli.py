@@ -392,35 +392,7 @@ def pipeline_run(ctx: click.Context, **values: object) -> None:
 )
 @click.option("--gcp-project", default=None, help="The GCP project of the Vertex AI training job.")
 @click.option("--gcp-region", default=None, help="The region of the Vertex AI training job.")
-@click.option(
-    "--training-cpus",
-    type=click.FloatRange(min=0, min_open=True),
-    default=8,
-    show_default=True,
-    help="vCPUs of MaskSearch's and the Trainer's containers.",
-)
-@click.option(
-    "--training-memory-gb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=64,
-    show_default=True,
-    help="Memory of MaskSearch's and the Trainer's containers (the train split is held in memory up to "
-    "--in-memory-limit-gb, else streamed).",
-)
-@click.option(
-    "--cpus",
-    type=click.FloatRange(min=0, min_open=True),
-    default=4,
-    show_default=True,
-    help="vCPUs of every other component's container.",
-)
-@click.option(
-    "--memory-gb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=16,
-    show_default=True,
-    help="Memory of every other component's container.",
-)
+@options.click_options(configs.Resources)
 @run_options
 @click.pass_context
 def pipeline_compile(
@@ -432,10 +404,6 @@ def pipeline_compile(
     training_machine_type: str | None,
     gcp_project: str | None,
     gcp_region: str | None,
-    training_cpus: float,
-    training_memory_gb: float,
-    cpus: float,
-    memory_gb: float,
     **values: object,
 ) -> None:
     """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
@@ -464,7 +432,7 @@ def pipeline_compile(
             "parameter servers train with --training-workers (a Vertex AI job)", param_hint="--parameter-servers"
         )
     settings = _pipeline_settings(ctx, values, vertex_training=vertex_training)
-    resources = kubeflow_runner.Resources(cpus, memory_gb, training_cpus, training_memory_gb)
+    resources = options.from_options(configs.Resources, values)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image, resources))
 
 

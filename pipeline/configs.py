@@ -133,6 +133,29 @@ class VertexTraining:
 
 
 @dataclasses.dataclass(frozen=True)
+class Resources:
+    """vCPUs and memory (GB) each task's container asks for on Kubeflow or Vertex AI
+    (`lt4rec pipeline compile`; Vertex AI's default is 4 and 16).
+
+    MaskSearch and the Trainer hold the transformed train split in memory (about 420 bytes
+    an impression) besides the model, so they get `training_*`; the others `default_*`.
+    """
+
+    default_cpus: float = setting(4, "vCPUs of every other component's container.", flag="cpus", low=0, low_open=True)
+    default_memory_gb: float = setting(
+        16, "Memory of every other component's container.", flag="memory-gb", low=0, low_open=True
+    )
+    training_cpus: float = setting(8, "vCPUs of MaskSearch's and the Trainer's containers.", low=0, low_open=True)
+    training_memory_gb: float = setting(
+        64,
+        "Memory of MaskSearch's and the Trainer's containers (the train split is held in memory up to "
+        "--in-memory-limit-gb, else streamed).",
+        low=0,
+        low_open=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineSettings:
     """Everything a run of the pipeline depends on."""
 

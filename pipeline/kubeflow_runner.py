@@ -34,7 +34,7 @@ import lt4rec  # noqa: F401  (Keras 2 before TensorFlow, also when run as a file
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx import v1 as tfx
 
-from lt4rec import errors
+from lt4rec import errors, options
 from lt4rec.components import artifacts
 from lt4rec.pipeline import configs
 from lt4rec.pipeline import pipeline as pipeline_lib
@@ -46,33 +46,20 @@ IMAGE_ROOT = "/pipeline"  # where the Dockerfile puts the repository (and instal
 IMAGE_SCHEMA_FILE = f"{IMAGE_ROOT}/pipeline/schema/schema.pbtxt"
 
 
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """vCPUs and memory (GB) each task's container asks for (Vertex AI's default is 4 and 16).
+def set_resources(spec: dict, resources: configs.Resources) -> None:
+    """Every container task of a compiled spec asks for its resources.
 
-    MaskSearch and the Trainer hold the transformed train split in memory (about 420 bytes
-    an impression) besides the model, so they get `training_*`; the others `default_*`.
+    (Done on the spec, since TFX's compiler drops a platform config on ExampleGen.)
     """
-
-    default_cpus: float = 4
-    default_memory_gb: float = 16
-    training_cpus: float = 8
-    training_memory_gb: float = 64
-
-    def set_in(self, spec: dict) -> None:
-        """Every container task of a compiled spec asks for its resources.
-
-        (Done on the spec, since TFX's compiler drops a platform config on ExampleGen.)
-        """
-        for task in spec["root"]["dag"]["tasks"].values():
-            component = spec["components"][task["componentRef"]["name"]]
-            container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container")
-            if container is not None:
-                training = task["taskInfo"]["name"] in TRAINING_COMPONENTS
-                container["resources"] = {
-                    "cpuLimit": self.training_cpus if training else self.default_cpus,
-                    "memoryLimit": self.training_memory_gb if training else self.default_memory_gb,
-                }
+    for task in spec["root"]["dag"]["tasks"].values():
+        component = spec["components"][task["componentRef"]["name"]]
+        container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container")
+        if container is not None:
+            training = task["taskInfo"]["name"] in TRAINING_COMPONENTS
+            container["resources"] = {
+                "cpuLimit": resources.training_cpus if training else resources.default_cpus,
+                "memoryLimit": resources.training_memory_gb if training else resources.default_memory_gb,
+            }
 
 
 TRAINING_COMPONENTS = ("MaskSearch", "SparseSharingTrainer")
@@ -133,7 +120,10 @@ def limit_resolvers_to_pipeline(spec: dict, pipeline_name: str) -> None:
 
 
 def compile_pipeline(
-    settings: configs.PipelineSettings, out_file: str, image: str = DEFAULT_IMAGE, resources: Resources = Resources()
+    settings: configs.PipelineSettings,
+    out_file: str,
+    image: str = DEFAULT_IMAGE,
+    resources: configs.Resources = configs.Resources(),
 ) -> str:
     """Writes the pipeline's Kubeflow V2 spec to `out_file` and returns its path: a Vertex AI
     PipelineJob as JSON, or for a `.yaml` file the bare spec that Kubeflow Pipelines takes."""
@@ -148,7 +138,7 @@ def compile_pipeline(
         settings = dataclasses.replace(settings, import_base_model=True)
     job = runner(image).run(build(settings, image), write_out=False)
     limit_resolvers_to_pipeline(job["pipelineSpec"], settings.pipeline_name)
-    resources.set_in(job["pipelineSpec"])
+    set_resources(job["pipelineSpec"], resources)
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     with open(out_file, "w") as handle:
         if kubeflow_pipelines:
@@ -166,4 +156,5 @@ if __name__ == "__main__":
         _settings,
         os.environ.get("LT4REC_SPEC_FILE") or f"{_settings.pipeline_name}_pipeline.json",
         os.environ.get("LT4REC_IMAGE") or DEFAULT_IMAGE,
+        options.from_env(configs.Resources, os.environ),
     )

@@ -149,3 +149,14 @@ def test_the_settings_load_without_tensorflow():
     code += "('tensorflow', 'tfx', 'apache_beam') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_container_resources_are_compile_options_and_variables():
+    flags = {option for param in cli.pipeline_compile.params for option in param.opts}
+    assert {"--cpus", "--memory-gb", "--training-cpus", "--training-memory-gb"} <= flags
+    context = cli.pipeline_compile.make_context("compile", ["--out=x.json", "--cpus=2", "--training-memory-gb=32"])
+    assert options.from_options(configs.Resources, context.params) == configs.Resources(2, 16, 8, 32)
+    environ = {"LT4REC_MEMORY_GB": "8", "LT4REC_TRAINING_CPUS": "16"}
+    assert options.from_env(configs.Resources, environ) == configs.Resources(4, 8, 16, 64)
+    with pytest.raises(errors.UserFacingError, match="LT4REC_CPUS must be above 0"):
+        options.from_env(configs.Resources, {"LT4REC_CPUS": "0"})
