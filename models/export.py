@@ -510,7 +510,7 @@ class DenseTaskModel(tf.Module):
         self.parameters = sum(int(v.shape.num_elements()) for v in trained)
         serving = model if embedding_storage == FLOAT32 else stored_network(model, embedding_storage)
         self._forward = functools.partial(_task_output, serving, task)  # not tracked: the model is not saved
-        self.kept = _read_variables(serving, task)
+        self.kept = trained if serving is model else _read_variables(serving, task)
         embedding = _embedding_variables(serving)
         head = {variable.ref() for variable in serving.heads[task].variables}
         self.embedding_bytes = sum(_bytes(v) for v in self.kept if v.ref() in embedding)
