@@ -34,7 +34,7 @@ import tensorflow as tf
 from lt4rec.models import export, features, masks, metrics, network, sparse_sharing, training
 from lt4rec.models.config import NetworkConfig, SearchConfig, TrainConfig
 from lt4rec.pipeline import configs
-from transformed_logs import load
+from transformed_logs import data_folder, load
 
 TRUTH = "truth"
 NO_SKILL = "no skill"
@@ -67,6 +67,23 @@ def _merged(splits) -> dict[str, np.ndarray]:
     """The 8 train days: the prepared train and validation splits together."""
     train, validation = splits["train"].examples, splits["validation"].examples
     return {name: np.concatenate([train[name], validation[name]]) for name in train}
+
+
+def load_transformed(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], object, str]:
+    """The data `build_parser`'s arguments and a `--seed` name (generated and transformed once, cached):
+    the merged train days, the test split, and the cache folder (its `transform/` is the graph)."""
+    splits = load(
+        args.rows,
+        days=args.days,
+        seed=args.seed,
+        table_scale=args.table_scale,
+        catalogue=args.catalogue,
+        task_relatedness=args.task_relatedness,
+    )
+    folder = data_folder(
+        args.rows, args.days, args.seed, args.table_scale, args.task_relatedness, catalogue=args.catalogue
+    )
+    return _merged(splits), splits["test"], folder
 
 
 def _metrics(test, ctr: np.ndarray, cvr: np.ndarray) -> dict[str, float]:

@@ -38,7 +38,6 @@ import comparison
 from exported_models import folder_bytes, time_side_by_side
 from lt4rec.models import export, features, masks, training
 from lt4rec.pipeline import configs
-from transformed_logs import data_folder, load
 
 CANDIDATES = 200
 KINDS = ("ctr", "cvr", "rank")
@@ -106,18 +105,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     begin = time.perf_counter()
 
-    splits = load(
-        args.rows,
-        days=args.days,
-        seed=args.seed,
-        table_scale=args.table_scale,
-        catalogue=args.catalogue,
-        task_relatedness=args.task_relatedness,
-    )
-    folder = data_folder(
-        args.rows, args.days, args.seed, args.table_scale, args.task_relatedness, catalogue=args.catalogue
-    )
-    train, test = comparison._merged(splits), splits["test"]
+    train, test, folder = comparison.load_transformed(args)
     transform_output = tft.TFTransformOutput(os.path.join(folder, "transform"))
     records = test_day_records(folder)
     assert len(records) == test.rows, (len(records), test.rows)

@@ -30,7 +30,6 @@ import comparison
 from exported_models import folder_bytes, raw_requests, time_side_by_side
 from lt4rec.models import export, features, masks, sparse_sharing, training
 from lt4rec.pipeline import configs
-from transformed_logs import data_folder, load
 
 STRUCTURES = {configs.S_WEIGHT: "S-Weight (connections)", configs.S_NEURON: "S-Neuron (units)"}
 DENSE = "dense single-task"
@@ -141,18 +140,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     start = time.perf_counter()
-    splits = load(
-        args.rows,
-        days=args.days,
-        seed=args.seed,
-        table_scale=args.table_scale,
-        catalogue=args.catalogue,
-        task_relatedness=args.task_relatedness,
-    )
-    folder = data_folder(
-        args.rows, args.days, args.seed, args.table_scale, args.task_relatedness, catalogue=args.catalogue
-    )
-    train, test = comparison._merged(splits), splits["test"]
+    train, test, folder = comparison.load_transformed(args)
     transform_output = tft.TFTransformOutput(os.path.join(folder, "transform"))
     request = tf.constant(raw_requests(args.rows, args.seed, folder=folder)[0])
     build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
