@@ -331,7 +331,10 @@ def _pipeline_settings(ctx: click.Context, values: dict, **fields: object) -> co
         beam_pipeline_args=tuple(ctx.args) or configs.DEFAULT_BEAM_PIPELINE_ARGS,
         **fields,
     )
-    return configs.with_model(settings, _model_name(values))
+    try:
+        return configs.with_model(settings, _model_name(values))
+    except errors.UserFacingError as error:  # e.g. multi-view with experts
+        raise click.BadParameter(str(error), param_hint="--model") from None
 
 
 @cli.group()
