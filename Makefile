@@ -29,10 +29,10 @@ demo: install
 		--serving-dir $(DEMO)/serving --table-scale 0.05 --min-sparsity 0.5
 
 # Tests run on one worker per core, at most 4 (pytest-xdist; each worker holds TensorFlow and
-# its pipelines, 2-4 GB); tests/conftest.py groups them so that each module, and each shared
-# pipeline run, is computed by one worker.
+# its pipelines, 2-4 GB); each module runs on one worker, the modules with e2e tests first
+# (tests/conftest.py).
 WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
-PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Everything, as CI runs it: the linter, then every test (whole pipelines, clusters, servers).
 test: lint

@@ -1,4 +1,4 @@
-"""Shared fixtures (small generated logs, a finished run, served models) and the grouping of tests
+"""Shared fixtures (small generated logs, a finished run, served models) and the order of tests
 for parallel runs; shared helpers are in tests/helpers.py."""
 
 from __future__ import annotations
@@ -13,32 +13,14 @@ import lt4rec  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from lt4rec.models.config import NEURON, NetworkConfig, TrainConfig
 from tests.helpers import TABLE_SCALE, read_examples, tiny_model, write_examples
 
-# Fixtures worth computing once per test worker: modules that use one run in the same worker.
-SHARED_RUNS = ("finished_run",)
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Ordering and grouping for `pytest -n N --dist loadgroup` (`make test`).
-
-    A module's tests share module fixtures, so each module is one group (as `loadfile`), and
-    the modules that use a run in `SHARED_RUNS` are one group. Groups of e2e tests (minutes
-    each) come first so that the workers end together: the unit tests fill in at the end.
-    """
-
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0]
-
-    group_of: dict[str, str] = {}
-    for item in items:
-        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
-        if shared:
-            group_of[module(item)] = shared[0]
-        else:
-            group_of.setdefault(module(item), module(item))
-    e2e_groups = {group_of[module(item)] for item in items if item.get_closest_marker("e2e")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of[module(item)]))
-    items.sort(key=lambda item: group_of[module(item)] not in e2e_groups)  # a stable sort: e2e groups first
+    """Modules with e2e tests (minutes each) first, for `pytest -n N --dist loadfile` (`make test`):
+    each module runs on one worker (its module fixtures are computed once), and the workers
+    end together when the unit tests fill in at the end. (Not `loadgroup`: pytest-xdist
+    3.8 renames a grouped test's node id through an attribute pytest 9 no longer reads.)"""
+    e2e_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in e2e_modules)  # a stable sort
 
 
 @pytest.fixture(scope="session")
