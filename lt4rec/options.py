@@ -64,6 +64,11 @@ class Leaf:
     tasks: tuple[str, ...] = ()
 
     @property
+    def int_list(self) -> bool:
+        """A tuple of ints, given as one comma-separated option (`--hidden-units 512,256`)."""
+        return self.kind is tuple and not self.option.per_task
+
+    @property
     def flags(self) -> tuple[str, ...]:
         name = self.option.flag or self.path[-1].replace("_", "-")
         return tuple(f"{task}-{self.option.per_task}" for task in self.tasks) if self.option.per_task else (name,)
@@ -81,7 +86,7 @@ class Leaf:
         option = self.option
         values = [weight for _, weight in value] if self.option.per_task else [value]
         for item in values:
-            if item is None or self.kind is tuple and not option.per_task:
+            if item is None or self.int_list:
                 continue
             if option.choices is not None and item not in option.choices:
                 raise errors.UserFacingError(f"{name} must be one of {', '.join(option.choices)}, not {item!r}")
@@ -130,6 +135,11 @@ def _kind(hint: Any) -> tuple[type, bool]:
     return origin, False
 
 
+def _int_tuple(text: str) -> tuple[int, ...]:
+    """ "512,256,128" as (512, 256, 128); a ValueError for anything else."""
+    return tuple(int(part) for part in text.split(","))
+
+
 _WHAT = {bool: "a boolean (true/false, 1/0)", int: "an integer", float: "a number", str: "text"}
 
 
@@ -145,7 +155,7 @@ def parse(leaf: Leaf, text: str, name: str) -> Any:
                 return text.lower() in _TRUE
             raise ValueError
         if kind is tuple:
-            return tuple(int(part) for part in text.split(","))
+            return _int_tuple(text)
         value = kind(text)
         if kind is float and not math.isfinite(value):
             raise ValueError
@@ -214,7 +224,7 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
         option = leaf.option
         if option.choices is not None:
             return click.Choice(option.choices)
-        if leaf.kind is tuple and not option.per_task:
+        if leaf.int_list:
             return click.STRING
         number = float if option.per_task else leaf.kind
         if number in (int, float) and (option.low is not None or option.high is not None):
@@ -222,16 +232,13 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
             return ranges(option.low, option.high, min_open=option.low_open, max_open=option.high_open)
         return {int: click.INT, float: click.FLOAT}.get(number, click.STRING)
 
-    def tuple_callback(leaf: Leaf) -> Callable:
-        def convert(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
-            if not isinstance(value, str):
-                return value
-            try:
-                return tuple(int(part) for part in value.split(","))
-            except ValueError:
-                raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
-
-        return convert
+    def int_tuple(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
+        if not isinstance(value, str):
+            return value
+        try:
+            return _int_tuple(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
     decorators = []
     for leaf in leaves(cls):
@@ -247,7 +254,7 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
             default = leaf.default
             if leaf.option.per_task:
                 default = dict(leaf.default)[leaf.tasks[index]]
-            elif leaf.kind is tuple and not leaf.required:
+            elif leaf.int_list and not leaf.required:
                 default = ",".join(str(part) for part in leaf.default)
             decorators.append(
                 click.option(
@@ -257,7 +264,7 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
                     default=None if leaf.required else default,
                     show_default=not leaf.required and default is not None,
                     type=param_type(leaf),
-                    callback=tuple_callback(leaf) if leaf.kind is tuple and not leaf.option.per_task else None,
+                    callback=int_tuple if leaf.int_list else None,
                     help=help_text,
                 )
             )
