@@ -28,8 +28,9 @@ import time
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from lt4rec import features
 from lt4rec.logs import generator
-from lt4rec.models import export, features, network
+from lt4rec.models import export, network
 from lt4rec.models.config import NetworkConfig
 from lt4rec.serving import batch_scoring
 from lt4rec.testing import offline_transform

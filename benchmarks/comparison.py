@@ -31,7 +31,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import export, features, masks, metrics, network, sparse_sharing, training
+from lt4rec import features
+from lt4rec.models import export, masks, metrics, network, sparse_sharing, training
 from lt4rec.models.config import NetworkConfig, SearchConfig, TrainConfig
 from lt4rec.pipeline import configs
 from transformed_logs import data_folder, load

@@ -32,7 +32,8 @@ import json, sys, time
 import lt4rec
 import numpy as np
 import tensorflow as tf
-from lt4rec.models import features, network, training
+from lt4rec import features
+from lt4rec.models import network, training
 from lt4rec.models.config import NetworkConfig, TrainConfig
 
 def rss(field):

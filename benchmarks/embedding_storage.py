@@ -36,7 +36,8 @@ import tensorflow_transform as tft
 
 import comparison
 from exported_models import folder_bytes, time_side_by_side
-from lt4rec.models import export, features, masks, training
+from lt4rec import features
+from lt4rec.models import export, masks, training
 from lt4rec.pipeline import configs
 
 CANDIDATES = 200

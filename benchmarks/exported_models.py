@@ -35,7 +35,8 @@ import tensorflow_transform as tft
 
 import comparison
 from comparison import TABLE_SCALE
-from lt4rec.models import export, features, masks
+from lt4rec import features
+from lt4rec.models import export, masks
 from lt4rec.models.config import NEURON
 from lt4rec.pipeline import configs
 from transformed_logs import data_folder, load

@@ -28,7 +28,8 @@ import tensorflow_transform as tft
 
 import comparison
 from exported_models import folder_bytes, raw_requests, time_side_by_side
-from lt4rec.models import export, features, masks, sparse_sharing, training
+from lt4rec import features
+from lt4rec.models import export, masks, sparse_sharing, training
 from lt4rec.pipeline import configs
 
 STRUCTURES = {configs.S_WEIGHT: "S-Weight (connections)", configs.S_NEURON: "S-Neuron (units)"}

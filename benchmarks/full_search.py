@@ -36,7 +36,8 @@ def main() -> None:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from lt4rec.models import features, inputs, masks, network, sparse_sharing, training
+    from lt4rec import features
+    from lt4rec.models import inputs, masks, network, sparse_sharing, training
     from lt4rec.models.config import NetworkConfig, SearchConfig, TrainConfig
 
     started = time.perf_counter()

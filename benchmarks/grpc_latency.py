@@ -37,7 +37,8 @@ import tensorflow as tf
 
 from comparison import TABLE_SCALE
 from exported_models import raw_requests, trained_model
-from lt4rec.models import export, features, masks
+from lt4rec import features
+from lt4rec.models import export, masks
 from lt4rec.serving import client
 from lt4rec.testing.trainer_cluster import free_ports
 from transformed_logs import data_folder

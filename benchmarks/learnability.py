@@ -29,7 +29,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, metrics, network, training
+from lt4rec import features
+from lt4rec.models import metrics, network, training
 from lt4rec.models.config import SINGLE_TASK, NetworkConfig, TrainConfig
 from transformed_logs import data_folder, load, preparation_seconds
 

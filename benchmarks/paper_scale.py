@@ -34,7 +34,8 @@ def network_traffic() -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from lt4rec.models import features, network
+    from lt4rec import features
+    from lt4rec.models import network
     from lt4rec.models.config import NetworkConfig
 
     config = features.scaled_config(0.01)

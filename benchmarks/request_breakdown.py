@@ -29,7 +29,8 @@ import tensorflow_transform as tft
 from comparison import TABLE_SCALE
 from exported_models import folder_bytes, raw_requests, task_networks, time_side_by_side, trained_model
 from grpc_latency import ranking_requests
-from lt4rec.models import export, features, masks
+from lt4rec import features
+from lt4rec.models import export, masks
 from transformed_logs import data_folder
 
 

@@ -41,7 +41,8 @@ def measure(
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from lt4rec.models import features, inputs, masks, network, sparse_sharing, training
+    from lt4rec import features
+    from lt4rec.models import inputs, masks, network, sparse_sharing, training
     from lt4rec.models.config import NetworkConfig, TrainConfig
 
     config = TrainConfig(seed=seed, input_mode=mode)

@@ -18,7 +18,8 @@ import statistics
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, masks, network, training
+from lt4rec import features
+from lt4rec.models import masks, network, training
 from lt4rec.models.config import SHARED_BOTTOM, NetworkConfig, TrainConfig
 from transformed_logs import load
 

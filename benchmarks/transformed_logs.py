@@ -26,8 +26,8 @@ from typing import Mapping
 
 import numpy as np
 
+from lt4rec import features
 from lt4rec.logs import generator
-from lt4rec.models import features
 from lt4rec.testing import offline_transform
 
 logger = logging.getLogger("lt4rec.benchmarks")

@@ -12,19 +12,16 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import struct
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, BinaryIO
 
 import apache_beam as beam
-import google_crc32c
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from lt4rec.errors import DataError
+from lt4rec.logs import tfrecord
 
 REJECTED = "rejected"  # the tagged output of rejected rows, and the prefix of their counters
 REJECTED_PREFIX = "_rejected"  # OUT/_rejected-*.jsonl
@@ -58,16 +55,25 @@ def write_counters(out_dir: str, counters: Mapping[str, int]) -> None:
         handle.write(json.dumps(counters, indent=2, sort_keys=True).encode("utf-8") + b"\n")
 
 
-def rejected_record(path: str, index: int, reason: str, field: str, detail: str, record: bytes) -> dict[str, Any]:
-    """A rejected TFRecord row as it is kept: where it was, why, and its bytes (hex)."""
-    return {
-        "file": path,
-        "record": index,
-        "reason": reason,
-        "field": field,
-        "detail": detail,
-        "serialized_example_hex": record.hex(),
-    }
+def reject(
+    path: str, index: int, reason: str, field: str, detail: str, record: bytes, namespace: str = ""
+) -> beam.pvalue.TaggedOutput:
+    """A rejected TFRecord row, for a DoFn's REJECTED output: where it was, why, and its bytes
+    (hex). With a counter `namespace`, it is counted as `rejected/<reason>` where it is made,
+    so that no rejection goes uncounted."""
+    if namespace:
+        count(namespace, f"{REJECTED}/{reason}")
+    return beam.pvalue.TaggedOutput(
+        REJECTED,
+        {
+            "file": path,
+            "record": index,
+            "reason": reason,
+            "field": field,
+            "detail": detail,
+            "serialized_example_hex": record.hex(),
+        },
+    )
 
 
 def format_reasons(total: str, used: str, counters: Mapping[str, int], prefix: str) -> str:
@@ -109,42 +115,12 @@ def check_output_empty(out_dir: str) -> None:
         raise DataError(f"output folder {out_dir} is not empty (it holds {leftovers[0].path}); choose a new one")
 
 
-class CorruptFileError(Exception):
-    """A TFRecord file whose bytes are damaged; the message says how."""
-
-
-def masked_crc(data: bytes) -> int:
-    """TFRecord's masked CRC-32C."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def write_tfrecord(handle: BinaryIO, record: bytes) -> None:
-    """One record in TFRecord framing: length, its masked CRC, the bytes, their masked CRC."""
-    length = struct.pack("<Q", len(record))
-    handle.write(length + struct.pack("<I", masked_crc(length)) + record + struct.pack("<I", masked_crc(record)))
-
-
 def read_tfrecords(path: str) -> Iterator[bytes]:
-    """The records of a GZIP TFRecord file, checking every byte.
+    """The records of a GZIP TFRecord file, checking every byte (`tfrecord.read`).
 
     TensorFlow's own reader ends quietly when a GZIP file is cut at a record boundary
     (or has lost its trailer), losing the rest without a word; Python's gzip module
     notices the missing end-of-stream marker, and the TFRecord checksums catch the rest.
     """
     with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
-        try:
-            while header := stream.read(12):
-                if len(header) < 12:
-                    raise CorruptFileError("a record header is cut short")
-                length, length_crc = struct.unpack("<QI", header)
-                if masked_crc(header[:8]) != length_crc:
-                    raise CorruptFileError("a record length fails its checksum")
-                record, footer = stream.read(length), stream.read(4)
-                if len(record) < length or len(footer) < 4:
-                    raise CorruptFileError("a record is cut short")
-                if masked_crc(record) != struct.unpack("<I", footer)[0]:
-                    raise CorruptFileError("a record fails its checksum")
-                yield record
-        except (EOFError, OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-            raise CorruptFileError(f"bad GZIP data: {error}") from None
+        yield from tfrecord.read(stream)

@@ -38,9 +38,9 @@ import google_crc32c
 import numpy as np
 from isal import isal_zlib
 
-from lt4rec.logs import raw_events, records
+from lt4rec import features
+from lt4rec.logs import raw_events, records, tfrecord
 from lt4rec.logs import world as world_lib
-from lt4rec.models import features
 
 logger = logging.getLogger(__name__)
 
@@ -761,7 +761,9 @@ class EncodedRows:
                 count=stop - start,
             )
         out = np.frombuffer(joined, dtype=np.uint8)
-        out[(offsets[1:] - 4)[:, None] + np.arange(4)] = _masked(crcs).astype("<u4").view(np.uint8).reshape(-1, 4)
+        out[(offsets[1:] - 4)[:, None] + np.arange(4)] = (
+            tfrecord.mask_crc(crcs).astype("<u4").view(np.uint8).reshape(-1, 4)
+        )
         return out
 
     def truth(self, start: int, stop: int) -> bytes:
@@ -769,16 +771,11 @@ class EncodedRows:
         return b"".join(self._truth_pieces[start:stop].ravel().tolist())
 
 
-def _masked(crcs: np.ndarray) -> np.ndarray:
-    """TFRecord's masked CRC-32C of CRC-32Cs (uint64 arrays)."""
-    return (((crcs >> 15) | (crcs << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def _masked_crcs_of_lengths(lengths: np.ndarray) -> np.ndarray:
     """[n, 4]: the masked CRC-32C of each length's 8 little-endian bytes (few distinct lengths)."""
     distinct, index = np.unique(lengths, return_inverse=True)
     crcs = np.array([google_crc32c.value(struct.pack("<Q", length)) for length in distinct.tolist()], dtype=np.uint64)
-    return _masked(crcs).astype("<u4").view(np.uint8).reshape(-1, 4)[index]
+    return tfrecord.mask_crc(crcs).astype("<u4").view(np.uint8).reshape(-1, 4)[index]
 
 
 def _walk_lists(key: str, values: list[bytes], walks: np.ndarray) -> list[bytes]:

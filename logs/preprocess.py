@@ -73,7 +73,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.options.value_provider import StaticValueProvider
 
 from lt4rec.errors import DataError
-from lt4rec.logs import beam_jobs, raw_events, records
+from lt4rec.logs import beam_jobs, raw_events, records, tfrecord
 from lt4rec.logs.beam_jobs import COUNTERS_FILE, REJECTED, REJECTED_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class GzipTFRecordSink(fileio.FileSink):
         self._handle = fh
 
     def write(self, record: tuple[str, bytes]) -> None:
-        beam_jobs.write_tfrecord(self._handle, record[1])
+        tfrecord.write(self._handle, record[1])
 
     def flush(self) -> None:
         """Nothing is buffered here, and flushing a compressed handle would end its gzip

@@ -22,7 +22,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from lt4rec.models import features
+from lt4rec import features
 
 IMPRESSIONS, CLICKS, PLAYS = "impressions", "clicks", "plays"
 SOURCES = (IMPRESSIONS, CLICKS, PLAYS)

@@ -13,8 +13,8 @@ from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
+from lt4rec import features
 from lt4rec.logs import world as world_lib
-from lt4rec.models import features
 
 Value = Union[str, Sequence[str], int, float]
 Record = Mapping[str, Value]

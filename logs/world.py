@@ -47,7 +47,7 @@ import datetime as dt
 
 import numpy as np
 
-from lt4rec.models import features
+from lt4rec import features
 
 TARGET_CTR = 0.388
 TARGET_MEAN_WATCH_RATIO = 0.818

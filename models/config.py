@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 
-from lt4rec.models.features import FeatureConfig
+from lt4rec.features import FeatureConfig
 from lt4rec.options import setting
 
 TASKS = ("ctr", "cvr")

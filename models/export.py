@@ -44,7 +44,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from lt4rec.models import features, layers, masks, network
+from lt4rec import features
+from lt4rec.models import layers, masks, network
 
 NOT_INPUTS = (features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR)
 EXAMPLES_INPUT = "examples"

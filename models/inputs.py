@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from lt4rec.models import features
+from lt4rec import features
 from lt4rec.models.config import AUTO, INPUT_MODES, MEMORY, STREAMING
 
 logger = logging.getLogger(__name__)

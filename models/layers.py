@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
-from lt4rec.models import features
+from lt4rec import features
 
 
 class FieldEmbeddings(tf.keras.layers.Layer):

@@ -45,7 +45,8 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, layers, masks
+from lt4rec import features
+from lt4rec.models import layers, masks
 from lt4rec.models.config import (
     ESMM,
     EXPERT_VARIANTS,

@@ -20,7 +20,7 @@ from typing import Mapping
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from lt4rec.models import features
+from lt4rec import features
 
 FEATURES_CONFIG_KEY = "features"  # where the FeatureConfig dict sits in custom_config
 OOV_ID = 1

@@ -46,7 +46,8 @@ from tensorflow_model_analysis.metrics import (
 )
 from tensorflow_model_analysis.proto import config_pb2
 
-from lt4rec.models import features, metrics
+from lt4rec import features
+from lt4rec.models import metrics
 
 GAUC_NAME = "gauc"
 

@@ -31,8 +31,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
-from lt4rec import errors
-from lt4rec.models import distribution, export, features, inputs, masks, network, sparse_sharing, training
+from lt4rec import errors, features
+from lt4rec.models import distribution, export, inputs, masks, network, sparse_sharing, training
 from lt4rec.models.config import ModelSettings, NetworkConfig
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import distribution, features, inputs, masks, metrics, network
+from lt4rec import features
+from lt4rec.models import distribution, inputs, masks, metrics, network
 from lt4rec.models.config import ADAM, LAZY_ADAM, NetworkConfig, TrainConfig
 
 logger = logging.getLogger(__name__)

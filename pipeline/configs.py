@@ -18,8 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from lt4rec import errors, options
-from lt4rec.models import features
+from lt4rec import errors, features, options
 from lt4rec.models.config import (
     CONNECTION,
     ESMM,

@@ -27,6 +27,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
+from lt4rec import features
 from lt4rec.components import artifacts, task_pusher
 from lt4rec.components.anomaly_check import AnomalyCheck
 from lt4rec.components.evaluator import Evaluator
@@ -34,7 +35,7 @@ from lt4rec.components.log_example_gen import LogExampleGen, day_span
 from lt4rec.components.mask_search import MaskSearch
 from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
 from lt4rec.components.task_pusher import TaskPusher
-from lt4rec.models import features, preprocessing, tfma_metrics
+from lt4rec.models import preprocessing, tfma_metrics
 from lt4rec.pipeline import configs
 
 

@@ -50,10 +50,11 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from lt4rec import features
 from lt4rec.errors import DataError
-from lt4rec.logs import beam_jobs
-from lt4rec.logs.beam_jobs import REJECTED, CorruptFileError, read_tfrecords
-from lt4rec.models import export, features
+from lt4rec.logs import beam_jobs, tfrecord
+from lt4rec.logs.beam_jobs import REJECTED
+from lt4rec.models import export
 from lt4rec.serving import client
 
 logger = logging.getLogger(__name__)
@@ -140,12 +141,6 @@ def _count(name: str, value: int = 1) -> None:
     beam_jobs.count(COUNTER_NAMESPACE, name, value)
 
 
-def _rejection(path: str, index: int, reason: str, field: str, detail: str, record: bytes) -> beam.pvalue.TaggedOutput:
-    """A rejected record, counted where it is made so that no rejection goes uncounted."""
-    _count(f"{REJECTED}/{reason}")
-    return beam.pvalue.TaggedOutput(REJECTED, beam_jobs.rejected_record(path, index, reason, field, detail, record))
-
-
 def _bytes_value(feature_map, name: str) -> str | None:
     if name not in feature_map:
         return None
@@ -166,43 +161,53 @@ class ReadAndCheckFn(beam.DoFn):
     def process(self, path: str) -> Iterator[Any]:
         index = -1
         try:
-            for index, record in enumerate(read_tfrecords(path)):
+            for index, record in enumerate(beam_jobs.read_tfrecords(path)):
                 _count(RECORDS_READ)
                 yield from self._check(path, index, record)
-        except CorruptFileError as error:
+        except tfrecord.CorruptFileError as error:
             _count(RECORDS_READ)
             detail = f"not a valid GZIP TFRecord file: it breaks off after {index + 1} records ({error})"
-            yield _rejection(path, index + 1, CORRUPT_FILE, "", detail, b"")
+            yield beam_jobs.reject(path, index + 1, CORRUPT_FILE, "", detail, b"", COUNTER_NAMESPACE)
 
     @staticmethod
     def _check(path: str, index: int, record: bytes) -> Iterator[Any]:
         try:
             example = tf.train.Example.FromString(record)
         except Exception as error:  # a protobuf DecodeError
-            yield _rejection(path, index, NOT_AN_EXAMPLE, "", str(error) or "does not parse", record)
+            yield beam_jobs.reject(
+                path, index, NOT_AN_EXAMPLE, "", str(error) or "does not parse", record, COUNTER_NAMESPACE
+            )
             return
         feature_map = example.features.feature
         for name, feature in feature_map.items():
             kind = feature.WhichOneof("kind")
             if (name.startswith("FEA_") or name == features.REQUEST_ID) and kind not in (None, "bytes_list"):
-                yield _rejection(path, index, WRONG_TYPE, name, f"has {kind} where a bytes_list belongs", record)
+                yield beam_jobs.reject(
+                    path, index, WRONG_TYPE, name, f"has {kind} where a bytes_list belongs", record, COUNTER_NAMESPACE
+                )
                 return
         request_id, video_id = _bytes_value(feature_map, features.REQUEST_ID), _bytes_value(feature_map, "FEA_VID")
         for name, value in ((features.REQUEST_ID, request_id), ("FEA_VID", video_id)):
             if value is None:
-                yield _rejection(path, index, MISSING_ID, name, "is missing or not one value", record)
+                yield beam_jobs.reject(
+                    path, index, MISSING_ID, name, "is missing or not one value", record, COUNTER_NAMESPACE
+                )
                 return
         duration = (
             feature_map[features.DURATION_FEATURE].bytes_list.value if features.DURATION_FEATURE in feature_map else []
         )
         if not duration or list(duration) == [features.MISSING_VALUE.encode()]:
             detail = "is missing: no video length for the rankscore"
-            yield _rejection(path, index, MISSING_DURATION, features.DURATION_FEATURE, detail, record)
+            yield beam_jobs.reject(
+                path, index, MISSING_DURATION, features.DURATION_FEATURE, detail, record, COUNTER_NAMESPACE
+            )
             return
         try:
             length = client.video_length_seconds(example)
         except ValueError as error:
-            yield _rejection(path, index, BAD_DURATION, features.DURATION_FEATURE, str(error), record)
+            yield beam_jobs.reject(
+                path, index, BAD_DURATION, features.DURATION_FEATURE, str(error), record, COUNTER_NAMESPACE
+            )
             return
         label = _label(feature_map, features.CLICK_LABEL, "int64_list")
         cvrlabel = _label(feature_map, features.WATCH_RATIO_LABEL, "float_list")

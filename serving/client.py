@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from lt4rec.models import export, features
+from lt4rec import features
+from lt4rec.models import export
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_MESSAGE_BYTES = 64 << 20

@@ -81,7 +81,8 @@ def served_models(tiny_logs, tmp_path_factory):
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from lt4rec.models import export, features, masks, network, training
+    from lt4rec import features
+    from lt4rec.models import export, masks, network, training
     from lt4rec.testing import offline_transform
 
     root = tmp_path_factory.mktemp("served")
@@ -127,7 +128,8 @@ class ServedModels:
         """The trained network's scores of `raw_examples` under `task`'s mask (numpy [batch])."""
         import tensorflow as tf
 
-        from lt4rec.models import export, features
+        from lt4rec import features
+        from lt4rec.models import export
 
         parsed = tf.io.parse_example(raw_examples, export.raw_input_spec(self.transform_output))
         ids = self.transform_output.transform_features_layer()(parsed)
@@ -146,7 +148,7 @@ def tiny_transform(tiny_logs, tmp_path_factory):
 
     import tensorflow_transform as tft
 
-    from lt4rec.models import features
+    from lt4rec import features
     from lt4rec.testing import offline_transform
 
     root = tmp_path_factory.mktemp("tiny_transform")

@@ -60,7 +60,7 @@ def random_transformed(rows: int, seed: int = 0) -> dict:
     """
     import numpy as np
 
-    from lt4rec.models import features
+    from lt4rec import features
 
     rng = np.random.default_rng(seed)
     examples = {

@@ -26,9 +26,8 @@ import tensorflow_model_analysis as tfma
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
-from lt4rec import errors
+from lt4rec import errors, features
 from lt4rec.components.evaluator import executor
-from lt4rec.models import features
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib
 from tests.helpers import TABLE_SCALE, read_examples, tiny_model, write_examples

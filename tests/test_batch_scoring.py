@@ -40,7 +40,7 @@ def test_batch_score_matches_serving(served_models, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from lt4rec.models import features
+    from lt4rec import features
 
     raw = served_models.raw_examples
     assert len(raw) >= 300

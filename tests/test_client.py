@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import features
+from lt4rec import features
 from lt4rec.serving import client
 
 pytestmark = pytest.mark.e2e

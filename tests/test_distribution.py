@@ -89,7 +89,8 @@ def mirrored_against_one_device(optimizer: str) -> None:
     """Run in a fresh process: train the masked network on 2 CPU replicas and on 1, print the gap."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from lt4rec.models import features, masks, network
+    from lt4rec import features
+    from lt4rec.models import masks, network
     from tests.helpers import random_transformed
 
     columns = random_transformed(600, seed=4)

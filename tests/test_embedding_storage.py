@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import export, features, layers, network
+from lt4rec import features
+from lt4rec.models import export, layers, network
 from lt4rec.models.config import MMOE, SINGLE_TASK, NetworkConfig
 
 REDUCED = (export.FLOAT16, export.INT8)

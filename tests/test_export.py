@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import export, features, masks, network
+from lt4rec import features
+from lt4rec.models import export, masks, network
 from lt4rec.models.config import PLE, SHARED_BOTTOM, SINGLE_TASK, NetworkConfig
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lt4rec.models import features
+from lt4rec import features
 
 
 def test_spec_matches_the_log_format():

@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from lt4rec import features
 from lt4rec.logs import generator, raw_events, records
-from lt4rec.models import features
 from tests.helpers import LT4REC, read_examples
 
 ROWS = 4000

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import features, inputs, sparse_sharing, training
+from lt4rec import features
+from lt4rec.models import inputs, sparse_sharing, training
 from lt4rec.models.config import TrainConfig
 from tests.helpers import random_transformed
 

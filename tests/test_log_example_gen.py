@@ -105,7 +105,7 @@ def test_rows_within_the_tolerance_are_kept_aside_not_lost(tmp_path, damaged_cop
     expected = len(day_records(tiny_logs, "20201011")) + len(day_records(tiny_logs, "20201012")) - 2
     assert len(train) == expected
     rejected = [
-        json.loads(line) for path in glob.glob(os.path.join(artifact, "rejected", "rejected-*")) for line in open(path)
+        json.loads(line) for path in glob.glob(os.path.join(artifact, "rejected", "_rejected-*")) for line in open(path)
     ]
     assert sorted((r["record"], r["reason"], r["field"]) for r in rejected) == [
         (3, "missing_label", "label"),
@@ -158,7 +158,8 @@ def test_mode_arguments_are_checked():
 
 
 def test_the_reader_finds_damage_that_tensorflow_misses(tmp_path, tiny_logs):
-    from lt4rec.logs.beam_jobs import CorruptFileError, read_tfrecords
+    from lt4rec.logs.beam_jobs import read_tfrecords
+    from lt4rec.logs.tfrecord import CorruptFileError
 
     source = os.path.join(tiny_logs, "20201011", "part-00000.gz")
     with open(source, "rb") as handle:

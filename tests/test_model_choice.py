@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from lt4rec import cli, errors
-from lt4rec.models import export, features, masks, network, trainer
+from lt4rec import cli, errors, features
+from lt4rec.models import export, masks, network, trainer
 from lt4rec.models.config import NEURON, VARIANTS
 from lt4rec.pipeline import configs, kubeflow_runner, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib

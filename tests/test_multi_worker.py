@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from lt4rec.models import distribution, features, masks, network, trainer
+from lt4rec import features
+from lt4rec.models import distribution, masks, network, trainer
 from lt4rec.testing import trainer_cluster
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import features, layers, masks, network, training
+from lt4rec import features
+from lt4rec.models import layers, masks, network, training
 from lt4rec.models.config import PLE, SHARED_BOTTOM, SINGLE_TASK, NetworkConfig
 from tests.helpers import random_transformed
 

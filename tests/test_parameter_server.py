@@ -26,7 +26,8 @@ import lt4rec  # noqa: F401  (Keras 2, before TensorFlow: this module also runs 
 
 import tensorflow as tf
 
-from lt4rec.models import distribution, features, masks, network, trainer, training
+from lt4rec import features
+from lt4rec.models import distribution, masks, network, trainer, training
 from lt4rec.models.config import NEURON, NetworkConfig, TrainConfig
 from lt4rec.testing import trainer_cluster
 from tests.helpers import read_examples, run_in_fresh_process

@@ -12,8 +12,8 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 
-from lt4rec import errors
-from lt4rec.models import export, features, masks, network, trainer
+from lt4rec import errors, features
+from lt4rec.models import export, masks, network, trainer
 from lt4rec.models.config import NEURON
 from lt4rec.pipeline import configs, local_runner
 from lt4rec.pipeline import pipeline as pipeline_lib

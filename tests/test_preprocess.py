@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from lt4rec import features
 from lt4rec.errors import DataError
 from lt4rec.logs import generator, preprocess, raw_events, records
 from lt4rec.logs import world as world_lib
-from lt4rec.models import features
 
 IMPRESSIONS, CLICKS, PLAYS = raw_events.IMPRESSIONS, raw_events.CLICKS, raw_events.PLAYS
 DAY1_MS = 1_602_410_400_000  # 2020-10-11T10:00:00Z

@@ -33,9 +33,9 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from lt4rec import features
 from lt4rec.errors import DataError
 from lt4rec.logs import preprocess, raw_events, records
-from lt4rec.models import features
 from tests.test_preprocess import (
     CLICKS,
     DAY1_MS,

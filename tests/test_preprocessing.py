@@ -8,7 +8,8 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx.utils import io_utils
 
-from lt4rec.models import features, preprocessing
+from lt4rec import features
+from lt4rec.models import preprocessing
 from lt4rec.pipeline import configs
 
 

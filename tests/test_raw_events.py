@@ -2,8 +2,8 @@
 
 import pytest
 
+from lt4rec import features
 from lt4rec.logs import raw_events
-from lt4rec.models import features
 
 IMPRESSION = {
     "request_id": "42@1602374994951@7",

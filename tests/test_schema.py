@@ -6,7 +6,7 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.utils import io_utils
 
-from lt4rec.models import features
+from lt4rec import features
 from lt4rec.pipeline import configs
 
 

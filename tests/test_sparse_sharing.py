@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import features, masks, network, sparse_sharing, trainer, training
+from lt4rec import features
+from lt4rec.models import masks, network, sparse_sharing, trainer, training
 from lt4rec.models.config import NEURON, REWIND_TARGETS, NetworkConfig, SearchConfig, TrainConfig
 from tests.helpers import random_transformed
 from tests.test_masks import assert_whole_units

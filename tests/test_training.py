@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lt4rec.models import features, masks, network, training
+from lt4rec import features
+from lt4rec.models import masks, network, training
 from lt4rec.models.config import NetworkConfig, TrainConfig
 from tests.helpers import random_transformed
 

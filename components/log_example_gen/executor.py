@@ -17,7 +17,6 @@ request id, so that the impressions of one request stay together.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -35,10 +34,8 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from lt4rec import errors
-from lt4rec.logs import beam_jobs
-from lt4rec.logs.beam_jobs import CorruptFileError, read_tfrecords
-from lt4rec.models import features
+from lt4rec import errors, features
+from lt4rec.logs import beam_jobs, tfrecord
 
 logger = logging.getLogger(__name__)
 
@@ -107,25 +104,21 @@ class _ReadLogFile(beam.DoFn):
         day = os.path.basename(os.path.dirname(path))
         index = -1
         try:
-            for index, record in enumerate(read_tfrecords(path)):
+            for index, record in enumerate(beam_jobs.read_tfrecords(path)):
                 try:
                     example = tf.train.Example.FromString(record)
                 except Exception as error:  # a protobuf DecodeError
-                    yield _rejection(path, index, NOT_AN_EXAMPLE, "", str(error), record)
+                    yield beam_jobs.reject(path, index, NOT_AN_EXAMPLE, "", str(error), record)
                     continue
                 problem = check_row(example)
                 if problem is None:
                     yield day, record
                 else:
                     reason, field, detail = problem
-                    yield _rejection(path, index, reason, field, detail, record)
-        except CorruptFileError as error:
+                    yield beam_jobs.reject(path, index, reason, field, detail, record)
+        except tfrecord.CorruptFileError as error:
             detail = f"not a valid GZIP TFRecord file: it breaks off after {index + 1} records ({error})"
-            yield _rejection(path, index + 1, CORRUPT_FILE, "", detail, b"")
-
-
-def _rejection(path: str, index: int, reason: str, field: str, detail: str, record: bytes) -> beam.pvalue.TaggedOutput:
-    return beam.pvalue.TaggedOutput(REJECTED_DIR, beam_jobs.rejected_record(path, index, reason, field, detail, record))
+            yield beam_jobs.reject(path, index + 1, CORRUPT_FILE, "", detail, b"")
 
 
 def describe_rejection(rejection: dict) -> str:
@@ -225,11 +218,9 @@ class Executor(BaseExampleGenExecutor):
 
     def _first_rejections(self, corrupt_only: bool = False, count: int = 5) -> str:
         """The first few dead-letter rows (for corrupt files: all of them), one per line."""
-        found = []
-        for path in sorted(tf.io.gfile.glob(os.path.join(self._rejected_dir, "rejected-*"))):
-            with tf.io.gfile.GFile(path) as handle:
-                rows = map(json.loads, itertools.islice(handle, 10_000))
-                found.extend(r for r in rows if not corrupt_only or r["reason"] == CORRUPT_FILE)
+        found = [
+            r for r in beam_jobs.read_rejections(self._rejected_dir) if not corrupt_only or r["reason"] == CORRUPT_FILE
+        ]
         found.sort(key=lambda r: (r["file"], r["record"]))
         return "\n  ".join(describe_rejection(r) for r in found[:count])
 
@@ -263,7 +254,7 @@ class Executor(BaseExampleGenExecutor):
             pipeline
             | "ListFiles" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndCheck" >> beam.ParDo(_ReadLogFile()).with_outputs(REJECTED_DIR, main="rows")
+            | "ReadAndCheck" >> beam.ParDo(_ReadLogFile()).with_outputs(beam_jobs.REJECTED, main="rows")
         )
         if eval_days:
             eval_set = frozenset(split_days["eval"])
@@ -276,13 +267,8 @@ class Executor(BaseExampleGenExecutor):
             )
         result = {name: part | f"Records[{name}]" >> beam.Values() for name, part in zip(split_names, parts)}
 
-        rejected = read[REJECTED_DIR]
-        _ = (
-            rejected
-            | "RejectedToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-            | "WriteRejected"
-            >> beam.io.WriteToText(os.path.join(self._rejected_dir, "rejected"), file_name_suffix=".jsonl")
-        )
+        rejected = read[beam_jobs.REJECTED]
+        _ = rejected | "WriteRejected" >> beam_jobs.WriteRejections(self._rejected_dir)
         counts = (
             (
                 read.rows | "RowKeys" >> beam.Map(lambda row: ROWS_READ),

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from lt4rec.models import features, preprocessing
+from lt4rec import features
+from lt4rec.models import preprocessing
 from lt4rec.pipeline import configs
 
 

@@ -3,8 +3,9 @@
 Everything that touches the log format reads it from here: the generator and the Beam join
 (which keys to write), the curated schema's test, Transform's `preprocessing_fn` (how each
 feature becomes integer ids), the network (one embedding table per `TableSpec`) and the
-serving signatures. Nothing here imports TensorFlow, so the data-side code and the scoring
-client can use it cheaply.
+serving signatures. It sits at the package root, beside `errors`, because all of them share
+it: `logs/` reads it without depending on `models/`. Nothing here imports TensorFlow, so
+the data-side code and the scoring client can use it cheaply.
 
 Id convention, for every feature and table: id 0 means "missing" (the log's `-1`
 placeholder, or padding of a multi-valued feature); real values get ids in [1, size).
