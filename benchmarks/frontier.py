@@ -50,7 +50,10 @@ def structure_points(name: str, train: dict, test, args, build_batch: dict, tran
     searches = {task: algorithm.search(task) for task in masks.TASKS}
     print(f"{STRUCTURES[name]}: warmup and search in {time.perf_counter() - start:.0f} s", flush=True)
     points = []
-    for round_index in args.levels:
+    searched = min(len(search.round_masks) for search in searches.values())
+    if any(level >= searched for level in args.levels):
+        print(f"{STRUCTURES[name]}: the search stopped after round {searched - 1} (no path left beyond it)")
+    for round_index in [level for level in args.levels if level < searched]:
         start = time.perf_counter()
         chosen = {task: searches[task].round_masks[round_index] for task in masks.TASKS}
         algorithm.train_shared(chosen)

@@ -264,7 +264,7 @@ class SparseSharing:
             if on_round:
                 on_round(result)
             if round_index < config.rounds:
-                current = masks.prune_by_magnitude(
+                pruned = masks.prune_by_magnitude(
                     masks.get_kernels(self.model),
                     current,
                     round_index + 1,
@@ -273,6 +273,18 @@ class SparseSharing:
                     config.granularity,
                     initial,
                 )
+                if masks.remaining_fraction(pruned) == 0:
+                    # A layer lost every unit (or weight), and with it every path: the task
+                    # would score a constant, and a model with no MLP cannot be served.
+                    logger.warning(
+                        "%s search round %d would leave no path through the MLP (a layer would lose every "
+                        "weight): the search stops at round %d; prune less per round or to a larger remainder",
+                        task,
+                        round_index + 1,
+                        round_index,
+                    )
+                    break
+                current = pruned
         best = select_round(results, config.min_sparsity)
         logger.info(
             "%s: chose round %d (%.1f%% of weights, %s %.5f)",

@@ -245,3 +245,19 @@ def test_a_short_warmup_takes_that_share_of_each_tasks_batches(monkeypatch):
     for bad in (0.0, 1.5, -1.0):
         with pytest.raises(ValueError, match="warmup_epochs"):
             SearchConfig(warmup_epochs=bad)
+
+
+def test_a_search_stops_before_a_round_that_would_leave_no_path_through_the_mlp(caplog):
+    # Global unit pruning down to 2% of a (16, 8) MLP: the third round would drop every
+    # unit of a layer, and with it every weight (a constant model that cannot be exported).
+    config = SearchConfig(rounds=3, remaining=0.02, granularity=NEURON)
+    algorithm = _algorithm(config, seed=2)
+    algorithm.warmup()
+    with caplog.at_level("WARNING", logger="lt4rec.models.sparse_sharing"):
+        found = algorithm.search("ctr")
+    assert 1 < len(found.rounds) < config.rounds + 1
+    assert len(found.round_masks) == len(found.rounds)
+    for round_masks in found.round_masks:
+        assert masks.remaining_fraction(round_masks) > 0
+        assert all(mask.max() == 1 for mask in round_masks.values())  # every layer keeps a unit
+    assert f"round {len(found.rounds)} would leave no path" in caplog.text
