@@ -12,6 +12,7 @@ import click
 
 from lt4rec import errors, options
 from lt4rec.pipeline import configs
+from lt4rec.serving.settings import ServerSettings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
@@ -490,62 +491,8 @@ def score(
 
 
 @cli.command(name="serve")
-@click.option(
-    "--model-base-path", required=True, help="Folder of models: MODEL_BASE_PATH/<model>/<version>/saved_model.pb."
-)
-@click.option(
-    "--port",
-    default=8500,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="gRPC port (0: pick a free one, logged).",
-)
-@click.option(
-    "--rest-api-port",
-    default=None,
-    type=click.IntRange(0, 65535),
-    help="Also answer TF Serving's REST API on this port (TF Serving's --rest_api_port; 0: pick a free one).",
-)
-@click.option(
-    "--num-versions", default=1, show_default=True, type=click.IntRange(min=1), help="Latest versions served per model."
-)
-@click.option(
-    "--poll-seconds",
-    default=2.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0, min_open=True),
-    help="How often to look for new versions (TF Serving's --file_system_poll_wait_seconds).",
-)
-@click.option(
-    "--max-batch-size",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Most examples per request; larger ones get RESOURCE_EXHAUSTED.",
-)
-@click.option(
-    "--max-request-bytes",
-    default=32 << 20,
-    show_default=True,
-    type=click.IntRange(min=1024),
-    help="Largest request; larger ones get RESOURCE_EXHAUSTED.",
-)
-@click.option(
-    "--max-values-per-feature",
-    default=4096,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Most values in one feature of one example; more get INVALID_ARGUMENT.",
-)
-@click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1), help="Threads answering RPCs.")
-@click.option(
-    "--grace-seconds",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
-    help="On SIGTERM, the time to drain: every request received is answered within it.",
-)
-def serve_command(model_base_path: str, port: int, grace_seconds: float, **options) -> None:
+@options.click_options(ServerSettings)
+def serve_command(**values: object) -> None:
     """Serve the models over TF Serving's gRPC APIs (and optionally its REST API), in the foreground.
 
     For machines without `tensorflow_model_server`: Predict, GetModelMetadata, Classify,
@@ -553,11 +500,12 @@ def serve_command(model_base_path: str, port: int, grace_seconds: float, **optio
     --model-base-path; new versions are loaded as they appear, without failing requests.
     SIGTERM or Ctrl-C drains (every request received is answered) and stops.
     """
-    if not os.path.isdir(model_base_path):  # before TensorFlow's slow import
-        raise errors.DataError(f"model base path {model_base_path} does not exist or is not a folder")
+    settings = options.from_options(ServerSettings, values)
+    if not os.path.isdir(settings.model_base_path):  # before TensorFlow's slow import
+        raise errors.DataError(f"model base path {settings.model_base_path} does not exist or is not a folder")
     from lt4rec.serving import server
 
-    server.serve(model_base_path, port, grace=grace_seconds, **options)
+    server.serve(settings)
 
 
 def main() -> None:

@@ -278,7 +278,8 @@ class SparseSharing:
                     # would score a constant, and a model with no MLP cannot be served.
                     logger.warning(
                         "%s search round %d would leave no path through the MLP (a layer would lose every "
-                        "weight): the search stops at round %d; prune less per round or to a larger remainder",
+                        "weight): the search stops at round %d; prune to a larger remainder, or each layer "
+                        "alike (--prune-scope layer)",
                         task,
                         round_index + 1,
                         round_index,

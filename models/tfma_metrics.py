@@ -29,7 +29,7 @@ from __future__ import annotations
 import array
 import hashlib
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -150,6 +150,25 @@ def _examples(
     return examples
 
 
+class _ExamplesCombiner(beam.CombineFn):
+    """A CombineFn over one output's (label, prediction, weight) examples (`_examples`).
+
+    `keys`: the metric keys it outputs, the first naming the output it reads."""
+
+    def __init__(
+        self,
+        keys: Sequence[metric_types.MetricKey],
+        eval_config: Optional[config_pb2.EvalConfig],
+        example_weighted: bool,
+    ) -> None:
+        self._keys = list(keys)
+        self._eval_config = eval_config
+        self._example_weighted = example_weighted
+
+    def _examples(self, element: metric_types.StandardMetricInputs) -> list[tuple[float, float, float]]:
+        return _examples(element, self._keys[0], self._eval_config, self._example_weighted)
+
+
 def user_hash(value: Any) -> int:
     """A 64-bit id of a user id value (bytes, text or number): collisions are negligible
     (about 3e-6 for 10M users), and it takes 8 bytes whatever the id's length."""
@@ -168,10 +187,9 @@ class _GAUCAccumulator:
         self.predictions = array.array("d")
 
 
-class _GAUCCombiner(beam.CombineFn):
+class _GAUCCombiner(_ExamplesCombiner):
     def __init__(self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], feature: str) -> None:
-        self._key = key
-        self._eval_config = eval_config
+        super().__init__([key], eval_config, example_weighted=False)
         self._feature = feature
 
     def create_accumulator(self) -> _GAUCAccumulator:
@@ -181,8 +199,8 @@ class _GAUCCombiner(beam.CombineFn):
         value = (element.features or {}).get(self._feature)
         users = np.asarray(value, dtype=object).reshape(-1) if value is not None else np.empty(0, dtype=object)
         if users.size != 1:
-            raise ValueError(f"{self._key}: GAUC needs exactly one {self._feature} per example, got {value!r}")
-        ((label, prediction, _),) = _examples(element, self._key, self._eval_config, False)
+            raise ValueError(f"{self._keys[0]}: GAUC needs exactly one {self._feature} per example, got {value!r}")
+        ((label, prediction, _),) = self._examples(element)
         accumulator.users.append(user_hash(users[0]))
         accumulator.labels.append(label)
         accumulator.predictions.append(prediction)
@@ -203,7 +221,7 @@ class _GAUCCombiner(beam.CombineFn):
         predictions = (
             np.frombuffer(accumulator.predictions, dtype=np.float64) if accumulator.predictions else np.empty(0)
         )
-        return {self._key: metrics.gauc(labels, predictions, users)}
+        return {self._keys[0]: metrics.gauc(labels, predictions, users)}
 
 
 # --- Baselines a model must beat: no skill (a constant) and the incumbent (a logged score) ---
@@ -324,13 +342,11 @@ def _no_skill_computations(
     return computations
 
 
-class _NoSkillCombiner(beam.CombineFn):
+class _NoSkillCombiner(_ExamplesCombiner):
     """Sums of weights, of the constant's losses and of the model's losses."""
 
     def __init__(self, keys, eval_config, example_weighted: bool, loss: str, constant: float) -> None:
-        self._keys = keys
-        self._eval_config = eval_config
-        self._example_weighted = example_weighted
+        super().__init__(keys, eval_config, example_weighted)
         self._loss = loss
         self._constant = constant
 
@@ -338,7 +354,7 @@ class _NoSkillCombiner(beam.CombineFn):
         return [0.0, 0.0, 0.0]  # weight, weighted no-skill loss, weighted model loss
 
     def add_input(self, accumulator: list[float], element: metric_types.StandardMetricInputs) -> list[float]:
-        for label, prediction, weight in _examples(element, self._keys[0], self._eval_config, self._example_weighted):
+        for label, prediction, weight in self._examples(element):
             accumulator[0] += weight
             accumulator[1] += weight * _loss(self._loss, label, self._constant)
             accumulator[2] += weight * _loss(self._loss, label, prediction)
@@ -410,11 +426,9 @@ class _IncumbentAccumulator:
         self.examples = 0
 
 
-class _IncumbentCombiner(beam.CombineFn):
+class _IncumbentCombiner(_ExamplesCombiner):
     def __init__(self, keys, eval_config, example_weighted: bool, feature: str) -> None:
-        self._keys = keys
-        self._eval_config = eval_config
-        self._example_weighted = example_weighted
+        super().__init__(keys, eval_config, example_weighted)
         self._feature = feature
 
     def create_accumulator(self) -> _IncumbentAccumulator:
@@ -430,7 +444,7 @@ class _IncumbentCombiner(beam.CombineFn):
         score = parse_score(np.ravel(value)[0]) if np.size(value) == 1 else float("nan")
         if math.isnan(score):
             return accumulator  # no single valid score: not an example of the incumbent's
-        ((label, prediction, weight),) = _examples(element, self._keys[0], self._eval_config, self._example_weighted)
+        ((label, prediction, weight),) = self._examples(element)
         incumbent_bucket, model_bucket = (
             min(int(value * NUM_BUCKETS), NUM_BUCKETS - 1) for value in (score, prediction)
         )
@@ -558,15 +572,8 @@ class _OutputAccumulator:
             self.labels, self.predictions, self.weights = array.array("d"), array.array("d"), array.array("d")
 
 
-class _OutputSumsCombiner(beam.CombineFn):
+class _OutputSumsCombiner(_ExamplesCombiner):
     """An output's `OutputSums`, from each example's label, prediction and weight."""
-
-    def __init__(
-        self, key: metric_types.MetricKey, eval_config: Optional[config_pb2.EvalConfig], example_weighted: bool
-    ) -> None:
-        self._key = key
-        self._eval_config = eval_config
-        self._example_weighted = example_weighted
 
     def create_accumulator(self) -> _OutputAccumulator:
         return _OutputAccumulator()
@@ -574,10 +581,11 @@ class _OutputSumsCombiner(beam.CombineFn):
     def add_input(
         self, accumulator: _OutputAccumulator, element: metric_types.StandardMetricInputs
     ) -> _OutputAccumulator:
-        examples = _examples(element, self._key, self._eval_config, self._example_weighted)
+        examples = self._examples(element)
         if len(examples) != 1:
             raise ValueError(
-                f"{self._key}: the Batched metrics need one label and one prediction per example, got {len(examples)}"
+                f"{self._keys[0]}: the Batched metrics need one label and one prediction per example, "
+                f"got {len(examples)}"
             )
         ((label, prediction, weight),) = examples
         accumulator.labels.append(label)
@@ -601,7 +609,7 @@ class _OutputSumsCombiner(beam.CombineFn):
 
     def extract_output(self, accumulator: _OutputAccumulator) -> dict[metric_types.MetricKey, OutputSums]:
         accumulator.fold()
-        return {self._key: accumulator.sums}
+        return {self._keys[0]: accumulator.sums}
 
 
 def _output_sums(
@@ -613,7 +621,7 @@ def _output_sums(
         name=OUTPUT_SUMS_NAME, model_name=model_name, output_name=output_name, example_weighted=example_weighted
     )
     return metric_types.MetricComputation(
-        keys=[key], preprocessors=None, combiner=_OutputSumsCombiner(key, eval_config, example_weighted)
+        keys=[key], preprocessors=None, combiner=_OutputSumsCombiner([key], eval_config, example_weighted)
     )
 
 
@@ -695,43 +703,44 @@ class BatchedWeightedExampleCount(BatchedExampleCount):
 metric_types.register_metric(BatchedWeightedExampleCount)
 
 
-class BatchedMeanLabel(_OutputSumsMetric):
-    """TFMA's MeanLabel: sum w*y / sum w (NaN when sum w is about 0)."""
+def _ratio_metric(class_name: str, default_name: str, numerator: str, denominator: str, doc: str) -> type:
+    """A registered `_OutputSumsMetric` of `sums.<numerator> / sums.<denominator>` (`_ratio`).
 
-    DEFAULT_NAME = calibration.MEAN_LABEL_NAME
+    A module-level class, named as EvalConfigs name it (`class_name="BatchedMeanLabel"`)."""
 
-    @staticmethod
     def value(sums: OutputSums) -> float:
-        return _ratio(sums.weighted_labels, sums.weight)
+        return _ratio(getattr(sums, numerator), getattr(sums, denominator))
+
+    metric = type(
+        class_name,
+        (_OutputSumsMetric,),
+        {"__doc__": doc, "__module__": __name__, "DEFAULT_NAME": default_name, "value": staticmethod(value)},
+    )
+    metric_types.register_metric(metric)
+    return metric
 
 
-metric_types.register_metric(BatchedMeanLabel)
-
-
-class BatchedMeanPrediction(_OutputSumsMetric):
-    """TFMA's MeanPrediction: sum w*p / sum w (NaN when sum w is about 0)."""
-
-    DEFAULT_NAME = calibration.MEAN_PREDICTION_NAME
-
-    @staticmethod
-    def value(sums: OutputSums) -> float:
-        return _ratio(sums.weighted_predictions, sums.weight)
-
-
-metric_types.register_metric(BatchedMeanPrediction)
-
-
-class BatchedCalibration(_OutputSumsMetric):
-    """TFMA's Calibration: sum w*p / sum w*y (NaN when sum w*y is about 0)."""
-
-    DEFAULT_NAME = calibration.CALIBRATION_NAME
-
-    @staticmethod
-    def value(sums: OutputSums) -> float:
-        return _ratio(sums.weighted_predictions, sums.weighted_labels)
-
-
-metric_types.register_metric(BatchedCalibration)
+BatchedMeanLabel = _ratio_metric(
+    "BatchedMeanLabel",
+    calibration.MEAN_LABEL_NAME,
+    "weighted_labels",
+    "weight",
+    "TFMA's MeanLabel: sum w*y / sum w (NaN when sum w is about 0).",
+)
+BatchedMeanPrediction = _ratio_metric(
+    "BatchedMeanPrediction",
+    calibration.MEAN_PREDICTION_NAME,
+    "weighted_predictions",
+    "weight",
+    "TFMA's MeanPrediction: sum w*p / sum w (NaN when sum w is about 0).",
+)
+BatchedCalibration = _ratio_metric(
+    "BatchedCalibration",
+    calibration.CALIBRATION_NAME,
+    "weighted_predictions",
+    "weighted_labels",
+    "TFMA's Calibration: sum w*p / sum w*y (NaN when sum w*y is about 0).",
+)
 
 
 class BatchedBinaryCrossentropy(_OutputSumsMetric):

@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 SAVED_MODEL_FILE = "saved_model.pb"
-DEFAULT_POLL_SECONDS = 2.0
 
 
 class RpcError(Exception):
@@ -389,7 +388,7 @@ class ModelRegistry:
             for key in [key for key in self._failed if key not in wanted_everywhere]:
                 self._failed.pop(key)
 
-    def start_polling(self, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+    def start_polling(self, poll_seconds: float) -> None:
         """Polls the disk every `poll_seconds` in a daemon thread until `stop_polling`."""
         self._stop.clear()
 

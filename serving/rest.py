@@ -35,7 +35,6 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from lt4rec.serving.registry import RpcError
 from lt4rec.serving.servicer import (
-    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_SIGNATURE,
     SIGNATURE_DEF_FIELD,
     ModelStatusServicer,
@@ -128,7 +127,7 @@ class RestApi:
         prediction: PredictionServicer,
         status: ModelStatusServicer,
         port: int,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_request_bytes: int,
         host: str = "",
     ):
         self.prediction = prediction

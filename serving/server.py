@@ -20,19 +20,12 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from lt4rec import errors
-from lt4rec.serving.registry import DEFAULT_POLL_SECONDS, SAVED_MODEL_FILE, ModelRegistry
-from lt4rec.serving.servicer import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_VALUES_PER_FEATURE,
-    ModelStatusServicer,
-    PredictionServicer,
-)
+from lt4rec.serving.registry import SAVED_MODEL_FILE, ModelRegistry
+from lt4rec.serving.servicer import ModelStatusServicer, PredictionServicer
+from lt4rec.serving.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = 8
-DEFAULT_GRACE_SECONDS = 5.0
 DRAIN_QUIET_SECONDS = 0.2  # a drain ends once no RPC has been in flight for this long
 MAX_RESPONSE_BYTES = 2**31 - 1
 
@@ -75,31 +68,19 @@ class _RequestsInFlight(grpc.ServerInterceptor):
 class ModelServer:
     """The registry, its poller, the gRPC server and the optional REST API, started and stopped together."""
 
-    def __init__(
-        self,
-        base_path: str,
-        port: int = 0,
-        *,
-        num_versions: int = 1,
-        poll_seconds: float = DEFAULT_POLL_SECONDS,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
-        workers: int = DEFAULT_WORKERS,
-        rest_api_port: int | None = None,
-        host: str = "[::]",
-    ):
-        self.base_path = base_path
-        self.requested_port = port
+    def __init__(self, settings: ServerSettings, host: str = "[::]"):
+        self.settings = settings
+        self.base_path = settings.model_base_path
+        self.requested_port = settings.port
         self.host = host
-        self.poll_seconds = poll_seconds
-        self.max_request_bytes = max_request_bytes
-        self.registry = ModelRegistry(base_path, num_versions)
-        self.servicer = PredictionServicer(self.registry, max_batch_size, max_values_per_feature)
+        self.poll_seconds = settings.poll_seconds
+        self.max_request_bytes = settings.max_request_bytes
+        self.registry = ModelRegistry(self.base_path, settings.num_versions)
+        self.servicer = PredictionServicer(self.registry, settings.max_batch_size, settings.max_values_per_feature)
         self.draining = threading.Event()
         self.status_servicer = ModelStatusServicer(self.registry, self.draining)
-        self.workers = workers
-        self.requested_rest_port = rest_api_port
+        self.workers = settings.workers
+        self.requested_rest_port = settings.rest_api_port
         self.port: int | None = None
         self.rest_api_port: int | None = None
         self._server: grpc.Server | None = None
@@ -158,7 +139,7 @@ class ModelServer:
             logger.debug("cannot bind %s:%d: %s", host, self.requested_port, error)
             return 0
 
-    def stop(self, grace: float | None = DEFAULT_GRACE_SECONDS, quiet: float = DRAIN_QUIET_SECONDS) -> None:
+    def stop(self, grace: float | None = ServerSettings.grace_seconds, quiet: float = DRAIN_QUIET_SECONDS) -> None:
         """Drains, then stops: within `grace` seconds, every RPC received is answered.
 
         Draining: GetModelStatus says UNLOADING (readiness checks fail, load balancers turn
@@ -188,13 +169,14 @@ class ModelServer:
         logger.info("stopped serving on port %s", self.port)
 
 
-def start_server(base_path: str, port: int = 0, **options) -> tuple[ModelServer, int]:
-    """Starts a server in this process (for tests and benchmarks); returns it and its port."""
-    server = ModelServer(base_path, port, **options)
+def start_server(base_path: str, port: int = 0, **settings) -> tuple[ModelServer, int]:
+    """Starts a server in this process (for tests and benchmarks); returns it and its port.
+    `settings`: other `ServerSettings` fields."""
+    server = ModelServer(ServerSettings(model_base_path=base_path, port=port, **settings))
     return server, server.start()
 
 
-def serve(base_path: str, port: int, grace: float = DEFAULT_GRACE_SECONDS, **options) -> None:
+def serve(settings: ServerSettings) -> None:
     """Serves in the foreground until SIGTERM or SIGINT, then shuts down cleanly and returns."""
     stop = threading.Event()
     received: list[str] = []
@@ -205,7 +187,8 @@ def serve(base_path: str, port: int, grace: float = DEFAULT_GRACE_SECONDS, **opt
 
     # Installed before the models load, so that a SIGTERM during the load also ends cleanly.
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-    server = ModelServer(base_path, port, **options)
+    server = ModelServer(settings)
+    grace = settings.grace_seconds
     try:
         server.start()
         while not stop.wait(1.0):

@@ -57,12 +57,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
-DEFAULT_MAX_BATCH_SIZE = 1000
-# What one request may cost: its bytes (gRPC answers RESOURCE_EXHAUSTED above them) and the
-# values of one feature of one example (INVALID_ARGUMENT). TF Serving allows INT32_MAX bytes;
-# a ranking request of 1,000 candidates of a few KB each is far below these.
-DEFAULT_MAX_REQUEST_BYTES = 32 << 20
-DEFAULT_MAX_VALUES_PER_FEATURE = 4096
 
 _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 # Output dtypes and the TensorProto field TF Serving writes them to (Tensor::AsProtoField).
@@ -125,9 +119,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(
         self,
         registry: ModelRegistry,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
+        max_batch_size: int,
+        max_values_per_feature: int,
     ):
+        """The limits are `ServerSettings`'."""
         self.registry = registry
         self.max_batch_size = max_batch_size
         self.max_values_per_feature = max_values_per_feature
