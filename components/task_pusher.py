@@ -4,7 +4,8 @@ From the Trainer's model it writes `<serving_dir>/ctr/<version>/` and
 `<serving_dir>/cvr/<version>/`, each the task's network with its mask folded in and its
 switched-off units removed (`models/export.py`), but only if the Evaluator blessed the
 model; for sparse sharing also `<serving_dir>/rank/<version>/`, the joint model that
-scores both tasks (and the rankscore) in one pass over the shared front. Each version is
+scores both tasks (and the rankscore) in one pass over the shared front. Every model stores
+its id tables as `embedding_storage` says (the pipeline's setting). Each version is
 written under a dot-folder and moved into place so that a server polling the folder loads
 it whole or not at all (`publish_version`: on object stores, where a rename copies object
 by object, the graph file comes last). Versions are consecutive integers (1, 2, ...), the
@@ -98,8 +99,13 @@ def TaskPusher(
     transform_graph: InputArtifact[standard_artifacts.TransformGraph],
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     serving_dir: Parameter[str],
+    embedding_storage: Parameter[str] = export.EMBEDDING_STORAGE,
 ) -> None:
-    """Pushes the CTR and CVR models of a blessed model; records pushed=0 otherwise."""
+    """Pushes the CTR and CVR models of a blessed model; records pushed=0 otherwise.
+
+    `embedding_storage`: how every pushed model stores its id tables (one of `export.EMBEDDING_STORAGES`);
+    the pipeline gives the Trainer's serving model the same, so these are the scores the Evaluator blessed.
+    """
     if not model_utils.is_model_blessed(model_blessing):
         pushed_model.set_int_custom_property("pushed", 0)
         return
@@ -116,9 +122,11 @@ def TaskPusher(
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
         if task == export.RANK_MODEL:
-            export.export_rank_model(trained, transform_output, staging)
+            export.export_rank_model(trained, transform_output, staging, embedding_storage=embedding_storage)
         else:
-            task_network = export.export_task_model(trained, task, transform_output, staging, compact=True)
+            task_network = export.export_task_model(
+                trained, task, transform_output, staging, compact=True, embedding_storage=embedding_storage
+            )
             pushed_model.set_string_custom_property(
                 f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths))
             )
@@ -127,3 +135,4 @@ def TaskPusher(
     pushed_model.set_string_custom_property("base_model", publish_base_model(model.uri, serving_dir, version))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)
+    pushed_model.set_string_custom_property("embedding_storage", embedding_storage)

@@ -48,6 +48,11 @@ OPTIMIZER_NAMES = (ADAM, LAZY_ADAM)
 MEMORY, STREAMING, AUTO = "memory", "streaming", "auto"
 INPUT_MODES = (AUTO, MEMORY, STREAMING)
 
+# How the exports store the id tables (see `export.py`): as trained, in half precision, or as
+# int8 with one float32 scale per row. Here, without TensorFlow, for the pipeline's settings.
+FLOAT32, FLOAT16, INT8 = "float32", "float16", "int8"
+EMBEDDING_STORAGES = (FLOAT32, FLOAT16, INT8)
+
 
 def rate_for(remaining: float, rounds: int) -> float:
     """The share q to drop per round so that `remaining` is left after `rounds` rounds."""

@@ -2,7 +2,7 @@
 
 Three kinds of model come from one trained network:
 - the multi-task model the Trainer writes for the Evaluator (`export_serving_model`): both
-  heads, each through its own mask;
+  heads, each through its own mask, the tables stored as the pushed models store theirs;
 - one model per task for TF Serving (`export_task_model`): for sparse sharing, the task's
   mask folded into plain kernels (`TaskNetwork` = `SharedFront` + `FoldedTower`: no mask
   or pruning variables, no other task's head, no training state), and with `compact=True`
@@ -46,6 +46,8 @@ import tensorflow_transform as tft
 
 from lt4rec import features
 from lt4rec.models import layers, masks, network
+from lt4rec.models.config import EMBEDDING_STORAGES, FLOAT16, FLOAT32
+from lt4rec.models.config import INT8 as INT8  # (re-exported: export.INT8 names a storage, as the others)
 
 NOT_INPUTS = (features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR)
 EXAMPLES_INPUT = "examples"
@@ -63,8 +65,6 @@ DENSE, SPARSE, MEASURE = "dense", "sparse", "measure"
 MATMUL_CHOICES = (MEASURE, DENSE, SPARSE)
 SPARSE_CANDIDATE_DENSITY = 0.5  # denser layers are never timed as sparse
 SPARSE_MARGIN = 0.9  # the sparse path must take at most this share of the dense time
-FLOAT32, FLOAT16, INT8 = "float32", "float16", "int8"
-EMBEDDING_STORAGES = (FLOAT32, FLOAT16, INT8)
 # How every export stores the embedding tables unless told (one place: the export functions'
 # defaults read it). float32 keeps the trained tables bit for bit.
 EMBEDDING_STORAGE = FLOAT32
@@ -675,15 +675,30 @@ def video_length_seconds(duration: tf.SparseTensor) -> tf.Tensor:
     return tf.where(known, seconds, float("nan"))
 
 
-def export_serving_model(model: network.RankingNetwork, transform_output: tft.TFTransformOutput, path: str) -> None:
-    """The multi-task model (each head through its own mask), for the Evaluator."""
-    outputs = {network.OUTPUT_NAMES[task]: task for task in model.config.tasks}
-    module = ServingModule(
-        without_context(lambda inputs: {output: model(inputs, task=task)[task] for output, task in outputs.items()}),
-        transform_output,
-        context=False,
-    )
-    module.model = model  # tracked, so that its variables are saved
+def export_serving_model(
+    model: network.RankingNetwork,
+    transform_output: tft.TFTransformOutput,
+    path: str,
+    embedding_storage: str = EMBEDDING_STORAGE,
+) -> None:
+    """The multi-task model (each head through its own mask), for the Evaluator.
+
+    Its tables are stored as the pushed models store theirs (`embedding_storage`), so that
+    the Evaluator blesses the scores TaskPusher pushes. float32: the trained network itself;
+    otherwise an unmasked network's `stored_network`, and for sparse sharing a `RankNetwork`
+    (the pushed towers, masks folded; dense matmuls, as timing would not change a score),
+    since a masked network's tables are stored only through its folded exports.
+    """
+    if check_storage(embedding_storage) != FLOAT32 and model.masked:
+        scorer = score = RankNetwork(model, compact=True, matmul=DENSE, embedding_storage=embedding_storage)
+    else:
+        scorer = model if embedding_storage == FLOAT32 else stored_network(model, embedding_storage)
+        outputs = {network.OUTPUT_NAMES[task]: task for task in model.config.tasks}
+        score = without_context(
+            lambda inputs: {output: scorer(inputs, task=task)[task] for output, task in outputs.items()}
+        )
+    module = ServingModule(score, transform_output, context=False)
+    module.model = scorer  # tracked, so that its variables are saved
     module.save(path)
 
 

@@ -11,7 +11,8 @@ scored at the end. When `TF_CONFIG` names several workers, every worker runs thi
 MultiWorkerMirroredStrategy (`distribution.py`).
 It writes:
 - the serving model (`fn_args.serving_model_dir`): raw serialized examples in, `ctr` and
-  `cvr` out, which the Evaluator scores;
+  `cvr` out, which the Evaluator scores, its id tables stored as `custom_config[EMBEDDING_STORAGE_KEY]`
+  says (the pushed models' storage; float32 without it);
 - `<model>/training/`: the trained weights (with the masks) as a checkpoint, the settings, the
   training passes' figures and the eval metrics, from which the per-task exports are
   made; `replicas/<task>-<index>.json` (and `.start.json`) hold each replica's digest of
@@ -41,6 +42,10 @@ FEATURES = "features"
 NETWORK = "network"
 TRAIN = "train"
 MASKS_URI = "masks_uri"
+# custom_config: how the serving model stores its id tables (`export.EMBEDDING_STORAGES`), as
+# TaskPusher stores the pushed models' (the pipeline gives both its `embedding_storage`), so
+# that the Evaluator scores what is pushed.
+EMBEDDING_STORAGE_KEY = "embedding_storage"
 WARM_START = "warm_start_from"  # the base model's artifact folder, in settings.json
 TRAINING_FOLDER = "training"
 CHECKPOINT = "checkpoint/checkpoint"
@@ -118,7 +123,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         )
         _write_json(os.path.join(folder, METRICS_FILE), result.to_dict())
         _write_json(os.path.join(folder, PHASES_FILE), [phase.to_dict() for phase in phases])
-        export.export_serving_model(model, transform_output, serving_model_dir)
+        export.export_serving_model(
+            model,
+            transform_output,
+            serving_model_dir,
+            embedding_storage=config.get(EMBEDDING_STORAGE_KEY, export.EMBEDDING_STORAGE),
+        )
     if replica.distributed and coordinator is None:
         write_replica_fingerprint(fn_args.serving_model_dir, replica, model, start)
         distribution.barrier(strategy)  # the chief's model exists when any replica returns

@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from lt4rec import errors, features, options
 from lt4rec.models.config import (
     CONNECTION,
+    EMBEDDING_STORAGES,
     ESMM,
+    FLOAT32,
     HARD_SHARING,
     LAYER_SHARING,
     MMOE,
@@ -215,6 +217,16 @@ class PipelineSettings:
         "Bless only if CTR AUC is above the AUC of the logs' production pCTR (`pctr`) on the eval split "
         "(skipped, with a note, when the eval split has no pctr).",
     )
+    # How the pushed models, and the Trainer's model that the Evaluator scores, store the id
+    # tables (`models/export.py`): docs/RESULTS.md measures the bytes saved and the scores moved.
+    embedding_storage: str = setting(
+        FLOAT32,
+        "How the pushed models store their id tables, ~80% of their bytes: float32 as trained; float16 in half "
+        "the bytes (scores move up to ~1e-4); int8, one float32 scale per row, in about a quarter (scores move "
+        "up to ~3e-3; the CTR + CVR pair 0.376x two dense models' bytes, CTR AUC +0.00002 in "
+        "benchmarks/embedding_storage.py). The Evaluator scores, and blesses, the stored tables.",
+        choices=EMBEDDING_STORAGES,
+    )
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
     # The curated schema CuratedSchemaGen imports: this repository's file by default; on
     # Kubeflow a path inside the image or on GCS (the Kubeflow runner sets the image's).
@@ -238,6 +250,10 @@ class PipelineSettings:
             _check_day(self.span, "span")
         if self.masks not in MASK_MODES:
             raise errors.UserFacingError(f"masks must be one of {MASK_MODES}, not {self.masks!r}")
+        if self.embedding_storage not in EMBEDDING_STORAGES:
+            raise errors.UserFacingError(
+                f"embedding_storage must be one of {EMBEDDING_STORAGES}, not {self.embedding_storage!r}"
+            )
         if self.span is not None and (self.first_day or self.last_day):
             raise errors.UserFacingError("span (daily mode) and first_day/last_day (history mode) exclude each other")
 

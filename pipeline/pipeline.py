@@ -36,6 +36,7 @@ from lt4rec.components.mask_search import MaskSearch
 from lt4rec.components.sparse_sharing_trainer import SparseSharingTrainer
 from lt4rec.components.task_pusher import TaskPusher
 from lt4rec.models import preprocessing, tfma_metrics
+from lt4rec.models import trainer as model_trainer
 from lt4rec.pipeline import configs
 
 
@@ -123,6 +124,8 @@ def create_components(settings: configs.PipelineSettings) -> list:
         custom_config={  # the model's settings, the pipeline that marks the model, where it trains
             **settings.model_settings.to_dict(),
             artifacts.PIPELINE_NAME_KEY: settings.pipeline_name,
+            # The serving model the Evaluator scores stores its tables as the pushed models do.
+            model_trainer.EMBEDDING_STORAGE_KEY: settings.embedding_storage,
             **(settings.vertex_training.custom_config() if settings.vertex_training else {}),
         },
     ).with_id("SparseSharingTrainer")  # one id wherever it trains: ML Metadata lineage, caching
@@ -137,6 +140,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
         model_blessing=evaluator.outputs["blessing"],
         transform_graph=transform.outputs["transform_graph"],
         serving_dir=settings.serving_dir,
+        embedding_storage=settings.embedding_storage,
     )
     return [
         example_gen,

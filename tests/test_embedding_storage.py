@@ -2,20 +2,26 @@
 
 The exported scores are checked against an independent computation: the trained network's
 copy whose tables were rounded by hand here (numpy), run as trained; and the stored bytes
-against the tables' shapes.
+against the tables' shapes. So are the pipeline's: the models TaskPusher pushes, and the
+Trainer's serving model that the Evaluator scores, with the pipeline's `embedding_storage`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from tfx.types import standard_artifacts
 
 from lt4rec import features
-from lt4rec.models import export, layers, network
-from lt4rec.models.config import MMOE, SINGLE_TASK, NetworkConfig
+from lt4rec.components import task_pusher
+from lt4rec.models import export, layers, network, trainer
+from lt4rec.models.config import MMOE, SINGLE_TASK, SPARSE_SHARING, TASKS, NetworkConfig
+from lt4rec.pipeline import configs
+from lt4rec.pipeline import pipeline as pipeline_lib
 
 REDUCED = (export.FLOAT16, export.INT8)
 STORED_DTYPES = {export.FLOAT16: {tf.float16}, export.INT8: {tf.int8, tf.float32}}  # int8: values and row scales
@@ -91,6 +97,15 @@ def _rounded_copy(model: network.RankingNetwork, inputs: dict, storage: str) -> 
     return copy
 
 
+def _spread_tables(model: network.RankingNetwork) -> None:
+    """Spreads the tables wider than one pass of training leaves them (noise, seeded), so that
+    rounding them moves the scores well beyond the tolerance."""
+    rng = np.random.default_rng(0)
+    for table in _id_tables(model):
+        weights = table.get_weights()[0]
+        table.set_weights([weights + rng.normal(0, 0.3, weights.shape).astype(np.float32)])
+
+
 def _embedding_variables(signature, storage: str) -> list[tf.Variable]:
     """The variables of a loaded signature that hold id tables (and int8's scales)."""
     if storage == export.FLOAT32:
@@ -109,10 +124,7 @@ def test_task_and_rank_models_score_as_the_network_on_rounded_tables(served_mode
     model = _rounded_copy(served_models.model, inputs, export.FLOAT32)
     for task in ("ctr", "cvr"):  # the copy is the trained network
         np.testing.assert_allclose(model(inputs, task=task)[task], served_models.expected(task, raw), atol=1e-6)
-    rng = np.random.default_rng(0)
-    for table in _id_tables(model):
-        weights = table.get_weights()[0]
-        table.set_weights([weights + rng.normal(0, 0.3, weights.shape).astype(np.float32)])
+    _spread_tables(model)
     unrounded = {task: model(inputs, task=task)[task].numpy() for task in ("ctr", "cvr")}
     copy = _rounded_copy(model, inputs, storage)
     expected = {task: copy(inputs, task=task)[task].numpy() for task in ("ctr", "cvr")}
@@ -209,19 +221,25 @@ def _checkpoint_bytes(folder: str) -> dict[str, int]:
 SMALL = dict(embedding_dim=8, hidden_units=(32, 16), expert_units=(16, 8), tower_units=(8,))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", [MMOE, SINGLE_TASK])
-def test_dense_variants_store_their_tables_too(tiny_transform, tmp_path, variant):
+def _dense_network(variant: str, inputs: dict) -> network.RankingNetwork:
+    """A small unmasked network of `variant`, its weights moved away from the initialisation (seeded)."""
     tf.keras.utils.set_random_seed(5)
     model = network.RankingNetwork(features.scaled_config(0.001), NetworkConfig(variant=variant, **SMALL))
-    transform_output = tiny_transform.transform_output
-    raw = tiny_transform.raw_examples[:64]
-    inputs = _transformed(transform_output, raw)
     model.build_for(inputs)
-    for variable in model.trainable_variables:  # away from the initialisation
+    for variable in model.trainable_variables:
         variable.assign(
             variable + tf.random.stateless_normal(variable.shape, seed=[len(variable.name), 2], stddev=0.05)
         )
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [MMOE, SINGLE_TASK])
+def test_dense_variants_store_their_tables_too(tiny_transform, tmp_path, variant):
+    transform_output = tiny_transform.transform_output
+    raw = tiny_transform.raw_examples[:64]
+    inputs = _transformed(transform_output, raw)
+    model = _dense_network(variant, inputs)
     copy = _rounded_copy(model, inputs, export.INT8)
     for task in ("ctr", "cvr"):
         path = str(tmp_path / task)
@@ -249,3 +267,95 @@ def test_dense_variants_store_their_tables_too(tiny_transform, tmp_path, variant
         assert float32.embedding_bytes == 4 * float32.embedding_parameters
         if variant == SINGLE_TASK:  # each task its own tables: the other task's are not saved
             assert rows == sum(int(v.shape[0]) for v in float32.kept if v.name.endswith("embeddings:0"))
+
+
+def test_the_pipeline_gives_its_storage_to_the_trainer_and_the_pusher(tiny_logs):
+    """One setting for both: the Trainer's serving model (what the Evaluator scores) and the pushed models."""
+    settings = configs.PipelineSettings(
+        data_root=tiny_logs, pipeline_root="/tmp/x", serving_dir="/tmp/y", embedding_storage=export.INT8
+    )
+    components = {component.id: component for component in pipeline_lib.create_components(settings)}
+    trainer_config = json.loads(components["SparseSharingTrainer"].exec_properties["custom_config"])
+    assert trainer_config[trainer.EMBEDDING_STORAGE_KEY] == export.INT8
+    assert components["TaskPusher"].exec_properties["embedding_storage"] == export.INT8
+
+
+def _model_artifact(model: network.RankingNetwork, uri: str) -> standard_artifacts.Model:
+    """`model` as the Trainer's model artifact holds it: the checkpoint and settings `trainer.load_trained` reads."""
+    folder = os.path.join(uri, trainer.TRAINING_FOLDER)
+    tf.train.Checkpoint(network=model).write(os.path.join(folder, trainer.CHECKPOINT))
+    with open(os.path.join(folder, trainer.SETTINGS_FILE), "w") as handle:
+        json.dump({trainer.FEATURES: model.feature_config.to_dict(), trainer.NETWORK: model.config.to_dict()}, handle)
+    artifact = standard_artifacts.Model()
+    artifact.uri = uri
+    return artifact
+
+
+@pytest.mark.slow
+def test_task_pusher_pushes_models_with_the_storage_it_is_given(served_models, tmp_path):
+    """TaskPusher's executor, as the pipeline runs it, on a blessed model: every pushed model stores int8."""
+    transform_output = served_models.transform_output
+    raw = served_models.raw_examples[:200]
+    inputs = _transformed(transform_output, raw)
+    model = _rounded_copy(served_models.model, inputs, export.FLOAT32)
+    _spread_tables(model)
+    unrounded = {task: model(inputs, task=task)[task].numpy() for task in TASKS}
+    copy = _rounded_copy(model, inputs, export.INT8)
+    expected = {task: copy(inputs, task=task)[task].numpy() for task in TASKS}
+
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / "blessing")
+    blessing.set_int_custom_property("blessed", 1)
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = os.path.dirname(transform_output.transform_savedmodel_dir)
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / "pushed")
+    serving_dir = str(tmp_path / "serving")
+    task_pusher.TaskPusher_Executor().Do(
+        {
+            "model": [_model_artifact(model, str(tmp_path / "model"))],
+            "model_blessing": [blessing],
+            "transform_graph": [transform_graph],
+        },
+        {"pushed_model": [pushed]},
+        {"serving_dir": serving_dir, "embedding_storage": export.INT8},
+    )
+    assert pushed.get_int_custom_property("pushed") == 1
+    for name in (*TASKS, export.RANK_MODEL):
+        path = os.path.join(serving_dir, name, "1")
+        assert export.read_metadata(path)["embedding_storage"] == export.INT8
+        loaded = tf.saved_model.load(path)  # (kept: a signature does not keep its variables alive)
+        signature = loaded.signatures[export.SCORES_SIGNATURE if name == export.RANK_MODEL else "serving_default"]
+        scores = signature(examples=tf.constant(raw))
+        for task in TASKS if name == export.RANK_MODEL else (name,):
+            np.testing.assert_allclose(scores[task].numpy(), expected[task], atol=1e-5)
+            assert np.abs(scores[task].numpy() - unrounded[task]).max() > 1e-4  # not the float32 tables
+        assert {v.dtype for v in _embedding_variables(signature, export.INT8)} == {tf.int8, tf.float32}
+    assert pushed.get_string_custom_property("embedding_storage") == export.INT8  # in ML Metadata too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [SPARSE_SHARING, MMOE])
+def test_the_evaluators_model_scores_the_stored_tables(served_models, tiny_transform, tmp_path, variant):
+    """The Trainer's serving model, which the Evaluator scores: both heads, over the tables as pushed."""
+    if variant == SPARSE_SHARING:  # masks folded and compacted, as TaskPusher pushes them
+        transform_output, raw = served_models.transform_output, served_models.raw_examples[:200]
+        inputs = _transformed(transform_output, raw)
+        model = _rounded_copy(served_models.model, inputs, export.FLOAT32)
+    else:
+        transform_output, raw = tiny_transform.transform_output, tiny_transform.raw_examples[:200]
+        inputs = _transformed(transform_output, raw)
+        model = _dense_network(variant, inputs)
+    _spread_tables(model)
+    copy = _rounded_copy(model, inputs, export.INT8)
+    path = str(tmp_path / "serving")
+    export.export_serving_model(model, transform_output, path, embedding_storage=export.INT8)
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["serving_default"]
+    scores = signature(examples=tf.constant(raw))
+    assert set(scores) == set(TASKS)
+    for task in TASKS:
+        np.testing.assert_allclose(scores[task].numpy(), copy(inputs, task=task)[task].numpy(), atol=1e-5)
+        assert np.abs(scores[task].numpy() - model(inputs, task=task)[task].numpy()).max() > 1e-4
+    assert {v.dtype for v in _embedding_variables(signature, export.INT8)} == {tf.int8, tf.float32}
+    assert not [v for v in signature.variables if v.name.endswith("embeddings:0")]

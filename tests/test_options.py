@@ -93,6 +93,11 @@ def test_unset_or_empty_variables_give_the_defaults():
         ("LT4REC_TABLE_SCALE", "0", "LT4REC_TABLE_SCALE must be above 0.0, not 0.0"),
         ("LT4REC_TABLE_SCALE", "nan", "LT4REC_TABLE_SCALE='nan' is not a number"),
         ("LT4REC_OPTIMIZER", "sgd", "LT4REC_OPTIMIZER must be one of adam, lazy_adam, not 'sgd'"),
+        (
+            "LT4REC_EMBEDDING_STORAGE",
+            "int4",
+            "LT4REC_EMBEDDING_STORAGE must be one of float32, float16, int8, not 'int4'",
+        ),
         ("LT4REC_CVR_LOSS_WEIGHT", "-1", "LT4REC_CVR_LOSS_WEIGHT must be at least 0.0, not -1.0"),
         ("LT4REC_HIDDEN_UNITS", "64,x", "LT4REC_HIDDEN_UNITS='64,x' is not a comma-separated list of integers"),
         ("LT4REC_HIDDEN_UNITS", "64,0", "layer widths must be positive"),
@@ -111,6 +116,24 @@ def test_the_command_line_refuses_what_the_variables_refuse():
     for flags in (["--eval-days=0"], ["--table-scale=0"], ["--optimizer=sgd"], ["--hidden-units=64,x"]):
         with pytest.raises(click.BadParameter):
             cli.pipeline_run.make_context("run", base + flags)
+
+
+def test_embedding_storage_offers_the_exports_storages_and_keeps_float32_by_default():
+    """--embedding-storage / LT4REC_EMBEDDING_STORAGE: what `export.py` stores, the trained tables unless set."""
+    from lt4rec.models import export
+
+    (leaf,) = [leaf for leaf in LEAVES if leaf.path == ("embedding_storage",)]
+    assert leaf.option.choices == export.EMBEDDING_STORAGES and leaf.env_names() == ("LT4REC_EMBEDDING_STORAGE",)
+    assert configs.PipelineSettings(**ROOTS).embedding_storage == export.EMBEDDING_STORAGE == export.FLOAT32
+    for command in (cli.pipeline_run, cli.pipeline_compile):
+        (option,) = [param for param in command.params if "--embedding-storage" in param.opts]
+        assert "int8" in option.help and "bytes" in option.help  # the trade-off, where the user chooses
+    base = [f"--{k.replace('_', '-')}={v}" for k, v in ROOTS.items()]
+    with pytest.raises(click.BadParameter) as refused:
+        cli.pipeline_run.make_context("run", [*base, "--embedding-storage=int4"])
+    assert "--embedding-storage" in refused.value.format_message()
+    with pytest.raises(errors.UserFacingError, match="embedding_storage must be one of"):
+        configs.PipelineSettings(**ROOTS, embedding_storage="int4")
 
 
 @dataclasses.dataclass(frozen=True)
