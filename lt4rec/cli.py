@@ -376,26 +376,7 @@ def pipeline_run(ctx: click.Context, **values: object) -> None:
     show_default=True,
     help="Container image every component runs in (built from the Dockerfile and pushed).",
 )
-@click.option(
-    "--training-workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Train as a Vertex AI job of this many replicas (MultiWorkerMirroredStrategy); "
-    "default: in the pipeline's own container.",
-)
-@click.option(
-    "--parameter-servers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="With --training-workers: this many parameter servers in the job besides them (ParameterServerStrategy, "
-    "the id tables split by rows over them; the chief coordinates, so at least 2 training workers).",
-)
-@click.option(
-    "--training-machine-type", default=None, help="Machine type of every training replica (default n1-highmem-16)."
-)
-@click.option("--gcp-project", default=None, help="The GCP project of the Vertex AI training job.")
-@click.option("--gcp-region", default=None, help="The region of the Vertex AI training job.")
+@options.click_options(configs.VertexTraining)
 @options.click_options(configs.Resources)
 @run_options
 @click.pass_context
@@ -403,11 +384,6 @@ def pipeline_compile(
     ctx: click.Context,
     out_file: str,
     image: str,
-    training_workers: int | None,
-    parameter_servers: int,
-    training_machine_type: str | None,
-    gcp_project: str | None,
-    gcp_region: str | None,
     **values: object,
 ) -> None:
     """Compile the pipeline for Kubeflow Pipelines or Vertex AI Pipelines (no cluster needed).
@@ -425,16 +401,7 @@ def pipeline_compile(
     """
     from lt4rec.pipeline import kubeflow_runner
 
-    vertex_training = None
-    if training_workers:
-        machine = {"machine_type": training_machine_type} if training_machine_type else {}
-        vertex_training = configs.VertexTraining(
-            training_workers, gcp_project or "", gcp_region or "", parameter_servers=parameter_servers, **machine
-        )
-    elif parameter_servers:
-        raise click.BadParameter(
-            "parameter servers train with --training-workers (a Vertex AI job)", param_hint="--parameter-servers"
-        )
+    vertex_training = options.from_options(configs.VertexTraining, values).asked()
     settings = _pipeline_settings(ctx, values, vertex_training=vertex_training)
     resources = options.from_options(configs.Resources, values)
     click.echo(kubeflow_runner.compile_pipeline(settings, out_file, image, resources))

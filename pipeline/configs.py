@@ -76,18 +76,41 @@ class VertexTraining:
     replica a `TF_CONFIG`, under which they train with MultiWorkerMirroredStrategy, or,
     with `parameter_servers` (a third worker pool), with ParameterServerStrategy: the
     chief coordinates, the workers train, the id tables are split over the servers.
+    The fields are `lt4rec pipeline compile`'s options (`--training-workers`...) and
+    LT4REC_* variables (LT4REC_TRAINING_WORKERS...); without workers, no job (`asked`).
     """
 
-    workers: int
-    project: str
-    region: str
-    machine_type: str = "n1-highmem-16"
+    workers: int | None = setting(
+        None,
+        "Train as a Vertex AI job of this many replicas (MultiWorkerMirroredStrategy); "
+        "default: in the pipeline's own container.",
+        flag="training-workers",
+        low=1,
+    )
+    project: str | None = setting(None, "The GCP project of the Vertex AI training job.", flag="gcp-project")
+    region: str | None = setting(None, "The region of the Vertex AI training job.", flag="gcp-region")
+    machine_type: str = setting(
+        "n1-highmem-16", "Machine type of every training replica.", flag="training-machine-type"
+    )
+    parameter_servers: int = setting(
+        0,
+        "With --training-workers: this many parameter servers in the job besides them (ParameterServerStrategy, "
+        "the id tables split by rows over them; the chief coordinates, so at least 2 training workers).",
+        low=0,
+    )
     image: str | None = None  # the pipeline image; the Kubeflow runner sets it
-    parameter_servers: int = 0
 
     def __post_init__(self) -> None:
+        if self.workers is None:
+            if self.parameter_servers:
+                raise errors.UserFacingError(
+                    "parameter servers train with --training-workers (LT4REC_TRAINING_WORKERS): a Vertex AI job"
+                )
+            return
         if self.workers < 1:
             raise errors.UserFacingError(f"training workers must be at least 1, not {self.workers}")
+        if self.parameter_servers < 0:
+            raise errors.UserFacingError(f"parameter servers must be at least 0, not {self.parameter_servers}")
         if not self.project or not self.region:
             raise errors.UserFacingError("training on Vertex AI needs a GCP project and region")
         if self.parameter_servers and self.workers < 2:
@@ -95,23 +118,9 @@ class VertexTraining:
                 "parameter servers need at least 2 training replicas: the chief coordinates, workers train"
             )
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "VertexTraining | None":
-        """From LT4REC_TRAINING_WORKERS (None when unset), LT4REC_GCP_PROJECT, LT4REC_GCP_REGION,
-        LT4REC_TRAINING_MACHINE_TYPE and LT4REC_PARAMETER_SERVERS (as `lt4rec pipeline compile`'s options)."""
-        workers = environ.get("LT4REC_TRAINING_WORKERS")
-        if not workers:
-            return None
-        try:
-            return cls(
-                workers=int(workers),
-                project=environ.get("LT4REC_GCP_PROJECT", ""),
-                region=environ.get("LT4REC_GCP_REGION", ""),
-                machine_type=environ.get("LT4REC_TRAINING_MACHINE_TYPE") or cls.machine_type,
-                parameter_servers=int(environ.get("LT4REC_PARAMETER_SERVERS") or 0),
-            )
-        except ValueError as error:
-            raise errors.UserFacingError(f"LT4REC_* environment variables: {error}") from None
+    def asked(self) -> "VertexTraining | None":
+        """This job, or None when no training workers were asked for (train in the pipeline's pod)."""
+        return self if self.workers is not None else None
 
     def custom_config(self) -> dict:
         """The Trainer's custom_config entries that TFX's Vertex training executor reads."""
@@ -286,7 +295,7 @@ class PipelineSettings:
             cls,
             environ,
             beam_pipeline_args=tuple(environ.get(BEAM_ARGS_ENV, "").split()) or DEFAULT_BEAM_PIPELINE_ARGS,
-            vertex_training=VertexTraining.from_env(environ),
+            vertex_training=options.from_env(VertexTraining, environ).asked(),
         )
         return with_model(settings, environ.get(MODEL_ENV) or S_WEIGHT)
 

@@ -136,6 +136,60 @@ def test_embedding_storage_offers_the_exports_storages_and_keeps_float32_by_defa
         configs.PipelineSettings(**ROOTS, embedding_storage="int4")
 
 
+ROOT_VARIABLES = {f"LT4REC_{k.upper()}": v for k, v in ROOTS.items()}
+VERTEX_VARIABLES = {
+    "LT4REC_TRAINING_WORKERS": "3",
+    "LT4REC_PARAMETER_SERVERS": "2",
+    "LT4REC_GCP_PROJECT": "p",
+    "LT4REC_GCP_REGION": "europe-west4",
+    "LT4REC_TRAINING_MACHINE_TYPE": "n2-highmem-8",
+}
+
+
+def test_the_vertex_training_job_is_the_same_from_compiles_options_and_the_variables():
+    """--training-workers... and LT4REC_TRAINING_WORKERS... fill the same fields; neither given: no job."""
+    expected = configs.VertexTraining(3, "p", "europe-west4", "n2-highmem-8", parameter_servers=2)
+    assert configs.PipelineSettings.from_env({**ROOT_VARIABLES, **VERTEX_VARIABLES}).vertex_training == expected
+    assert configs.PipelineSettings.from_env(ROOT_VARIABLES).vertex_training is None
+    flags = {param.opts[0]: param for param in cli.pipeline_compile.params}
+    for name in VERTEX_VARIABLES:
+        flag = "--" + name.removeprefix("LT4REC_").lower().replace("_", "-")
+        assert flags[flag].help, flag
+    context = cli.pipeline_compile.make_context(
+        "compile",
+        ["--out=spec.json", *(f"--{k.replace('_', '-')}={v}" for k, v in ROOTS.items())]
+        + [f"--{name.removeprefix('LT4REC_').lower().replace('_', '-')}={v}" for name, v in VERTEX_VARIABLES.items()],
+    )
+    assert options.from_options(configs.VertexTraining, context.params).asked() == expected
+
+
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({"LT4REC_PARAMETER_SERVERS": "2"}, "parameter servers train with --training-workers"),
+        ({**VERTEX_VARIABLES, "LT4REC_PARAMETER_SERVERS": "-1"}, "LT4REC_PARAMETER_SERVERS must be at least 0"),
+        ({**VERTEX_VARIABLES, "LT4REC_TRAINING_WORKERS": "0"}, "LT4REC_TRAINING_WORKERS must be at least 1"),
+        ({**VERTEX_VARIABLES, "LT4REC_TRAINING_WORKERS": "x"}, "LT4REC_TRAINING_WORKERS='x' is not an integer"),
+        ({"LT4REC_TRAINING_WORKERS": "2"}, "needs a GCP project and region"),
+    ],
+)
+def test_the_variables_refuse_a_vertex_job_that_compile_refuses(variables, message):
+    """The runner files' LT4REC_* path checks what --training-workers... checks (it used to drop the
+    parameter servers without workers, and take a negative count into the job's pools)."""
+    with pytest.raises(errors.UserFacingError, match=message):
+        configs.PipelineSettings.from_env({**ROOT_VARIABLES, **variables})
+
+
+def test_compile_refuses_parameter_servers_without_training_workers(tmp_path):
+    base = [f"--{k.replace('_', '-')}={v}" for k, v in ROOTS.items()]
+    result = CliRunner().invoke(
+        cli.cli, ["pipeline", "compile", f"--out={tmp_path / 'spec.json'}", *base, "--parameter-servers=2"]
+    )
+    assert isinstance(result.exception, errors.UserFacingError)  # `main` prints it and exits 1
+    assert "parameter servers train with --training-workers" in str(result.exception)
+    assert not (tmp_path / "spec.json").exists()
+
+
 @dataclasses.dataclass(frozen=True)
 class Inner:
     depth: int = options.setting(2, "How deep.", low=1)
