@@ -146,6 +146,10 @@ def test_context_is_split_off_only_when_every_candidate_shares_it(served_models)
     assert client.split_context(request) is None
     del request[3].features.feature["FEA_UCAT"]
     assert client.split_context(request) is None
+    request = _one_context(served_models.raw_examples, 5)
+    del request[0].features.feature["FEA_UCAT"]  # only the first lacks it
+    assert client.split_context(request) is None
+    assert all("FEA_UCAT" in candidate.features.feature for candidate in request[1:])  # nothing changed
 
 
 @pytest.fixture(scope="module")
