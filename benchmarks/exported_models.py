@@ -64,6 +64,11 @@ def trained_model(rows: int, granularity: str, min_sparsity: float, seed: int):
     return comparison.train_model(name, train, args, seed, build_batch)
 
 
+def trained_transform(rows: int, seed: int) -> tft.TFTransformOutput:
+    """The Transform graph that `trained_model(rows, ..., seed)` trained through (its `load` cache)."""
+    return tft.TFTransformOutput(os.path.join(data_folder(rows, seed=seed, table_scale=TABLE_SCALE), "transform"))
+
+
 def task_networks(model, task: str) -> dict[str, export.TaskNetwork]:
     """The three exports of one task, built from the model as trained."""
     chosen = masks.get_task_masks(model)
@@ -154,9 +159,7 @@ def main() -> None:
 
     requests = raw_requests(args.rows, args.seed)
     request = tf.constant(requests[0])
-    transform_output = tft.TFTransformOutput(
-        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
-    )
+    transform_output = trained_transform(args.rows, args.seed)
     out = tempfile.mkdtemp(prefix="lt4rec-exported-")
     request_file = os.path.join(out, "request.bin")
     with open(request_file, "wb") as f:

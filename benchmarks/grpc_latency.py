@@ -35,23 +35,23 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from comparison import TABLE_SCALE
-from exported_models import raw_requests, trained_model
+from exported_models import raw_requests, trained_model, trained_transform
 from lt4rec import features
 from lt4rec.models import export, masks
 from lt4rec.serving import client
 from lt4rec.testing.trainer_cluster import free_ports
-from transformed_logs import data_folder
 
 
-def wait_until_serving(target: str, deadline_s: float = 120.0) -> None:
+def wait_until_serving(
+    target: str, models: tuple[str, ...] = ("ctr", "cvr", export.RANK_MODEL), deadline_s: float = 120.0
+) -> None:
+    """Returns once the server at `target` answers for every one of `models`."""
     start = time.perf_counter()
     with client.RankingClient(target, timeout=2.0) as probe:
         while True:
             try:
-                probe.metadata("ctr")
-                probe.metadata("cvr")
-                probe.metadata(export.RANK_MODEL)
+                for model in models:
+                    probe.metadata(model)
                 return
             except grpc.RpcError:
                 if time.perf_counter() - start > deadline_s:
@@ -138,12 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    import tensorflow_transform as tft
-
     model, _ = trained_model(args.rows, masks.CONNECTION, args.min_sparsity, args.seed)
-    transform_output = tft.TFTransformOutput(
-        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
-    )
+    transform_output = trained_transform(args.rows, args.seed)
     base = tempfile.mkdtemp(prefix="lt4rec-grpc-")
     for task in masks.TASKS:
         exported = export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))

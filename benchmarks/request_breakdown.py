@@ -27,12 +27,17 @@ import tempfile
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from comparison import TABLE_SCALE
-from exported_models import folder_bytes, raw_requests, task_networks, time_side_by_side, trained_model
+from exported_models import (
+    folder_bytes,
+    raw_requests,
+    task_networks,
+    time_side_by_side,
+    trained_model,
+    trained_transform,
+)
 from grpc_latency import ranking_requests
 from lt4rec import features
 from lt4rec.models import export, masks
-from transformed_logs import data_folder
 
 
 def stage_functions(
@@ -85,9 +90,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     model, _ = trained_model(args.rows, masks.CONNECTION, args.min_sparsity, args.seed)
-    transform_output = tft.TFTransformOutput(
-        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
-    )
+    transform_output = trained_transform(args.rows, args.seed)
     out = tempfile.mkdtemp(prefix="lt4rec-breakdown-")
     paths = {name: os.path.join(out, name) for name in ("dense", "ctr", "cvr", "rank", "dense_cvr")}
     networks = {task: task_networks(model, task) for task in masks.TASKS}

@@ -33,12 +33,10 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from comparison import TABLE_SCALE
-from exported_models import raw_requests, trained_model
+from exported_models import raw_requests, trained_model, trained_transform
 from grpc_latency import wait_until_serving
 from lt4rec.models import export, masks
 from lt4rec.testing.trainer_cluster import free_ports
-from transformed_logs import data_folder
 
 MAX_REQUEST_BYTES = 8 << 20
 MAX_VALUES = 1000
@@ -90,12 +88,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import tensorflow_transform as tft
-
     model, _ = trained_model(args.rows, masks.CONNECTION, 0.5, args.seed)
-    transform_output = tft.TFTransformOutput(
-        os.path.join(data_folder(args.rows, seed=args.seed, table_scale=TABLE_SCALE), "transform")
-    )
+    transform_output = trained_transform(args.rows, args.seed)
     base = tempfile.mkdtemp(prefix="lt4rec-soak-")
     for task in masks.TASKS:
         export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))
@@ -109,7 +103,7 @@ def main() -> None:
                "--model-base-path", base, "--port", str(port), "--poll-seconds", "1",
                "--max-request-bytes", str(MAX_REQUEST_BYTES), "--max-values-per-feature", str(MAX_VALUES)]  # fmt: skip
     server = subprocess.Popen(command, stdout=log, stderr=log)
-    wait_until_serving(target)
+    wait_until_serving(target, masks.TASKS)
     outcomes: collections.Counter = collections.Counter()  # (kind, code)
     unexpected: list[str] = []
     lock = threading.Lock()
