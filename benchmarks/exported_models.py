@@ -83,16 +83,15 @@ def task_networks(model, task: str) -> dict[str, export.TaskNetwork]:
 
 
 def mlp_function(task_network: export.TaskNetwork):
-    inputs = tf.random.stateless_normal([CANDIDATES, task_network.layer_paths[0].shape[0]], seed=[1, 2])
-
-    @tf.function
-    def mlp() -> tf.Tensor:
-        hidden = inputs
-        for kernel, bias in zip(task_network.kernels[:-1], task_network.biases[:-1]):
-            hidden = tf.nn.relu(export._matmul(hidden, kernel) + bias)
-        return tf.matmul(hidden, task_network.kernels[-1]) + task_network.biases[-1]
-
-    return mlp
+    """The task's tower alone on one request's input: its context part one row, the candidates' 200."""
+    request_width, candidate_width = task_network.tower.input_widths
+    inputs = export.TowerInputs(
+        tf.random.stateless_normal([1, request_width], seed=[1, 1]),
+        tf.random.stateless_normal([CANDIDATES, candidate_width], seed=[1, 2]),
+        None,
+        None,
+    )
+    return tf.function(lambda: task_network.tower(inputs))
 
 
 def time_side_by_side(functions: dict[str, callable], rounds: int, calls: int) -> dict[str, float]:

@@ -6,8 +6,8 @@ model, plus a dense single-task CTR model of the same shape (the unpruned networ
 request is one user's 200 candidates (grpc_latency.ranking_requests). In one process,
 timed side by side in interleaved rounds (median ms per call):
 - the stages of the pushed CTR model's `serving_default` on 200 whole raw examples:
-  parse, Transform, embedding lookups, feature cross, MLP (each its own tf.function, so
-  their sum exceeds the fused call, whose ops overlap);
+  parse, Transform, embedding lookups with the feature cross (the context's part once),
+  MLP (each its own tf.function, so their sum exceeds the fused call, whose ops overlap);
 - whole signature calls of the loaded SavedModels: the dense single-task model, the CTR
   model (whole examples; context once; and without its MLP, the bound on what pruning the
   MLP can gain), both task models called one after the other (what
@@ -48,19 +48,16 @@ def stage_functions(
     transform_layer = transform_output.transform_features_layer()
     parse = tf.function(lambda serialized: tf.io.parse_example(serialized, spec))
     transform = tf.function(lambda raw: {name: transform_layer(dict(raw))[name] for name in features.FEATURE_NAMES})
-    embed = tf.function(lambda inputs: task_network.front.embeddings(inputs))
-    cross = tf.function(lambda fields: task_network.front.cross(fields))
-    mlp = tf.function(lambda crossed: task_network.tower(crossed, None))
+    front = tf.function(lambda inputs: vars(task_network.front(inputs)))
     raw = parse(request)
     inputs = transform(raw)
-    fields = embed(inputs)
-    crossed = cross(fields)
+    tower_inputs = export.TowerInputs(**front(inputs))
+    mlp = tf.function(lambda: task_network.tower(tower_inputs))
     return {
         "parse": lambda: parse(request),
         "Transform": lambda: transform(raw),
-        "embeddings": lambda: embed(inputs),
-        "cross": lambda: cross(fields),
-        "MLP": lambda: mlp(crossed),
+        "embed+cross": lambda: front(inputs),
+        "MLP": mlp,
     }
 
 
@@ -71,10 +68,9 @@ def front_function(task_network: export.TaskNetwork, transform_output: tft.TFTra
     transform_layer = transform_output.transform_features_layer()
 
     @tf.function
-    def front(serialized: tf.Tensor) -> tf.Tensor:
+    def front(serialized: tf.Tensor) -> dict[str, tf.Tensor | None]:
         transformed = transform_layer(dict(tf.io.parse_example(serialized, spec)))
-        crossed, _ = task_network.front({name: transformed[name] for name in features.FEATURE_NAMES})
-        return crossed
+        return vars(task_network.front({name: transformed[name] for name in features.FEATURE_NAMES}))
 
     return front
 

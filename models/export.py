@@ -17,7 +17,9 @@ Signatures: `serving_default` takes serialized `tf.Example`s in the raw log form
 applies the Transform graph before the network, so that clients (and TFMA, which feeds it
 the eval split as it is logged) never see ids; `serving_context` takes one ranking
 request as its context features (`features.CONTEXT_FEATURE_NAMES`, one tf.Example) and
-its candidates' (tf.Examples), and scores every candidate as if it carried the context;
+its candidates' (tf.Examples), and scores every candidate as if it carried the context
+(which the network computes once: its embeddings, its part of the cross and of each
+tower's first layer; `serving_default` does the same when every row carries one context);
 `serving_raw` takes the raw features as named string tensors, [batch, max_values] each,
 padded with "". The rank model's signatures also take `rank_weights`, but for
 `serving_scores` (serialized examples in, `ctr` and `cvr` out), which batch scoring calls.
@@ -79,20 +81,38 @@ def raw_input_spec(transform_output: tft.TFTransformOutput) -> dict[str, tf.io.F
     return spec
 
 
+@dataclasses.dataclass(frozen=True)
+class TowerInputs:
+    """A tower's input columns in two parts: those that read only the request's context fields
+    (`features.CONTEXT_FEATURE_NAMES`), [1 or batch, width] each, and the candidates' (the
+    rest, [batch, width]); `*_view` is CVR's view of the same fields, or None."""
+
+    request_cross: tf.Tensor
+    candidate_cross: tf.Tensor
+    request_view: tf.Tensor | None
+    candidate_view: tf.Tensor | None
+
+
+# Each part's fields by their index in `features.FEATURE_NAMES` (the trained network's order).
+_REQUEST_FIELDS = [features.FEATURE_NAMES.index(name) for name in features.CONTEXT_FEATURE_NAMES]
+_CANDIDATE_FIELDS = [features.FEATURE_NAMES.index(name) for name in features.CANDIDATE_FEATURE_NAMES]
+
+
 class SharedFront(tf.Module):
     """What both tasks read below their towers: the embeddings, the feature cross, CVR's view.
 
-    `front(inputs)` -> (cross output, CVR's view fields flattened or None). With `context`
-    (a request's context features, batch 1: `features.CONTEXT_FEATURE_NAMES`), `inputs`
-    holds only the candidates' features and the context fields are embedded once and
-    broadcast to every candidate: the same numbers as embedding them on every row.
+    `front(inputs, context)` -> `TowerInputs`. A ranking request's context is computed once:
+    given apart (`context`, batch 1, as `serving_context` passes it; `inputs` then holds only
+    the candidates' features), or found in `inputs` when every row carries the same context
+    ids (a request sent as whole examples). Then the context fields are embedded once and the
+    request's part of the cross, and of each tower's first layer, is one row for all the
+    candidates: the same numbers as computing them on every row.
     """
 
     def __init__(self, model: network.RankingNetwork, view: bool, embedding_storage: str = EMBEDDING_STORAGE):
         super().__init__(name="shared_front")
         self.embedding_storage = check_storage(embedding_storage)
         self.embeddings = _copy_embeddings(model.embeddings, embedding_storage)
-        self.cross = layers.FeatureCross()
         self.view = _copy_embeddings(model.cvr_view, embedding_storage) if view and model.cvr_view is not None else None
 
     @property
@@ -100,38 +120,50 @@ class SharedFront(tf.Module):
         """The bytes of the stored id tables (and int8's scales)."""
         return sum(_bytes(variable) for variable in self.variables if variable.ref() in _embedding_variables(self))
 
-    def __call__(
-        self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor | None]:
-        crossed = self.cross(_fields(self.embeddings, inputs, context))
+    def __call__(self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None) -> TowerInputs:
+        if context is None:
+            rows = {name: inputs[name] for name in features.CONTEXT_FEATURE_NAMES}
+            context = tf.cond(_one_context(rows), lambda: {n: ids[:1] for n, ids in rows.items()}, lambda: rows)
+        request_cross, candidate_cross = layers.FeatureCross.split(
+            self.embeddings(context, names=features.CONTEXT_FEATURE_NAMES),
+            self.embeddings(inputs, names=features.CANDIDATE_FEATURE_NAMES),
+        )
         if self.view is None:
-            return crossed, None
-        fields = _fields(self.view, inputs, context)
-        return crossed, tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
+            return TowerInputs(request_cross, candidate_cross, None, None)
+        return TowerInputs(
+            request_cross,
+            candidate_cross,
+            _flat(self.view(context, names=features.CONTEXT_FEATURE_NAMES)),
+            _flat(self.view(inputs, names=features.CANDIDATE_FEATURE_NAMES)),
+        )
 
 
-# Where each of `features.FEATURE_NAMES` is in [context fields, candidate fields].
-_FIELD_ORDER = [
-    (features.CONTEXT_FEATURE_NAMES + features.CANDIDATE_FEATURE_NAMES).index(name) for name in features.FEATURE_NAMES
-]
+def _one_context(context: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """True if every row has the first row's ids in every context feature (or there are no rows)."""
+    return tf.reduce_all([tf.reduce_all(ids == ids[:1]) for ids in context.values()])
 
 
-def _fields(
-    embeddings: layers.FieldEmbeddings, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None
-) -> tf.Tensor:
-    """[batch, fields, dim] in `FEATURE_NAMES` order, the context's fields embedded once."""
-    if context is None:
-        return embeddings(inputs)
-    candidates = embeddings(inputs, names=features.CANDIDATE_FEATURE_NAMES)
-    request = embeddings(context, names=features.CONTEXT_FEATURE_NAMES)  # [1, context fields, dim]
-    shape = tf.shape(candidates)
-    request = tf.broadcast_to(request, [shape[0], len(features.CONTEXT_FEATURE_NAMES), shape[2]])
-    return tf.gather(tf.concat([request, candidates], axis=1), _FIELD_ORDER, axis=1)
+def _flat(fields: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
+
+
+def _tower_rows(model: network.RankingNetwork, reads_view: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a tower's first kernel (the trained input order) for the request's and the candidates' columns."""
+    request, candidates = layers.FeatureCross.split_columns(
+        _REQUEST_FIELDS, _CANDIDATE_FIELDS, model.config.embedding_dim
+    )
+    if reads_view:
+        start, dim = model.shared_input_width, model.config.multi_view_dim
+        request += [start + index * dim + k for index in _REQUEST_FIELDS for k in range(dim)]
+        candidates += [start + index * dim + k for index in _CANDIDATE_FIELDS for k in range(dim)]
+    return np.asarray(request), np.asarray(candidates)
 
 
 class FoldedTower(tf.Module):
     """One task's MLP and head with its mask folded in: plain (or sparse) kernels, no mask variables.
 
+    The first layer is kept as two kernels, its rows for the request's columns and for the
+    candidates' (`TowerInputs`), so that the request's product is computed once per request.
     `compact`: remove the hidden units that cannot affect the score (no kept incoming
     weight and no bias, so always 0 after ReLU; or no kept outgoing weight), their
     columns from their layer and their rows from the next, so the layers are physically
@@ -157,18 +189,33 @@ class FoldedTower(tf.Module):
         if compact:
             kernels, biases = _drop_dead_units(kernels, biases)
         self.layer_paths = [choose_matmul_path(kernel, batch, matmul) for kernel in kernels[:-1]]
-        self.kernels = []
-        for index, (kernel, path) in enumerate(zip(kernels, [*self.layer_paths, LayerPath.dense(kernels[-1])])):
-            if path.path == SPARSE:
-                self.kernels.append(SparseKernel.from_dense(kernel, name=f"kernel_{index}"))
-            else:
-                self.kernels.append(tf.Variable(kernel, trainable=False, name=f"kernel_{index}"))
-        self.biases = [tf.Variable(b, trainable=False, name=f"bias_{i}") for i, b in enumerate(biases)]
         self.kept_weights = sum(int(np.count_nonzero(kernel)) for kernel in kernels[:-1])
+        self._request_rows, self._candidate_rows = _tower_rows(model, self.reads_view)
+        first = self.layer_paths[0].path
+        self.request_kernel = _stored_kernel(kernels[0][self._request_rows], first, "request_kernel_0")
+        self.candidate_kernel = _stored_kernel(kernels[0][self._candidate_rows], first, "candidate_kernel_0")
+        paths = [path.path for path in self.layer_paths[1:]] + [DENSE]
+        self.kernels = [
+            _stored_kernel(kernel, path, f"kernel_{index}")
+            for index, (kernel, path) in enumerate(zip(kernels[1:], paths), 1)
+        ]  # the layers above the first, then the head
+        self.biases = [tf.Variable(b, trainable=False, name=f"bias_{i}") for i, b in enumerate(biases)]
 
     @property
     def layer_widths(self) -> list[int]:
         return [int(path.shape[1]) for path in self.layer_paths]
+
+    @property
+    def input_widths(self) -> tuple[int, int]:
+        """The columns of the request's part of its input and of the candidates' (views included)."""
+        return len(self._request_rows), len(self._candidate_rows)
+
+    def folded_kernels(self) -> list[np.ndarray]:
+        """Every kernel as the dense array it multiplies by, the first in the trained input order."""
+        first = np.zeros((len(self._request_rows) + len(self._candidate_rows), self.layer_widths[0]), np.float32)
+        first[self._request_rows] = _dense_array(self.request_kernel)
+        first[self._candidate_rows] = _dense_array(self.candidate_kernel)
+        return [first, *(_dense_array(kernel) for kernel in self.kernels)]
 
     def metadata(self) -> dict:
         return {
@@ -181,11 +228,28 @@ class FoldedTower(tf.Module):
             "layers": [dataclasses.asdict(path) for path in self.layer_paths],
         }
 
-    def __call__(self, crossed: tf.Tensor, view: tf.Tensor | None) -> tf.Tensor:
-        hidden = tf.concat([crossed, view], axis=1) if self.reads_view else crossed
-        for kernel, bias in zip(self.kernels[:-1], self.biases[:-1]):
+    def __call__(self, inputs: TowerInputs) -> tf.Tensor:
+        request, candidates = inputs.request_cross, inputs.candidate_cross
+        if self.reads_view:
+            request = tf.concat([request, inputs.request_view], axis=1)
+            candidates = tf.concat([candidates, inputs.candidate_view], axis=1)
+        # The request's product is [1, width] when its context was computed once: added to every row.
+        hidden = tf.nn.relu(
+            _matmul(candidates, self.candidate_kernel) + _matmul(request, self.request_kernel) + self.biases[0]
+        )
+        for kernel, bias in zip(self.kernels[:-1], self.biases[1:-1]):
             hidden = tf.nn.relu(_matmul(hidden, kernel) + bias)
         return tf.sigmoid(tf.squeeze(tf.matmul(hidden, self.kernels[-1]) + self.biases[-1], axis=1))
+
+
+def _stored_kernel(kernel: np.ndarray, path: str, name: str) -> "tf.Variable | SparseKernel":
+    if path == SPARSE:
+        return SparseKernel.from_dense(kernel, name=name)
+    return tf.Variable(kernel, trainable=False, name=name)
+
+
+def _dense_array(kernel: "tf.Variable | SparseKernel") -> np.ndarray:
+    return tf.sparse.to_dense(kernel.tensor()).numpy() if isinstance(kernel, SparseKernel) else kernel.numpy()
 
 
 class TaskNetwork(tf.Module):
@@ -213,7 +277,7 @@ class TaskNetwork(tf.Module):
     layer_widths = property(lambda self: self.tower.layer_widths)
     kept_weights = property(lambda self: self.tower.kept_weights)
     dense_weights = property(lambda self: self.tower.dense_weights)
-    kernels = property(lambda self: self.tower.kernels)
+    folded_kernels = property(lambda self: self.tower.folded_kernels)
     biases = property(lambda self: self.tower.biases)
 
     embedding_storage = property(lambda self: self.front.embedding_storage)
@@ -224,7 +288,7 @@ class TaskNetwork(tf.Module):
         return {**self.tower.metadata(), **_storage_metadata(self)}
 
     def __call__(self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None) -> tf.Tensor:
-        return self.tower(*self.front(inputs, context))
+        return self.tower(self.front(inputs, context))
 
 
 class RankNetwork(tf.Module):
@@ -261,8 +325,8 @@ class RankNetwork(tf.Module):
     def __call__(
         self, inputs: Mapping[str, tf.Tensor], context: Mapping[str, tf.Tensor] | None = None
     ) -> dict[str, tf.Tensor]:
-        crossed, view = self.front(inputs, context)
-        return {network.OUTPUT_NAMES[task]: tower(crossed, view) for task, tower in self.towers.items()}
+        front = self.front(inputs, context)
+        return {network.OUTPUT_NAMES[task]: tower(front) for task, tower in self.towers.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,14 +61,70 @@ class FeatureCross(tf.keras.layers.Layer):
     def call(self, field_embeddings: tf.Tensor) -> tf.Tensor:
         fields = field_embeddings.shape[1]
         dots = tf.matmul(field_embeddings, field_embeddings, transpose_b=True)  # [batch, f, f]
-        upper = [i * fields + j for i in range(fields) for j in range(i + 1, fields)]
-        pairs = tf.gather(tf.reshape(dots, [-1, fields * fields]), upper, axis=1)
+        pairs = tf.gather(tf.reshape(dots, [-1, fields * fields]), _upper_pairs(fields), axis=1)
         flat = tf.reshape(field_embeddings, [-1, fields * field_embeddings.shape[2]])
         return tf.concat([flat, pairs], axis=1)
 
     @staticmethod
     def output_width(fields: int, dim: int) -> int:
         return fields * dim + fields * (fields - 1) // 2
+
+    @staticmethod
+    def split(request: tf.Tensor, candidates: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """`call`'s columns in two parts: those of the request's fields alone, and the rest.
+
+        request [1 or batch, r, dim] (a ranking request's context fields, the same for every
+        candidate), candidates [batch, c, dim] -> ([1 or batch, r * dim + r(r-1)/2], [batch,
+        c * dim + c * r + c(c-1)/2]). With the request at batch 1 its part is computed once,
+        and so can be everything that reads only it (a first layer's rows for those columns).
+        `split_columns` says where each column is in `call` of the fields in another order.
+        """
+        fields, dim = request.shape[1], request.shape[2]
+        every = tf.concat([tf.broadcast_to(request, [tf.shape(candidates)[0], fields, dim]), candidates], axis=1)
+        request_dots = tf.matmul(request, request, transpose_b=True)  # [1 or batch, r, r]
+        candidate_dots = tf.matmul(candidates, every, transpose_b=True)  # [batch, c, r + c]
+        request_pairs = tf.gather(tf.reshape(request_dots, [-1, fields * fields]), _upper_pairs(fields), axis=1)
+        candidate_pairs = tf.gather(
+            tf.reshape(candidate_dots, [-1, candidates.shape[1] * every.shape[1]]),
+            [c * every.shape[1] + i for c in range(candidates.shape[1]) for i in range(fields + c)],
+            axis=1,
+        )
+        return (
+            tf.concat([tf.reshape(request, [-1, fields * dim]), request_pairs], axis=1),
+            tf.concat([tf.reshape(candidates, [-1, candidates.shape[1] * dim]), candidate_pairs], axis=1),
+        )
+
+    @staticmethod
+    def split_columns(request: Sequence[int], candidates: Sequence[int], dim: int) -> tuple[list[int], list[int]]:
+        """Where `split`'s columns are in `call`'s output: fields given by their index there.
+
+        `split(fields[:, request], fields[:, candidates])` equals `call(fields)[:, columns]` for
+        each part's `columns`; together the parts cover every column once.
+        """
+        order = [*request, *candidates]
+        fields = len(order)
+        pair_column = {pair: fields * dim + k for k, pair in enumerate(_index_pairs(fields))}
+
+        def flat(indices: Sequence[int]) -> list[int]:
+            return [index * dim + k for index in indices for k in range(dim)]
+
+        def pair(a: int, b: int) -> int:
+            return pair_column[(min(order[a], order[b]), max(order[a], order[b]))]
+
+        r = len(request)
+        request_pairs = [pair(a, b) for a, b in _index_pairs(r)]
+        candidate_pairs = [pair(r + c, i) for c in range(len(candidates)) for i in range(r + c)]
+        return flat(request) + request_pairs, flat(candidates) + candidate_pairs
+
+
+def _index_pairs(fields: int) -> list[tuple[int, int]]:
+    """(i, j) with i < j, in the order of `FeatureCross`'s pair columns."""
+    return [(i, j) for i in range(fields) for j in range(i + 1, fields)]
+
+
+def _upper_pairs(fields: int) -> list[int]:
+    """The pairs' positions in a flattened [fields, fields] matrix of dot products."""
+    return [i * fields + j for i, j in _index_pairs(fields)]
 
 
 class MLP(tf.keras.layers.Layer):

@@ -57,7 +57,7 @@ def test_compaction_keeps_only_units_that_reach_the_score(served_models):
     folded = [layer.folded("ctr") for layer in masks.masked_layers(model)]
     head = (model.heads["ctr"].kernel.numpy(), model.heads["ctr"].bias.numpy())
     task_network = export.TaskNetwork(model, "ctr", compact=True, matmul=export.DENSE)
-    compact_kernels = [kernel.numpy() for kernel in task_network.kernels]
+    compact_kernels = task_network.folded_kernels()
     compact_biases = [bias.numpy() for bias in task_network.biases]
     inputs = np.random.default_rng(0).normal(size=(256, folded[0][0].shape[0])).astype(np.float32)
     full = _mlp_scores([k for k, _ in folded] + [head[0]], [b for _, b in folded] + [head[1]], inputs)
@@ -73,7 +73,7 @@ def test_compaction_keeps_only_units_that_reach_the_score(served_models):
                 np.abs(_mlp_scores(kernels, biases, inputs) - full).max() > 1e-6
             ), f"layer {index} unit {unit} does nothing"
     assert task_network.layer_widths[0] < model.config.hidden_units[0]  # the fixture's CTR mask drops whole units
-    held = sum(int(np.count_nonzero(kernel.numpy())) for kernel in task_network.kernels[:-1])
+    held = sum(int(np.count_nonzero(kernel)) for kernel in task_network.folded_kernels()[:-1])
     assert task_network.kept_weights == held <= sum(int(np.count_nonzero(kernel)) for kernel, _ in folded)
 
 
@@ -224,6 +224,74 @@ def test_context_signature_scores_each_candidate_as_if_it_carried_the_context(se
             context=tf.constant(context), examples=tf.constant(served_models.raw_examples[1:31])
         )
         np.testing.assert_allclose(unstripped[task].numpy(), scores[task].numpy(), atol=1e-6)
+
+
+def _with_values(record: bytes, name: str, values: list[bytes]) -> bytes:
+    example = tf.train.Example.FromString(record)
+    example.features.feature[name].bytes_list.value[:] = values
+    return example.SerializeToString()
+
+
+def test_whole_examples_of_one_request_compute_its_context_once(served_models):
+    """A request sent whole (its context on every candidate) has its context's part of the cross
+    and of the first layer computed once by serving_default; a candidate whose context differs
+    (another user; one more preferred category) makes every row its own, and the scores are
+    the trained network's either way."""
+    _, _, whole = _request(served_models.raw_examples)
+    other_user = [*whole[:-1], _with_values(whole[-1], "FEA_UID", [b"someone-else"])]
+    first = tf.train.Example.FromString(whole[0]).features.feature["FEA_UCAT"].bytes_list.value
+    more_categories = [*whole[:5], _with_values(whole[5], "FEA_UCAT", [*first, b"another"]), *whole[6:]]
+    task_network = export.TaskNetwork(served_models.model, "cvr", compact=True, matmul=export.DENSE)
+    for records, request_rows in ((whole, 1), (other_user, len(whole)), (more_categories, len(whole))):
+        front = task_network.front(_transformed(served_models.transform_output, records))
+        assert front.request_cross.shape[0] == request_rows
+        assert front.candidate_cross.shape[0] == len(whole)
+        for task in ("ctr", "cvr"):
+            loaded = tf.saved_model.load(os.path.join(served_models.base_path, task, "1"))
+            scores = loaded.signatures["serving_default"](examples=tf.constant(records))[task].numpy()
+            np.testing.assert_allclose(scores, served_models.expected(task, records), atol=1e-5)
+
+
+def test_sparse_sharing_with_cvr_view_exports_exactly(tiny_transform, tmp_path):
+    """CVR's own view of the fields goes into its tower's first layer in the request's and the
+    candidates' parts too: task and rank models score as the trained network, with the context
+    apart, sent whole on every candidate, or not shared at all."""
+    tf.keras.utils.set_random_seed(5)
+    config = NetworkConfig(hidden_units=(32, 16), embedding_dim=8, multi_view_dim=2)
+    model = network.RankingNetwork(features.scaled_config(0.001), config)
+    transform_output = tiny_transform.transform_output
+    raw = tiny_transform.raw_examples[:64]
+    inputs = _transformed(transform_output, raw)
+    model.build_for(inputs)
+    for variable in model.trainable_variables:
+        variable.assign(
+            variable + tf.random.stateless_normal(variable.shape, seed=[len(variable.name), 2], stddev=0.05)
+        )
+    kernels = masks.get_kernels(model)
+    masks.set_task_masks(
+        model,
+        {
+            task: masks.prune_by_magnitude(
+                kernels, model.initial_masks(task), 2, 0.5, initial=model.initial_masks(task)
+            )
+            for task in BOTH
+        },
+    )
+    context, stripped, whole = _request(raw)
+    export.export_rank_model(model, transform_output, str(tmp_path / "rank"))
+    for task in BOTH:
+        export.export_task_model(model, task, transform_output, str(tmp_path / task))
+        for name in (task, "rank"):
+            signatures = tf.saved_model.load(str(tmp_path / name)).signatures
+            weights = {"rank_weights": tf.constant([1.0, 1.0, 0.0])} if name == "rank" else {}
+            for records in (raw, whole):
+                scores = signatures["serving_default"](examples=tf.constant(records), **weights)[task].numpy()
+                expected = model(_transformed(transform_output, records), task=task)[task].numpy()
+                np.testing.assert_allclose(scores, expected, atol=1e-5)
+            in_context = signatures[export.CONTEXT_SIGNATURE](
+                context=tf.constant(context), examples=tf.constant(stripped), **weights
+            )[task].numpy()
+            np.testing.assert_allclose(in_context, expected, atol=1e-5)
 
 
 def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, tmp_path):

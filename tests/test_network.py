@@ -58,6 +58,26 @@ def test_feature_cross_is_every_pairwise_dot_product_with_the_embeddings():
     np.testing.assert_allclose(output[:, 20:], np.stack(pairs, axis=1), rtol=1e-5, atol=1e-6)
 
 
+def test_split_feature_cross_is_the_cross_with_the_request_apart():
+    """The serving cross in two parts (a request's context fields, the candidates') has the
+    training cross's columns; with the context at batch 1 its part is one row for all."""
+    request = [features.FEATURE_NAMES.index(name) for name in features.CONTEXT_FEATURE_NAMES]
+    candidates = [features.FEATURE_NAMES.index(name) for name in features.CANDIDATE_FEATURE_NAMES]
+    rng = np.random.default_rng(0)
+    fields = rng.normal(size=(6, len(features.FEATURE_NAMES), 4)).astype(np.float32)
+    fields[:, request] = fields[:1, request]  # one request: its context on every candidate
+    crossed = layers.FeatureCross()(tf.constant(fields)).numpy()
+    request_columns, candidate_columns = layers.FeatureCross.split_columns(request, candidates, dim=4)
+    assert sorted(request_columns + candidate_columns) == list(range(crossed.shape[1]))
+    for request_rows in (6, 1):
+        request_part, candidate_part = layers.FeatureCross.split(
+            tf.constant(fields[:request_rows, request]), tf.constant(fields[:, candidates])
+        )
+        assert request_part.shape[0] == request_rows
+        np.testing.assert_allclose(request_part, crossed[:request_rows, request_columns], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(candidate_part, crossed[:, candidate_columns], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "variant, tasks, masked_layers, towers",
     [

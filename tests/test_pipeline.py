@@ -270,7 +270,7 @@ def test_task_export_folds_the_mask_and_scores_as_the_trained_network(trained_ne
     assert not [name for name in variables if "mask" in name or "pruning" in name or "threshold" in name]
     other = "cvr" if task == "ctr" else "ctr"
     assert not [name for name in variables if other in name]
-    assert len(task_network.kernels) == len(model.config.hidden_units) + 1  # MLP + the task's head only
+    assert len(task_network.folded_kernels()) == len(model.config.hidden_units) + 1  # MLP + the task's head only
     if compact:  # no unit the mask switched off (units that feed nothing go too: see test_export)
         live = [len(masks.units_kept(mask)) for mask in pruned.values()]
         assert all(width <= kept for width, kept in zip(task_network.layer_widths, live))
