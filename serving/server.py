@@ -17,6 +17,7 @@ import time
 from concurrent import futures
 
 import grpc
+import tensorflow as tf
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from lt4rec import errors
@@ -176,8 +177,20 @@ def start_server(base_path: str, port: int = 0, **settings) -> tuple[ModelServer
     return server, server.start()
 
 
+def set_tensorflow_threads(settings: ServerSettings) -> None:
+    """TensorFlow's thread pools as the settings say: only possible before TensorFlow first runs."""
+    tf.config.threading.set_intra_op_parallelism_threads(settings.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(settings.tensorflow_inter_op_parallelism)
+    logger.info(
+        "TensorFlow threads: %d per op, %d ops at once (0: one per core)",
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+
+
 def serve(settings: ServerSettings) -> None:
     """Serves in the foreground until SIGTERM or SIGINT, then shuts down cleanly and returns."""
+    set_tensorflow_threads(settings)
     stop = threading.Event()
     received: list[str] = []
 

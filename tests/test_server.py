@@ -567,6 +567,10 @@ def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
             "1",
             "--workers",
             "2",
+            "--tensorflow-intra-op-parallelism",
+            "2",
+            "--tensorflow-inter-op-parallelism",
+            "3",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -581,6 +585,7 @@ def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
                 port = int(found.group(1))
                 break
         assert port, "".join(lines)
+        assert any("TensorFlow threads: 2 per op, 3 ops at once" in line for line in lines), "".join(lines)
         raw = served_models.raw_examples[:BATCH]
         expected = served_models.expected("cvr", raw)
         signalled = threading.Event()
