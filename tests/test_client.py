@@ -41,6 +41,14 @@ def test_predict_request_carries_serialized_examples_for_serving_default():
     assert not client.RankingClient.predict_request("cvr", [b"a"]).model_spec.HasField("version")
 
 
+@pytest.mark.parametrize("values", [[b"\x00a" * 300, b"", b"\xff"], b"one context", []])
+def test_string_tensors_are_tensorflows(values):
+    assert client.string_tensor(values).SerializeToString() == (
+        tf.make_tensor_proto(values, dtype=tf.string).SerializeToString()
+    )
+    assert tf.make_ndarray(client.string_tensor(values)).tolist() == values
+
+
 def test_requests_from_logs_group_impressions_by_seqnum(tiny_logs):
     pattern = os.path.join(tiny_logs, "20201013", "*.gz")
     requests = dict(client.read_requests(pattern))
