@@ -231,6 +231,7 @@ def _check_covers_every_feature(tables: Iterable[TableSpec]) -> None:
 # FEA_DURATION is the index of the video's length bucket: bucket b holds lengths in
 # [edge b-1, edge b) seconds, bucket 0 those under the first edge, the last bucket the rest.
 DURATION_FEATURE = "FEA_DURATION"
+VIDEO_FEATURE = "FEA_VID"  # the impressed video's id
 DURATION_BUCKET_EDGES_SECONDS = (15, 30, 60, 120, 180, 300, 600, 1200, 1800, 3600)
 
 

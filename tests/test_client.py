@@ -30,6 +30,37 @@ def test_duration_buckets_stand_for_lengths_inside_them():
         features.bucket_seconds(len(edges) + 1)
 
 
+def _candidate(video: str | None, duration: list[str]) -> tf.train.Example:
+    example = tf.train.Example()
+    if video is not None:
+        example.features.feature["FEA_VID"].bytes_list.value.append(video.encode())
+    example.features.feature["FEA_DURATION"].bytes_list.value.extend(value.encode() for value in duration)
+    return example
+
+
+def test_videos_and_lengths_read_each_candidates_id_and_bucket_midpoint():
+    # Buckets 0, 3 and 10 of edges (15, 30, 60, 120, ..., 3600): 15 / 2, sqrt(60 * 120), 3600 * 1.5.
+    videos, lengths = client.videos_and_lengths(
+        [_candidate("v0", ["0"]), _candidate("v3", ["3"]), _candidate("v10", ["10"])]
+    )
+    assert videos == ["v0", "v3", "v10"]
+    np.testing.assert_allclose(lengths, [7.5, np.sqrt(7200.0), 5400.0])
+
+
+@pytest.mark.parametrize(
+    "candidate, message",
+    [
+        (_candidate("v1", ["-1"]), "candidate 'v1' has no FEA_DURATION"),
+        (_candidate("v1", ["11"]), "FEA_DURATION bucket 11 is not in"),
+        (_candidate("v1", ["2", "3"]), "candidate has 2 values of FEA_DURATION"),
+        (_candidate(None, ["2"]), "candidate has 0 values of FEA_VID"),
+    ],
+)
+def test_videos_and_lengths_name_a_bad_candidates_field(candidate, message):
+    with pytest.raises(ValueError, match=message):
+        client.videos_and_lengths([_candidate("v0", ["0"]), candidate])
+
+
 def test_predict_request_carries_serialized_examples_for_serving_default():
     request = client.RankingClient.predict_request("ctr", [b"a", b"bc"], version=3)
     assert (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value) == (
