@@ -186,8 +186,11 @@ class ReadAndCheckFn(beam.DoFn):
                     path, index, WRONG_TYPE, name, f"has {kind} where a bytes_list belongs", record, COUNTER_NAMESPACE
                 )
                 return
-        request_id, video_id = _bytes_value(feature_map, features.REQUEST_ID), _bytes_value(feature_map, "FEA_VID")
-        for name, value in ((features.REQUEST_ID, request_id), ("FEA_VID", video_id)):
+        request_id, video_id = (
+            _bytes_value(feature_map, features.REQUEST_ID),
+            _bytes_value(feature_map, features.VIDEO_FEATURE),
+        )
+        for name, value in ((features.REQUEST_ID, request_id), (features.VIDEO_FEATURE, video_id)):
             if value is None:
                 yield beam_jobs.reject(
                     path, index, MISSING_ID, name, "is missing or not one value", record, COUNTER_NAMESPACE

@@ -82,7 +82,9 @@ def _single_value(example: tf.train.Example, name: str) -> bytes:
 def video_length_seconds(example: tf.train.Example) -> float:
     bucket = _single_value(example, features.DURATION_FEATURE).decode()
     if bucket == features.MISSING_VALUE:
-        raise ValueError(f"candidate {_single_value(example, 'FEA_VID').decode()!r} has no {features.DURATION_FEATURE}")
+        raise ValueError(
+            f"candidate {_single_value(example, features.VIDEO_FEATURE).decode()!r} has no {features.DURATION_FEATURE}"
+        )
     return features.bucket_seconds(int(bucket))
 
 
