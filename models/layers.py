@@ -77,21 +77,32 @@ class FeatureCross(tf.keras.layers.Layer):
         candidate), candidates [batch, c, dim] -> ([1 or batch, r * dim + r(r-1)/2], [batch,
         c * dim + c * r + c(c-1)/2]). With the request at batch 1 its part is computed once,
         and so can be everything that reads only it (a first layer's rows for those columns).
-        `split_columns` says where each column is in `call` of the fields in another order.
+        The candidates' part is their embeddings, their dots with the request's fields (every
+        one used: no gather, and the request is never copied to every row) and their pairs
+        among themselves. `split_columns` says where each column is in `call` of the fields in
+        another order.
         """
         fields, dim = request.shape[1], request.shape[2]
-        every = tf.concat([tf.broadcast_to(request, [tf.shape(candidates)[0], fields, dim]), candidates], axis=1)
+        candidate_fields = candidates.shape[1]
         request_dots = tf.matmul(request, request, transpose_b=True)  # [1 or batch, r, r]
-        candidate_dots = tf.matmul(candidates, every, transpose_b=True)  # [batch, c, r + c]
+        crossed = tf.matmul(candidates, request, transpose_b=True)  # [batch, c, r], the request broadcast
+        candidate_dots = tf.matmul(candidates, candidates, transpose_b=True)  # [batch, c, c]
         request_pairs = tf.gather(tf.reshape(request_dots, [-1, fields * fields]), _upper_pairs(fields), axis=1)
         candidate_pairs = tf.gather(
-            tf.reshape(candidate_dots, [-1, candidates.shape[1] * every.shape[1]]),
-            [c * every.shape[1] + i for c in range(candidates.shape[1]) for i in range(fields + c)],
+            tf.reshape(candidate_dots, [-1, candidate_fields * candidate_fields]),
+            _upper_pairs(candidate_fields),
             axis=1,
         )
         return (
             tf.concat([tf.reshape(request, [-1, fields * dim]), request_pairs], axis=1),
-            tf.concat([tf.reshape(candidates, [-1, candidates.shape[1] * dim]), candidate_pairs], axis=1),
+            tf.concat(
+                [
+                    tf.reshape(candidates, [-1, candidate_fields * dim]),
+                    tf.reshape(crossed, [-1, candidate_fields * fields]),
+                    candidate_pairs,
+                ],
+                axis=1,
+            ),
         )
 
     @staticmethod
@@ -101,20 +112,19 @@ class FeatureCross(tf.keras.layers.Layer):
         `split(fields[:, request], fields[:, candidates])` equals `call(fields)[:, columns]` for
         each part's `columns`; together the parts cover every column once.
         """
-        order = [*request, *candidates]
-        fields = len(order)
+        fields = len(request) + len(candidates)
         pair_column = {pair: fields * dim + k for k, pair in enumerate(_index_pairs(fields))}
 
         def flat(indices: Sequence[int]) -> list[int]:
             return [index * dim + k for index in indices for k in range(dim)]
 
         def pair(a: int, b: int) -> int:
-            return pair_column[(min(order[a], order[b]), max(order[a], order[b]))]
+            return pair_column[(min(a, b), max(a, b))]
 
-        r = len(request)
-        request_pairs = [pair(a, b) for a, b in _index_pairs(r)]
-        candidate_pairs = [pair(r + c, i) for c in range(len(candidates)) for i in range(r + c)]
-        return flat(request) + request_pairs, flat(candidates) + candidate_pairs
+        request_pairs = [pair(request[i], request[j]) for i, j in _index_pairs(len(request))]
+        crossed = [pair(candidate, field) for candidate in candidates for field in request]
+        candidate_pairs = [pair(candidates[i], candidates[j]) for i, j in _index_pairs(len(candidates))]
+        return flat(request) + request_pairs, flat(candidates) + crossed + candidate_pairs
 
 
 def _index_pairs(fields: int) -> list[tuple[int, int]]:
