@@ -11,6 +11,12 @@ Transform's `custom_config` (the trainer gets the same one):
 - the labels pass through: `label` as int64 [batch], `cvrlabel` as float32 [batch].
 A fixed width and fixed id ranges make the model's inputs and the serving signatures
 static, and the same for every run with the same config.
+
+The graph encodes table by table, not feature by feature: the values of all a table's
+features are hashed or looked up, and checked for missing, in one pass over their flat
+concatenation; only the int64 ids are then split back, padded and cut per feature. Serving
+runs this graph on every request of a few hundred rows, where its cost is mostly per op
+and per string copied, so it keeps both few: no string is padded, cut or copied per feature.
 """
 
 from __future__ import annotations
@@ -34,44 +40,58 @@ def feature_config_from(custom_config: Mapping | None) -> features.FeatureConfig
     return features.FeatureConfig.from_dict(custom_config[FEATURES_CONFIG_KEY])
 
 
-def _padded_strings(value: tf.Tensor | tf.SparseTensor | tf.RaggedTensor, width: int) -> tf.Tensor:
-    """A string feature as a dense [batch, width] tensor, `-1` where nothing is."""
-    if isinstance(value, tf.SparseTensor):
-        dense = tf.sparse.to_dense(value, default_value=features.MISSING_VALUE)
-    elif isinstance(value, tf.RaggedTensor):
-        dense = value.to_tensor(default_value=features.MISSING_VALUE)
-    else:
-        dense = tf.reshape(value, [tf.shape(value)[0], -1])
-    dense = dense[:, :width]
-    dense = tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]], constant_values=features.MISSING_VALUE)
-    return tf.reshape(dense, [-1, width])
+def _rows(value: tf.Tensor | tf.SparseTensor | tf.RaggedTensor) -> tf.SparseTensor | tf.RaggedTensor:
+    """A feature's values by row: sparse and ragged ones as they come, a dense one as ragged."""
+    if isinstance(value, tf.Tensor):
+        return tf.RaggedTensor.from_tensor(tf.reshape(value, [tf.shape(value)[0], -1]))
+    return value
+
+
+def _first_values(rows: tf.SparseTensor | tf.RaggedTensor, width: int) -> tf.Tensor:
+    """The values among each row's first `width`, flat."""
+    if isinstance(rows, tf.SparseTensor):
+        return tf.boolean_mask(rows.values, rows.indices[:, 1] < width)
+    return rows[:, :width].values
+
+
+def _padded_ids(rows: tf.SparseTensor | tf.RaggedTensor, ids: tf.Tensor, width: int) -> tf.Tensor:
+    """`ids`, one per value of `rows`, as [batch, width]: each row's first `width`, then the missing id."""
+    if isinstance(rows, tf.SparseTensor):
+        # at least `width` wide, so that the rows over the cap fit before the cut
+        shape = tf.maximum(rows.dense_shape, [0, width])
+        dense = tf.sparse.to_dense(tf.SparseTensor(rows.indices, ids, shape), features.MISSING_ID)
+        return tf.slice(dense, [0, 0], [-1, width])
+    return rows.with_values(ids).to_tensor(features.MISSING_ID, shape=[None, width])
 
 
 def _is_missing(strings: tf.Tensor) -> tf.Tensor:
     return tf.logical_or(tf.equal(strings, features.MISSING_VALUE), tf.equal(strings, ""))
 
 
-def encode_table(strings: Mapping[str, tf.Tensor], table: features.TableSpec) -> dict[str, tf.Tensor]:
-    """Ids of every feature of one table, from its [batch, width] strings."""
+def encode_table(inputs: Mapping[str, tf.Tensor], table: features.TableSpec) -> dict[str, tf.Tensor]:
+    """Ids of every feature of one table, [batch, max_values] each, from one pass over all their values.
+
+    Values past a row's cap are encoded too, and their ids cut: cheaper than cutting strings.
+    """
+    rows = {name: _rows(inputs[name]) for name in table.features}
+    widths = {name: features.FEATURES_BY_NAME[name].max_values for name in table.features}
+    values = tf.concat([value.values for value in rows.values()], axis=0)
+    missing = _is_missing(values)
     if table.encoding == features.Encoding.HASH:
-        encoded = {name: tf.strings.to_hash_bucket_fast(value, table.size - 1) + 1 for name, value in strings.items()}
+        ids = tf.strings.to_hash_bucket_fast(values, table.size - 1) + 1
     else:
-        present = [tf.boolean_mask(value, tf.logical_not(_is_missing(value))) for value in strings.values()]
+        kept = tf.concat([_first_values(rows[name], width) for name, width in widths.items()], axis=0)
         vocabulary = tft.vocabulary(
-            tf.concat(present, axis=0), top_k=table.vocabulary_top_k, vocab_filename=f"vocabulary_{table.name}"
+            tf.boolean_mask(kept, tf.logical_not(_is_missing(kept))),
+            top_k=table.vocabulary_top_k,
+            vocab_filename=f"vocabulary_{table.name}",
         )
-        encoded = {
-            name: tft.apply_vocabulary(value, vocabulary, default_value=-1) + FIRST_VOCABULARY_ID
-            for name, value in strings.items()
-        }
-        encoded = {
-            name: tf.where(ids < FIRST_VOCABULARY_ID, tf.constant(OOV_ID, tf.int64), ids)
-            for name, ids in encoded.items()
-        }
-    return {
-        name: tf.where(_is_missing(strings[name]), tf.constant(features.MISSING_ID, tf.int64), ids)
-        for name, ids in encoded.items()
-    }
+        # a value out of the vocabulary looks up as OOV_ID - FIRST_VOCABULARY_ID: the shift makes it OOV_ID
+        ids = tft.apply_vocabulary(values, vocabulary, default_value=OOV_ID - FIRST_VOCABULARY_ID)
+        ids += FIRST_VOCABULARY_ID
+    ids = tf.where(missing, tf.constant(features.MISSING_ID, tf.int64), ids)
+    parts = tf.split(ids, [tf.size(value.values) for value in rows.values()]) if len(rows) > 1 else [ids]
+    return {name: _padded_ids(rows[name], part, width) for (name, width), part in zip(widths.items(), parts)}
 
 
 def preprocessing_fn(inputs: Mapping[str, tf.Tensor], custom_config: Mapping | None = None) -> dict[str, tf.Tensor]:
@@ -79,10 +99,7 @@ def preprocessing_fn(inputs: Mapping[str, tf.Tensor], custom_config: Mapping | N
     config = feature_config_from(custom_config)
     outputs: dict[str, tf.Tensor] = {}
     for table in config.tables:
-        strings = {
-            name: _padded_strings(inputs[name], features.FEATURES_BY_NAME[name].max_values) for name in table.features
-        }
-        outputs.update(encode_table(strings, table))
+        outputs.update(encode_table(inputs, table))
     outputs[features.CLICK_LABEL] = tf.reshape(tf.cast(_dense(inputs[features.CLICK_LABEL]), tf.int64), [-1])
     outputs[features.WATCH_RATIO_LABEL] = tf.reshape(
         tf.cast(_dense(inputs[features.WATCH_RATIO_LABEL]), tf.float32), [-1]
