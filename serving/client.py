@@ -234,7 +234,6 @@ class RankingClient:
         """
         if not candidates:
             raise ValueError("no candidates to rank")
-        videos, lengths = videos_and_lengths(candidates)
         sent = candidates
         if context is None and send_context_once:
             split = split_context(candidates)
@@ -242,27 +241,38 @@ class RankingClient:
                 context, sent = split
         serialized = [candidate.SerializeToString() for candidate in sent]
         context_bytes = None if context is None else context.SerializeToString()
-        scores = self._rank_scores(serialized, context_bytes, weights) if self.rank_model else None
+        # The Predicts go out first: the client reads the candidates' ids and lengths while the server scores.
+        pending = self._predicts(serialized, context_bytes, weights)
+        try:
+            videos, lengths = videos_and_lengths(candidates)
+        except ValueError:
+            for future in pending.values():
+                future.cancel()
+            raise
+        scores = self._rank_scores(pending["rank"]) if "rank" in pending else None
         if scores is None:
-            futures = {
-                task: self.stub.Predict.future(
-                    self.predict_request(model, serialized, context=context_bytes), timeout=self.timeout
-                )
-                for task, model in self.models.items()
-            }
-            pctr, pcvr = (self.scores(futures[task].result()) for task in ("ctr", "cvr"))
+            if "rank" in pending:  # the server has no rank model: the task models are asked from now on
+                pending = self._predicts(serialized, context_bytes, weights)
+            pctr, pcvr = (self.scores(pending[task].result()) for task in ("ctr", "cvr"))
             scores = pctr, pcvr, rankscore(pctr, pcvr, lengths, weights)
         columns = [np.asarray(column, dtype=np.float64).tolist() for column in (*scores[:2], lengths, scores[2])]
         ranked = [ScoredCandidate(video, *values) for video, *values in zip(videos, *columns)]
         return sorted(ranked, key=lambda candidate: -candidate.rankscore)
 
-    def _rank_scores(
-        self, serialized: list[bytes], context: bytes | None, weights: RankWeights
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(pCTR, pCVR, rankscore) from the rank model; None if the server has none (then never asked again)."""
-        request = self.predict_request(self.rank_model, serialized, context=context, weights=weights)
+    def _predicts(self, serialized: list[bytes], context: bytes | None, weights: RankWeights) -> dict[str, grpc.Future]:
+        """The Predicts of one ranking, sent: to the rank model ("rank"), or else to each task model (by task)."""
+        if self.rank_model:
+            request = self.predict_request(self.rank_model, serialized, context=context, weights=weights)
+            return {"rank": self.stub.Predict.future(request, timeout=self.timeout)}
+        requests = {
+            task: self.predict_request(model, serialized, context=context) for task, model in self.models.items()
+        }
+        return {task: self.stub.Predict.future(request, timeout=self.timeout) for task, request in requests.items()}
+
+    def _rank_scores(self, pending: grpc.Future) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(pCTR, pCVR, rankscore) from the rank model's answer; None if the server has none (never asked again)."""
         try:
-            response = self.stub.Predict(request, timeout=self.timeout)
+            response = pending.result()
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise

@@ -191,6 +191,21 @@ def test_context_is_split_off_only_when_every_candidate_shares_it(served_models)
     assert all("FEA_UCAT" in candidate.features.feature for candidate in request[1:])  # nothing changed
 
 
+class _Recorded:
+    """A stub method that keeps each request it sends, called or as a future."""
+
+    def __init__(self, method, sent: list):
+        self.method, self.sent = method, sent
+
+    def __call__(self, request, **kwargs):
+        self.sent.append(request)
+        return self.method(request, **kwargs)
+
+    def future(self, request, **kwargs):
+        self.sent.append(request)
+        return self.method.future(request, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def served_with_rank(served_models, tmp_path_factory):
     """The fixture's CTR and CVR models and the joint rank model, under one server."""
@@ -219,8 +234,7 @@ def test_ranking_by_the_rank_model_in_one_call_scores_as_the_trained_network(
     weights = client.RankWeights(ctr=1.0, cvr=2.0, length=0.5)
     sent = []
     with client.RankingClient(served_with_rank) as ranking:
-        predict = ranking.stub.Predict
-        ranking.stub.Predict = lambda request, **kwargs: sent.append(request) or predict(request, **kwargs)
+        ranking.stub.Predict = _Recorded(ranking.stub.Predict, sent)
         ranked = ranking.rank(examples, weights)
     assert [(request.model_spec.name, request.model_spec.signature_name) for request in sent] == [
         ("rank", "serving_context" if shared_context else "serving_default")
