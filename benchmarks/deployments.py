@@ -5,7 +5,8 @@ client), not against this tree's own ways of asking. For each deployment, a git 
 (`git archive`; "." is this tree): trains S-Weight with that revision's own code
 (its `exported_models.trained_model`, on its own cached data), exports the ctr, cvr and
 rank models as that revision pushes them, starts its `lt4rec serve`, and ranks through its
-own `serving/client.py` in a client process of its own. Then it alternates --rounds
+own `serving/client.py` in a client process of its own (this tree's load loop,
+`ranking_load.py`, over it). Then it alternates --rounds
 rounds of --seconds for every deployment and way of asking at each concurrency, so that
 the machine's drift falls on all alike. A request is one user's 200 candidates of the test
 day (grpc_latency.ranking_requests). Prints per row the requests/s of every round, their
@@ -30,10 +31,11 @@ from exported_models import raw_requests
 from grpc_latency import ranking_requests, wait_until_serving
 from lt4rec.testing.trainer_cluster import free_ports
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+REPOSITORY = os.path.dirname(BENCHMARKS)
 # setup.py installs these folders as subpackages of lt4rec (lt4rec/ itself is the package root).
 SUBPACKAGES = ("components", "logs", "models", "pipeline", "serving")
-WAYS = {"two models, whole examples": (False, False), "rank model, context once": (True, True)}
+WAYS = ("two models, whole examples", "rank model, context once")  # of ranking_load.MODES
 
 EXPORT = """
 import os, sys
@@ -48,12 +50,13 @@ for task in masks.TASKS:
 export.export_rank_model(model, transform_output, os.path.join(out, export.RANK_MODEL, "1"))
 """
 
-# A client process of one deployment: its own client code, commanded by JSON lines on stdin.
+# A client process of one deployment: this tree's load loop over the revision's own client,
+# commanded by JSON lines on stdin.
 CLIENT = """
-import json, pickle, resource, sys, threading, time
-import grpc, numpy as np, tensorflow as tf
-from lt4rec.serving import client
-target = sys.argv[1]
+import json, pickle, resource, sys
+sys.path.insert(0, sys.argv[3])
+import tensorflow as tf
+from ranking_load import load_test
 parse = tf.train.Example.FromString
 requests = [
     (parse(c), [parse(s) for s in st], [parse(w) for w in wh]) for c, st, wh in pickle.load(open(sys.argv[2], "rb"))
@@ -61,39 +64,11 @@ requests = [
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     command = json.loads(line)
-    rank_model, context_once, concurrency = command["rank_model"], command["context_once"], command["concurrency"]
-    latencies, errors, lock = [], [], threading.Lock()
-    stop_at = time.perf_counter() + command["seconds"]
-    def worker(offset):
-        with client.RankingClient(target, timeout=30.0, rank_model="rank" if rank_model else None) as ranking:
-            index = offset
-            while time.perf_counter() < stop_at:
-                context, stripped, whole = requests[index % len(requests)]
-                start = time.perf_counter()
-                try:
-                    if context_once:
-                        ranking.rank(stripped, context=context)
-                    else:
-                        ranking.rank(whole, send_context_once=False)
-                    with lock:
-                        latencies.append(time.perf_counter() - start)
-                except grpc.RpcError as error:
-                    with lock:
-                        errors.append(error.code().name)
-                index += concurrency
-    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(concurrency)]
-    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    milliseconds = 1000 * np.asarray(latencies or [float("nan")])
-    print(json.dumps({
-        "requests": len(latencies), "rps": len(latencies) / wall, "errors": len(errors),
-        "p50": float(np.percentile(milliseconds, 50)), "p99": float(np.percentile(milliseconds, 99)),
-        "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-    }), flush=True)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = load_test(sys.argv[1], requests, command["way"], command["concurrency"], command["seconds"])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(json.dumps({**result, "errors": len(result["errors"]), "cpu_seconds": cpu_seconds}), flush=True)
 """
 
 
@@ -165,7 +140,7 @@ def main() -> None:
             processes.append(server)
             wait_until_serving(f"localhost:{port}")
             ranking = subprocess.Popen(
-                [sys.executable, "-c", CLIENT, f"localhost:{port}", requests_file],
+                [sys.executable, "-c", CLIENT, f"localhost:{port}", requests_file, BENCHMARKS],
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -177,10 +152,8 @@ def main() -> None:
 
         def run(revision: str, way: str, concurrency: int, seconds: float) -> dict:
             server, ranking = deployments[revision]
-            rank_model, context_once = WAYS[way]
-            command = {"rank_model": rank_model, "context_once": context_once}
             before = server_cpu_seconds(server.pid)
-            ranking.stdin.write(json.dumps({**command, "concurrency": concurrency, "seconds": seconds}) + "\n")
+            ranking.stdin.write(json.dumps({"way": way, "concurrency": concurrency, "seconds": seconds}) + "\n")
             ranking.stdin.flush()
             result = json.loads(ranking.stdout.readline())
             result["server_cpu_seconds"] = server_cpu_seconds(server.pid) - before

@@ -28,11 +28,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import grpc
-import numpy as np
 import tensorflow as tf
 
 from exported_models import raw_requests, trained_model, trained_transform
@@ -40,6 +38,7 @@ from lt4rec import features
 from lt4rec.models import export, masks
 from lt4rec.serving import client
 from lt4rec.testing.trainer_cluster import free_ports
+from ranking_load import MODES, load_test
 
 
 def wait_until_serving(
@@ -59,14 +58,6 @@ def wait_until_serving(
                 time.sleep(0.5)
 
 
-MODES = {  # name: (rank model, context once)
-    "two models, whole examples": (None, False),
-    "two models, context once": (None, True),
-    "rank model, whole examples": (export.RANK_MODEL, False),
-    "rank model, context once": (export.RANK_MODEL, True),
-}
-
-
 def ranking_requests(
     records: list[list[bytes]],
 ) -> list[tuple[tf.train.Example, list[tf.train.Example], list[tf.train.Example]]]:
@@ -80,52 +71,6 @@ def ranking_requests(
         context, stripped = client.split_context(examples)
         requests.append((context, stripped, examples))
     return requests
-
-
-def load_test(target: str, requests: list, mode: str, concurrency: int, seconds: float) -> dict:
-    rank_model, context_once = MODES[mode]
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
-
-    def worker(offset: int) -> None:
-        with client.RankingClient(target, timeout=30.0, rank_model=rank_model) as ranking:
-            index = offset
-            while time.perf_counter() < stop_at:
-                context, stripped, whole = requests[index % len(requests)]
-                start = time.perf_counter()
-                try:
-                    if context_once:
-                        ranking.rank(stripped, context=context)
-                    else:
-                        ranking.rank(whole, send_context_once=False)
-                    elapsed = time.perf_counter() - start
-                    with lock:
-                        latencies.append(elapsed)
-                except grpc.RpcError as error:
-                    with lock:
-                        errors.append(f"{error.code().name}: {error.details()}")
-                index += concurrency
-            if rank_model is not None and ranking.rank_model is None:
-                with lock:
-                    errors.append("the server has no rank model")
-
-    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    milliseconds = 1000 * np.asarray(latencies)
-    return {
-        "requests": len(latencies),
-        "p50": float(np.percentile(milliseconds, 50)) if latencies else float("nan"),
-        "p99": float(np.percentile(milliseconds, 99)) if latencies else float("nan"),
-        "rps": len(latencies) / wall,
-        "errors": errors,
-    }
 
 
 def main() -> None:
