@@ -19,6 +19,7 @@ time per ranking of the server process and of the client process (they share the
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import pickle
@@ -33,8 +34,6 @@ from lt4rec.testing.trainer_cluster import free_ports
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 REPOSITORY = os.path.dirname(BENCHMARKS)
-# setup.py installs these folders as subpackages of lt4rec (lt4rec/ itself is the package root).
-SUBPACKAGES = ("components", "logs", "models", "pipeline", "serving")
 WAYS = ("two models, whole examples", "rank model, context once")  # of ranking_load.MODES
 
 EXPORT = """
@@ -86,9 +85,17 @@ def unpack(revision: str, folder: str) -> tuple[str, dict[str, str]]:
     os.makedirs(package)
     for name in os.listdir(os.path.join(source, "lt4rec")):
         os.symlink(os.path.join(source, "lt4rec", name), os.path.join(package, name))
-    for name in SUBPACKAGES:
+    for name in subpackages(os.path.join(source, "setup.py")):
         os.symlink(os.path.join(source, name), os.path.join(package, name))
     return source, {**env, "PYTHONPATH": os.path.dirname(package)}
+
+
+def subpackages(setup_py: str) -> tuple[str, ...]:
+    """The folders a revision's setup.py installs as subpackages of lt4rec (its `SUBPACKAGES`), read, not run."""
+    for node in ast.parse(open(setup_py).read()).body:
+        if isinstance(node, ast.Assign) and [getattr(target, "id", None) for target in node.targets] == ["SUBPACKAGES"]:
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"{setup_py} names no SUBPACKAGES: cannot lay out its lt4rec package")
 
 
 def server_cpu_seconds(pid: int) -> float:
