@@ -196,7 +196,7 @@ def main() -> None:
                 f"(dense {networks['dense'].layer_widths}); paths "
                 + ", ".join(
                     f"{p.path} (density {p.density:.2f}"
-                    + (f", dense {p.dense_us:.0f} us vs sparse {p.sparse_us:.0f} us)" if p.dense_us else ")")
+                    + (f", CPU dense {p.dense_us:.0f} us vs sparse {p.sparse_us:.0f} us)" if p.dense_us else ")")
                     for p in compacted.layer_paths
                 )
             )

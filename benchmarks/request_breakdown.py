@@ -13,6 +13,8 @@ timed side by side in interleaved rounds (median ms per call):
   MLP can gain), both task models called one after the other (what
   ranking needs), and the rank model (whole examples; context once).
 Sizes on disk of each, and of the pair against two dense models, close the report.
+TensorFlow runs each op on --intra-op-threads threads, by default as `lt4rec serve` does
+(one), under which the exports also choose their layers' paths by CPU time.
 
     .venv/bin/python benchmarks/request_breakdown.py
 """
@@ -20,6 +22,7 @@ Sizes on disk of each, and of the pair against two dense models, close the repor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import tempfile
@@ -38,6 +41,12 @@ from exported_models import (
 from grpc_latency import ranking_requests
 from lt4rec import features
 from lt4rec.models import export, masks
+from lt4rec.serving.settings import ServerSettings
+
+# How many threads `lt4rec serve` gives one op unless told.
+SERVE_INTRA_OP = next(
+    field.default for field in dataclasses.fields(ServerSettings) if field.name == "tensorflow_intra_op_parallelism"
+)
 
 
 def stage_functions(
@@ -82,8 +91,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=30, help="Calls per variant per round.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=SERVE_INTRA_OP,
+        help="Threads per TensorFlow op, as lt4rec serve's --tensorflow-intra-op-parallelism (0: one per core).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
     model, _ = trained_model(args.rows, masks.CONNECTION, args.min_sparsity, args.seed)
     transform_output = trained_transform(args.rows, args.seed)
@@ -103,7 +119,8 @@ def main() -> None:
     context_bytes = tf.constant(context.SerializeToString())
     weights = tf.constant([1.0, 1.0, 1.0])
     print(
-        f"S-Weight, {args.rows} generated impressions; one request: {len(whole)} candidates, "
+        f"S-Weight, {args.rows} generated impressions; {args.intra_op_threads} thread(s) per op (0: one per core); "
+        f"one request: {len(whole)} candidates, "
         f"{sum(len(e) for e in examples.numpy()) / 1e3:.0f} kB whole, "
         f"{(sum(len(e) for e in candidates.numpy()) + len(context_bytes.numpy())) / 1e3:.0f} kB with the context once"
     )

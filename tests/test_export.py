@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -93,6 +94,15 @@ def test_measured_choice_is_recorded_with_its_timings():
     assert choice.density == pytest.approx(np.count_nonzero(very_sparse) / very_sparse.size)
     dense = export.choose_matmul_path(rng.normal(size=(64, 32)).astype(np.float32), batch=200)
     assert dense.path == export.DENSE and dense.dense_us is None  # too dense to try
+
+
+def test_matmul_paths_are_timed_in_cpu_time_not_wall_time():
+    """`lt4rec serve` runs an op on one thread and is bound by its cores under load: what a
+    path costs is its CPU time over every thread, and time spent waiting costs nothing. (By
+    the wall clock, a dense matmul split over the exporting process's cores looked cheaper
+    than the sparse one that costs less CPU.)"""
+    waiting = tf.function(lambda: tf.py_function(lambda: time.sleep(0.02) or 0.0, [], tf.float32))
+    assert export._best_time(waiting, repeats=3) < 10_000  # microseconds; the wall clock says at least 20,000
 
 
 SMALL = dict(embedding_dim=8, hidden_units=(32, 16), ctr_tower_units=(16, 8), expert_units=(16, 8), tower_units=(8,))
