@@ -12,7 +12,8 @@ alone (what the masks change) on a [200, inputs] batch, and the whole `serving_d
 signature on 200 serialized raw tf.Examples (parse, Transform, embeddings, cross, MLP).
 Size: each task's SavedModel on disk and its variables' bytes, and the resident memory a
 fresh process gains by loading the CTR and CVR models and scoring once, for the sparse
-pair against the two dense models.
+pair against the two dense models. TensorFlow runs each op on --intra-op-threads threads,
+by default as `lt4rec serve` does (one).
 
     .venv/bin/python benchmarks/exported_models.py
 """
@@ -20,6 +21,7 @@ pair against the two dense models.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -39,9 +41,14 @@ from lt4rec import features
 from lt4rec.models import export, masks
 from lt4rec.models.config import NEURON
 from lt4rec.pipeline import configs
+from lt4rec.serving.settings import ServerSettings
 from transformed_logs import data_folder, load
 
 KINDS = ("dense", "folded", "compacted")
+# How many threads `lt4rec serve` gives one op unless told: the serving benchmarks time under it.
+SERVE_INTRA_OP = next(
+    field.default for field in dataclasses.fields(ServerSettings) if field.name == "tensorflow_intra_op_parallelism"
+)
 CANDIDATES = 200
 
 
@@ -140,6 +147,16 @@ def resident_bytes(paths: list[str], request_file: str) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+def add_intra_op_threads(parser: argparse.ArgumentParser) -> None:
+    """--intra-op-threads: TensorFlow's threads per op while timing, by default `lt4rec serve`'s."""
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=SERVE_INTRA_OP,
+        help="Threads per TensorFlow op, as lt4rec serve's --tensorflow-intra-op-parallelism (0: one per core).",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000, help="Generated impressions (2 of 4 days train).")
@@ -153,8 +170,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=30, help="Calls per variant per round.")
     parser.add_argument("--seed", type=int, default=0)
+    add_intra_op_threads(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
     requests = raw_requests(args.rows, args.seed)
     request = tf.constant(requests[0])
@@ -163,7 +182,10 @@ def main() -> None:
     request_file = os.path.join(out, "request.bin")
     with open(request_file, "wb") as f:
         f.write(b"\0SPLIT\0".join(requests[0]))
-    print(f"{args.rows} generated impressions; {CANDIDATES} candidates per request; exports under {out}")
+    print(
+        f"{args.rows} generated impressions; {CANDIDATES} candidates per request; "
+        f"{args.intra_op_threads} thread(s) per op (0: one per core); exports under {out}"
+    )
 
     for granularity in args.granularities:
         start = time.perf_counter()

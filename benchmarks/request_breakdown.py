@@ -22,7 +22,6 @@ TensorFlow runs each op on --intra-op-threads threads, by default as `lt4rec ser
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import tempfile
@@ -31,6 +30,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from exported_models import (
+    add_intra_op_threads,
     folder_bytes,
     raw_requests,
     task_networks,
@@ -41,12 +41,6 @@ from exported_models import (
 from grpc_latency import ranking_requests
 from lt4rec import features
 from lt4rec.models import export, masks
-from lt4rec.serving.settings import ServerSettings
-
-# How many threads `lt4rec serve` gives one op unless told.
-SERVE_INTRA_OP = next(
-    field.default for field in dataclasses.fields(ServerSettings) if field.name == "tensorflow_intra_op_parallelism"
-)
 
 
 def stage_functions(
@@ -91,12 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=30, help="Calls per variant per round.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--intra-op-threads",
-        type=int,
-        default=SERVE_INTRA_OP,
-        help="Threads per TensorFlow op, as lt4rec serve's --tensorflow-intra-op-parallelism (0: one per core).",
-    )
+    add_intra_op_threads(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
