@@ -9,8 +9,8 @@ task's model compacted, and the joint rank model); the dense single-task model o
 shape (the unpruned network, every mask full) is timed beside them, and a single-task model
 trained on the same batches gives the quality to beat. Latency: the whole `serving_default`
 call on 200 raw candidates of a loaded SavedModel, every point timed side by side in
-interleaved rounds in one process (median ms). Writes OUT.json and OUT.png: CTR AUC against
-the CTR model's latency, CVR MSE against the CVR model's.
+interleaved rounds in a fresh process on lt4rec serve's threads per op (median ms). Writes
+OUT.json and OUT.png: CTR AUC against the CTR model's latency, CVR MSE against the CVR model's.
 
     .venv/bin/python benchmarks/frontier.py                  # 200k impressions, seed 0
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
 import time
@@ -27,7 +28,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 import comparison
-from exported_models import folder_bytes, raw_requests, time_side_by_side
+from exported_models import add_intra_op_threads, folder_bytes, raw_requests, time_side_by_side
 from lt4rec import features
 from lt4rec.models import export, masks, sparse_sharing, training
 from lt4rec.pipeline import configs
@@ -90,6 +91,25 @@ def structure_points(name: str, train: dict, test, args, build_batch: dict, tran
     return points
 
 
+def time_exports(
+    paths: dict[tuple[int, str], str], request: list[bytes], intra_op_threads: int, rounds: int, calls: int
+) -> dict[tuple[int, str], float]:
+    """Median ms of each export's `serving_default` on `request`, timed side by side.
+
+    Runs in a fresh process: TensorFlow fixes its threads per op when it starts, and the
+    training before it wants every core, while `lt4rec serve` runs each op on one thread.
+    """
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    examples = tf.constant(request)
+    weights = tf.constant([1.0, 1.0, 1.0])
+    functions = {}
+    for key, path in paths.items():
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+        extra = {"rank_weights": weights} if key[1] == "rank" else {}
+        functions[key] = lambda s=signature, e=extra: s(examples=examples, **e)
+    return time_side_by_side(functions, rounds, calls)
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
 
@@ -140,13 +160,14 @@ def main() -> None:
     )
     parser.add_argument("--timing-rounds", type=int, default=7, help="Interleaved timing rounds.")
     parser.add_argument("--calls", type=int, default=20, help="Calls per model per timing round.")
+    add_intra_op_threads(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     start = time.perf_counter()
     train, test, folder = comparison.load_transformed(args)
     transform_output = tft.TFTransformOutput(os.path.join(folder, "transform"))
-    request = tf.constant(raw_requests(args.rows, args.seed, folder=folder)[0])
+    request = raw_requests(args.rows, args.seed, folder=folder)[0]
     build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
     out = tempfile.mkdtemp(prefix="lt4rec-frontier-")
     print(
@@ -174,14 +195,11 @@ def main() -> None:
         for point in structure_points(name, train, test, args, build_batch, transform_output, out)
     ]
 
-    weights = tf.constant([1.0, 1.0, 1.0])
-    calls = {}
-    for index, point in enumerate([dense, *points]):
-        for kind, path in point["paths"].items():
-            signature = tf.saved_model.load(path).signatures["serving_default"]
-            extra = {"rank_weights": weights} if kind == "rank" else {}
-            calls[(index, kind)] = lambda s=signature, e=extra: s(examples=request, **e)
-    ms = time_side_by_side(calls, args.timing_rounds, args.calls)
+    paths = {
+        (index, kind): path for index, point in enumerate([dense, *points]) for kind, path in point["paths"].items()
+    }
+    with multiprocessing.get_context("spawn").Pool(1) as child:
+        ms = child.apply(time_exports, (paths, request, args.intra_op_threads, args.timing_rounds, args.calls))
     for index, point in enumerate([dense, *points]):
         point["ms"] = {kind: ms[(index, kind)] for kind in point["paths"]}
         point["disk_mb"] = {kind: folder_bytes(path) / 1e6 for kind, path in point["paths"].items()}
