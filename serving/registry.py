@@ -374,8 +374,10 @@ class ModelRegistry:
                     unloaded += 1
             current = candidates = None  # noqa: F841 - the last references to unloaded versions here
             if unloaded:
-                # A loaded SavedModel sits in reference cycles: without a collection its
-                # memory stays (some 60 MB per swapped pair of models here).
+                # A loaded SavedModel sits in reference cycles (its functions' graphs, some 50k
+                # Python objects): only a full collection frees its memory (some 60 MB per
+                # swapped pair of models here). `lt4rec serve` freezes its start's objects
+                # (`server.freeze_startup_objects`), so the collection walks little else.
                 gc.collect()
             # Forget the problems of versions no longer wanted (removed, or superseded).
             for subject in [

@@ -9,6 +9,7 @@ are `servicer.py`'s.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -188,9 +189,24 @@ def set_tensorflow_threads(settings: ServerSettings) -> None:
     )
 
 
+def freeze_startup_objects() -> None:
+    """Puts what the process holds before any model loads out of the garbage collector's walks.
+
+    The interpreter's, TensorFlow's and gRPC's objects (some 340k) live as long as the server,
+    yet every full collection walks them, holding the interpreter: the one that frees a
+    replaced version (`ModelRegistry.poll`) and those that loading a new one sets off. Frozen
+    (`gc.freeze`), they are skipped. Call it before the first model loads: a frozen model
+    would never be freed.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.info("%d objects of the process's start frozen out of garbage collection", gc.get_freeze_count())
+
+
 def serve(settings: ServerSettings) -> None:
     """Serves in the foreground until SIGTERM or SIGINT, then shuts down cleanly and returns."""
     set_tensorflow_threads(settings)
+    freeze_startup_objects()
     stop = threading.Event()
     received: list[str] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import gc
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 
 import grpc
 import numpy as np
@@ -23,6 +25,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -32,6 +35,7 @@ from tensorflow_serving.apis import (
 from lt4rec import errors
 from lt4rec.serving import server as serving_server
 from lt4rec.serving import servicer
+from lt4rec.serving.registry import ModelRegistry
 from tests.helpers import LT4REC
 
 pytestmark = pytest.mark.e2e
@@ -546,6 +550,32 @@ def test_new_versions_load_without_failing_requests(served_models, tmp_path):
     assert server.registry.loaded() == {"ctr": [1]}
 
 
+def test_replaced_versions_are_freed_by_the_poll_that_unloads_them(served_models, tmp_path):
+    """A loaded SavedModel sits in reference cycles: without a full collection its memory
+    stays until Python happens to run one (it may never, on an idle server)."""
+    base = tmp_path / "models"
+    for task in TASKS:
+        shutil.copytree(os.path.join(served_models.base_path, task, "1"), base / task / "1")
+    registry = ModelRegistry(str(base))
+    registry.poll()
+    # A function graph of each loaded version: in the cycles (the loaded object itself is not).
+    first = {
+        task: weakref.ref(
+            registry.get(model_pb2.ModelSpec(name=task)).signatures[servicer.DEFAULT_SIGNATURE].function.graph
+        )
+        for task in TASKS
+    }
+    for task in TASKS:
+        shutil.copytree(base / task / "1", base / task / "2")
+    gc.disable()  # no automatic collection to count on: the poll's own must free them
+    try:
+        registry.poll()
+    finally:
+        gc.enable()
+    assert registry.loaded() == {task: [2] for task in TASKS}
+    assert [task for task, graph in first.items() if graph() is not None] == []
+
+
 def test_start_fails_clearly_without_loadable_models(tmp_path):
     with pytest.raises(errors.DataError, match="does not exist"):
         serving_server.start_server(str(tmp_path / "missing"))
@@ -586,6 +616,10 @@ def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
                 break
         assert port, "".join(lines)
         assert any("TensorFlow threads: 2 per op, 3 ops at once" in line for line in lines), "".join(lines)
+        # What the process's start made is frozen out of garbage collection before any model
+        # loads: a frozen model could never be freed when a new version replaces it.
+        frozen = next(i for i, line in enumerate(lines) if "of the process's start frozen" in line)
+        assert frozen < next(i for i, line in enumerate(lines) if re.search(r"loaded \w+ version", line))
         raw = served_models.raw_examples[:BATCH]
         expected = served_models.expected("cvr", raw)
         signalled = threading.Event()
