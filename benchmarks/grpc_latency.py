@@ -73,6 +73,19 @@ def ranking_requests(
     return requests
 
 
+def pushed_models(rows: int, min_sparsity: float, seed: int, base: str) -> dict[str, export.TaskNetwork]:
+    """S-Weight trained on generated logs and pushed as the pipeline pushes it: version 1 of the
+    CTR, CVR and rank models under `base`. Returns the task models' exports."""
+    model, _ = trained_model(rows, masks.CONNECTION, min_sparsity, seed)
+    transform_output = trained_transform(rows, seed)
+    exported = {
+        task: export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))
+        for task in masks.TASKS
+    }
+    export.export_rank_model(model, transform_output, os.path.join(base, export.RANK_MODEL, "1"))
+    return exported
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000, help="Generated impressions (2 of 4 days train).")
@@ -83,17 +96,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    model, _ = trained_model(args.rows, masks.CONNECTION, args.min_sparsity, args.seed)
-    transform_output = trained_transform(args.rows, args.seed)
     base = tempfile.mkdtemp(prefix="lt4rec-grpc-")
-    for task in masks.TASKS:
-        exported = export.export_task_model(model, task, transform_output, os.path.join(base, task, "1"))
+    for task, exported in pushed_models(args.rows, args.min_sparsity, args.seed, base).items():
         print(
             f"{task}: compacted widths {exported.layer_widths}, "
             f"{100 * exported.kept_weights / exported.dense_weights:.1f}% of MLP weights, "
             f"paths {[p.path for p in exported.layer_paths]}"
         )
-    export.export_rank_model(model, transform_output, os.path.join(base, export.RANK_MODEL, "1"))
     requests = ranking_requests(raw_requests(args.rows, args.seed))
 
     (port,) = free_ports(1)

@@ -1,6 +1,6 @@
 """Hot swaps under load: how long a request waits while `lt4rec serve` swaps in new versions.
 
-Trains S-Weight and exports the CTR, CVR and rank models once, as grpc_latency.py does. Then,
+Trains S-Weight and pushes the CTR, CVR and rank models once (grpc_latency.pushed_models). Then,
 for each server (a git revision's `lt4rec serve`, deployments.unpack; "." is this tree), on
 a fresh copy of those exports, one client thread ranks (the rank model, the context once)
 for --seconds while every --swap-seconds a new version of all three models appears (copied,
@@ -28,8 +28,8 @@ import grpc
 import numpy as np
 
 from deployments import unpack
-from exported_models import raw_requests, trained_model, trained_transform
-from grpc_latency import ranking_requests, wait_until_serving
+from exported_models import raw_requests
+from grpc_latency import pushed_models, ranking_requests, wait_until_serving
 from lt4rec.models import export, masks
 from lt4rec.serving import client
 from lt4rec.testing.trainer_cluster import free_ports
@@ -99,13 +99,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    model, _ = trained_model(args.rows, masks.CONNECTION, 0.8, args.seed)
-    transform_output = trained_transform(args.rows, args.seed)
     work = tempfile.mkdtemp(prefix="lt4rec-swap-")
     exports = os.path.join(work, "exports")
-    for task in masks.TASKS:
-        export.export_task_model(model, task, transform_output, os.path.join(exports, task, "1"))
-    export.export_rank_model(model, transform_output, os.path.join(exports, export.RANK_MODEL, "1"))
+    pushed_models(args.rows, 0.8, args.seed, exports)
     requests = ranking_requests(raw_requests(args.rows, args.seed))
     servers = {revision: unpack(revision, os.path.join(work, revision)) for revision in [*args.revision, "."]}
     print(
