@@ -194,8 +194,12 @@ def remaining_fraction(masks: Mapping[str, np.ndarray]) -> float:
 
 
 def _keep_top(scores: np.ndarray, keep: int) -> np.ndarray:
-    """0/1 of scores' shape with the `keep` largest scores set (ties broken by position)."""
+    """0/1 of scores' shape with the `keep` largest scores set (ties broken by position).
+
+    Dropped items score -1 and stay dropped even when fewer than `keep` are left.
+    """
     flat = np.zeros(scores.size, np.float32)
+    keep = min(keep, int(np.count_nonzero(scores.ravel() >= 0)))
     if keep > 0:
         order = np.argsort(-scores.ravel(), kind="stable")
         flat[order[:keep]] = 1.0

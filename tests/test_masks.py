@@ -65,6 +65,12 @@ def test_pruning_keeps_the_largest_magnitudes_and_only_shrinks():
     assert values[kept].min() >= values[~kept].max()  # global threshold
     for name in kernels:
         assert np.all(second[name] <= first[name])  # a dropped weight never comes back
+    # Even when the round's count is more than the masks still keep (masks of round 3 asked
+    # for round 2's share, or dead units removed beyond the round's share), it only shrinks.
+    third = masks.prune_by_magnitude(kernels, second, 3, 0.5)
+    again = masks.prune_by_magnitude(kernels, third, 2, 0.5)
+    for name in kernels:
+        np.testing.assert_array_equal(again[name], third[name])
 
 
 def test_per_layer_scope_prunes_every_layer_alike():
