@@ -7,10 +7,13 @@ once per sparsity level, every task taking its search's mask of that round. Each
 scored on the test day (CTR AUC, CVR MSE) and exported as the pipeline pushes it (each
 task's model compacted, and the joint rank model); the dense single-task model of the same
 shape (the unpruned network, every mask full) is timed beside them, and a single-task model
-trained on the same batches gives the quality to beat. Latency: the whole `serving_default`
-call on 200 raw candidates of a loaded SavedModel, every point timed side by side in
-interleaved rounds in a fresh process on lt4rec serve's threads per op (median ms). Writes
-OUT.json and OUT.png: CTR AUC against the CTR model's latency, CVR MSE against the CVR model's.
+trained on the same batches gives the quality to beat. Latency, of a loaded SavedModel, every
+point timed side by side in interleaved rounds in a fresh process on lt4rec serve's threads
+per op (median ms), on two requests of 200 candidates: the general one (the whole
+`serving_default` call on the test day's first 200 rows, rows of many users, so every row's
+context is computed) and a ranking request (one user's candidates, the context sent and
+computed once: `serving_context`, as `lt4rec score` asks). Writes OUT.json and OUT.png: CTR
+AUC against the CTR model's latency, CVR MSE against the CVR model's.
 
     .venv/bin/python benchmarks/frontier.py                  # 200k impressions, seed 0
 """
@@ -29,12 +32,14 @@ import tensorflow_transform as tft
 
 import comparison
 from exported_models import add_intra_op_threads, folder_bytes, raw_requests, time_side_by_side
+from grpc_latency import ranking_requests
 from lt4rec import features
 from lt4rec.models import export, masks, sparse_sharing, training
 from lt4rec.pipeline import configs
 
 STRUCTURES = {configs.S_WEIGHT: "S-Weight (connections)", configs.S_NEURON: "S-Neuron (units)"}
 DENSE = "dense single-task"
+REQUESTS = {"request": "many users' rows, serving_default", "ranking": "one user's ranking, context once"}
 
 
 def _quality(model, test) -> dict[str, float]:
@@ -92,21 +97,30 @@ def structure_points(name: str, train: dict, test, args, build_batch: dict, tran
 
 
 def time_exports(
-    paths: dict[tuple[int, str], str], request: list[bytes], intra_op_threads: int, rounds: int, calls: int
-) -> dict[tuple[int, str], float]:
-    """Median ms of each export's `serving_default` on `request`, timed side by side.
+    paths: dict[tuple[int, str], str],
+    request: list[bytes],
+    ranking: tuple[bytes, list[bytes]],
+    intra_op_threads: int,
+    rounds: int,
+    calls: int,
+) -> dict[tuple[int, str, str], float]:
+    """Median ms of each export on `request` (`serving_default`) and on `ranking` (its
+    context and candidates, `serving_context`), every call timed side by side.
 
     Runs in a fresh process: TensorFlow fixes its threads per op when it starts, and the
     training before it wants every core, while `lt4rec serve` runs each op on one thread.
     """
     tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
     examples = tf.constant(request)
+    context, candidates = tf.constant(ranking[0]), tf.constant(ranking[1])
     weights = tf.constant([1.0, 1.0, 1.0])
     functions = {}
     for key, path in paths.items():
-        signature = tf.saved_model.load(path).signatures["serving_default"]
+        signatures = tf.saved_model.load(path).signatures
         extra = {"rank_weights": weights} if key[1] == "rank" else {}
-        functions[key] = lambda s=signature, e=extra: s(examples=examples, **e)
+        whole, in_context = signatures["serving_default"], signatures[export.CONTEXT_SIGNATURE]
+        functions[(*key, "request")] = lambda s=whole, e=extra: s(examples=examples, **e)
+        functions[(*key, "ranking")] = lambda s=in_context, e=extra: s(context=context, examples=candidates, **e)
     return time_side_by_side(functions, rounds, calls)
 
 
@@ -116,37 +130,75 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     dense = result["dense"]
     for axis, task, key, label in (
         (axes[0], "ctr", "ctr_auc", "CTR AUC (higher is better)"),
         (axes[1], "cvr", "cvr_mse", "CVR MSE (lower is better)"),
     ):
-        for name, title in STRUCTURES.items():
+        for color, (name, title) in enumerate(STRUCTURES.items()):
             points = [p for p in result["points"] if p["structure"] == name]
             if not points:
                 continue
-            axis.plot([p["ms"][task] for p in points], [p[key] for p in points], "o-", label=title)
+            for request, style in (("request", "o-"), ("ranking", "o--")):
+                axis.plot(
+                    [p["ms"][request][task] for p in points],
+                    [p[key] for p in points],
+                    style,
+                    label=f"{title}, {REQUESTS[request]}",
+                    color=f"C{color}",
+                    alpha=1.0 if request == "request" else 0.6,
+                )
             for p in points:
                 axis.annotate(
                     f"{100 * p['remaining'][task]:.0f}%",
-                    (p["ms"][task], p[key]),
+                    (p["ms"]["request"][task], p[key]),
                     textcoords="offset points",
                     xytext=(4, 4),
                     fontsize=8,
                 )
-        axis.plot([dense["ms"][task]], [dense[key]], "s", color="black", label="dense single-task")
-        axis.set_xlabel(f"{task.upper()} model, whole serving_default call on 200 raw candidates (ms)")
+        for request, marker in (("request", "s"), ("ranking", "D")):
+            axis.plot(
+                [dense["ms"][request][task]], [dense[key]], marker, color="black", label=f"{DENSE}, {REQUESTS[request]}"
+            )
+        axis.set_xlabel(f"{task.upper()} model, one call on 200 raw candidates (ms)")
         axis.set_title(label)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
     figure.suptitle(
         f"Frontier: {result['settings']['rows']} impressions, seed {result['settings']['seed']}; "
         "labels: share of MLP weights the task keeps"
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=110)
     print(f"plot: {path}")
+
+
+def print_table(dense: dict, points: list[dict], request: str, title: str) -> None:
+    """Quality, and latency on `request` against the dense single-task model's."""
+    dense_ms = dense["ms"][request]
+    print(
+        f"\n{title}\n{'model':<26} {'MLP kept ctr/cvr':>17} {'CTR AUC':>8} {'CVR MSE':>8} "
+        f"{'CTR ms':>7} {'x dense':>7} {'CVR ms':>7} "
+        f"{'x dense':>7} {'rank ms':>8} {'x 2 dense':>9} {'rank MB':>8}"
+    )
+    print(
+        f"{DENSE:<26} {'100%/100%':>17} {dense['ctr_auc']:8.4f} {dense['cvr_mse']:8.5f} "
+        f"{dense_ms['ctr']:7.2f} {1:7.2f} "
+        f"{dense_ms['cvr']:7.2f} {1:7.2f} {'':>8} {'':>9} {'':>8}"
+    )
+    for point in points:
+        kept = f"{100 * point['remaining']['ctr']:.0f}%/{100 * point['remaining']['cvr']:.0f}%"
+        ms = point["ms"][request]
+        print(
+            f"{point['structure'] + ' round ' + str(point['round']):<26} {kept:>17} "
+            f"{point['ctr_auc']:8.4f} {point['cvr_mse']:8.5f} "
+            f"{ms['ctr']:7.2f} {dense_ms['ctr'] / ms['ctr']:7.2f} {ms['cvr']:7.2f} "
+            f"{dense_ms['cvr'] / ms['cvr']:7.2f} {ms['rank']:8.2f} "
+            f"{(dense_ms['ctr'] + dense_ms['cvr']) / ms['rank']:9.2f} "
+            f"{point['disk_mb']['rank']:8.2f}"
+        )
 
 
 def main() -> None:
@@ -168,6 +220,8 @@ def main() -> None:
     train, test, folder = comparison.load_transformed(args)
     transform_output = tft.TFTransformOutput(os.path.join(folder, "transform"))
     request = raw_requests(args.rows, args.seed, folder=folder)[0]
+    context, candidates, _ = ranking_requests([request])[0]
+    ranking = (context.SerializeToString(), [candidate.SerializeToString() for candidate in candidates])
     build_batch = {name: tf.constant(test.examples[name][:2]) for name in features.FEATURE_NAMES}
     out = tempfile.mkdtemp(prefix="lt4rec-frontier-")
     print(
@@ -199,32 +253,13 @@ def main() -> None:
         (index, kind): path for index, point in enumerate([dense, *points]) for kind, path in point["paths"].items()
     }
     with multiprocessing.get_context("spawn").Pool(1) as child:
-        ms = child.apply(time_exports, (paths, request, args.intra_op_threads, args.timing_rounds, args.calls))
+        ms = child.apply(time_exports, (paths, request, ranking, args.intra_op_threads, args.timing_rounds, args.calls))
     for index, point in enumerate([dense, *points]):
-        point["ms"] = {kind: ms[(index, kind)] for kind in point["paths"]}
+        point["ms"] = {request: {kind: ms[(index, kind, request)] for kind in point["paths"]} for request in REQUESTS}
         point["disk_mb"] = {kind: folder_bytes(path) / 1e6 for kind, path in point["paths"].items()}
 
-    print(
-        f"\n{'model':<26} {'MLP kept ctr/cvr':>17} {'CTR AUC':>8} {'CVR MSE':>8} "
-        f"{'CTR ms':>7} {'x dense':>7} {'CVR ms':>7} "
-        f"{'x dense':>7} {'rank ms':>8} {'x 2 dense':>9} {'rank MB':>8}"
-    )
-    two_dense = dense["ms"]["ctr"] + dense["ms"]["cvr"]
-    print(
-        f"{DENSE:<26} {'100%/100%':>17} {dense['ctr_auc']:8.4f} {dense['cvr_mse']:8.5f} "
-        f"{dense['ms']['ctr']:7.2f} {1:7.2f} "
-        f"{dense['ms']['cvr']:7.2f} {1:7.2f} {'':>8} {'':>9} {'':>8}"
-    )
-    for point in points:
-        kept = f"{100 * point['remaining']['ctr']:.0f}%/{100 * point['remaining']['cvr']:.0f}%"
-        print(
-            f"{point['structure'] + ' round ' + str(point['round']):<26} {kept:>17} "
-            f"{point['ctr_auc']:8.4f} {point['cvr_mse']:8.5f} "
-            f"{point['ms']['ctr']:7.2f} {dense['ms']['ctr'] / point['ms']['ctr']:7.2f} {point['ms']['cvr']:7.2f} "
-            f"{dense['ms']['cvr'] / point['ms']['cvr']:7.2f} {point['ms']['rank']:8.2f} "
-            f"{two_dense / point['ms']['rank']:9.2f} "
-            f"{point['disk_mb']['rank']:8.2f}"
-        )
+    for request, title in REQUESTS.items():
+        print_table(dense, points, request, f"{title}: ms per call (x the dense single-task model)")
     print(
         f"dense single-task model on disk: {dense['disk_mb']['ctr']:.2f} MB each. "
         "Quality: the dense row's is a single-task model "
