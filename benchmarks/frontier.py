@@ -255,11 +255,11 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(1) as child:
         ms = child.apply(time_exports, (paths, request, ranking, args.intra_op_threads, args.timing_rounds, args.calls))
     for index, point in enumerate([dense, *points]):
-        point["ms"] = {request: {kind: ms[(index, kind, request)] for kind in point["paths"]} for request in REQUESTS}
+        point["ms"] = {asked: {kind: ms[(index, kind, asked)] for kind in point["paths"]} for asked in REQUESTS}
         point["disk_mb"] = {kind: folder_bytes(path) / 1e6 for kind, path in point["paths"].items()}
 
-    for request, title in REQUESTS.items():
-        print_table(dense, points, request, f"{title}: ms per call (x the dense single-task model)")
+    for asked, title in REQUESTS.items():
+        print_table(dense, points, asked, f"{title}: ms per call (x the dense single-task model)")
     print(
         f"dense single-task model on disk: {dense['disk_mb']['ctr']:.2f} MB each. "
         "Quality: the dense row's is a single-task model "
