@@ -90,6 +90,16 @@ def unpack(revision: str, folder: str) -> tuple[str, dict[str, str]]:
     return source, {**env, "PYTHONPATH": os.path.dirname(package)}
 
 
+def export_with_own_code(revision: str, source: str, env: dict[str, str], rows: int, seed: int, out: str) -> None:
+    """The ctr, cvr and rank models under `out`, trained and pushed by the revision's own code (EXPORT)."""
+    print(f"{revision}: training and exporting with its own code ...", flush=True)
+    exported = subprocess.run(
+        [sys.executable, "-c", EXPORT, source, str(rows), str(seed), out], env=env, capture_output=True, text=True
+    )
+    if exported.returncode:
+        raise SystemExit(f"{revision}: training and export failed:\n{exported.stderr[-4000:]}")
+
+
 def subpackages(setup_py: str) -> tuple[str, ...]:
     """The folders a revision's setup.py installs as subpackages of lt4rec (its `SUBPACKAGES`), read, not run."""
     for node in ast.parse(open(setup_py).read()).body:
@@ -131,15 +141,7 @@ def main() -> None:
             folder = os.path.join(work, revision.replace("/", "_") if revision != "." else "this_tree")
             source, env = unpack(revision, folder)
             models = os.path.join(folder, "models")
-            print(f"{revision}: training and exporting with its own code ...", flush=True)
-            exported = subprocess.run(
-                [sys.executable, "-c", EXPORT, source, str(args.rows), str(args.seed), models],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if exported.returncode:
-                raise SystemExit(f"{revision}: training and export failed:\n{exported.stderr[-4000:]}")
+            export_with_own_code(revision, source, env, args.rows, args.seed, models)
             log = open(os.path.join(folder, "serve.log"), "w")
             server = subprocess.Popen(
                 [lt4rec, "serve", "--model-base-path", models, "--port", str(port)], env=env, stdout=log, stderr=log

@@ -1,8 +1,9 @@
 """Hot swaps under load: how long a request waits while `lt4rec serve` swaps in new versions.
 
-Trains S-Weight and pushes the CTR, CVR and rank models once (grpc_latency.pushed_models). Then,
+Trains S-Weight and pushes the CTR, CVR and rank models once (grpc_latency.pushed_models), or
+with --own-exports once per revision by its own code (deployments.export_with_own_code). Then,
 for each server (a git revision's `lt4rec serve`, deployments.unpack; "." is this tree), on
-a fresh copy of those exports, one client thread ranks (the rank model, the context once)
+a fresh copy of its exports, one client thread ranks (the rank model, the context once)
 for --seconds while every --swap-seconds a new version of all three models appears (copied,
 then renamed into place): the server loads them, swaps them in and frees the old ones. The
 servers alternate --rounds times. Prints per server the p50/p99 latency of every request,
@@ -27,7 +28,7 @@ import time
 import grpc
 import numpy as np
 
-from deployments import unpack
+from deployments import export_with_own_code, unpack
 from exported_models import raw_requests
 from grpc_latency import pushed_models, ranking_requests, wait_until_serving
 from lt4rec.models import export, masks
@@ -96,25 +97,34 @@ def main() -> None:
     parser.add_argument("--swap-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--own-exports", action="store_true", help="Each server swaps in its own revision's exports, not this tree's."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     work = tempfile.mkdtemp(prefix="lt4rec-swap-")
-    exports = os.path.join(work, "exports")
-    pushed_models(args.rows, 0.8, args.seed, exports)
-    requests = ranking_requests(raw_requests(args.rows, args.seed))
     servers = {revision: unpack(revision, os.path.join(work, revision)) for revision in [*args.revision, "."]}
+    exports = {revision: os.path.join(work, "exports") for revision in servers}
+    if args.own_exports:
+        for revision, (source, env) in servers.items():
+            exports[revision] = os.path.join(work, f"exports-{revision}")
+            export_with_own_code(revision, source, env, args.rows, args.seed, exports[revision])
+    else:
+        pushed_models(args.rows, 0.8, args.seed, exports["."])
+    requests = ranking_requests(raw_requests(args.rows, args.seed))
     print(
         f"{len(requests)} distinct requests of {len(requests[0][2])} candidates; one client thread; "
         f"{args.rounds} rounds of {args.seconds:.0f} s per server, a new version of {', '.join(MODELS)} "
-        f"every {args.swap_seconds:.0f} s; exports and logs under {work}",
+        f"every {args.swap_seconds:.0f} s; exports {'of each revision' if args.own_exports else 'of this tree'}; "
+        f"exports and logs under {work}",
         flush=True,
     )
     results: dict[str, list[dict]] = {revision: [] for revision in servers}
     for round_index in range(args.rounds):
         for revision, (_, env) in servers.items():
             base = os.path.join(work, f"base-{revision}-{round_index}")
-            shutil.copytree(exports, base)
+            shutil.copytree(exports[revision], base)
             (port,) = free_ports(1)
             log = open(os.path.join(work, f"serve-{revision}-{round_index}.log"), "w")
             server = subprocess.Popen(

@@ -5,7 +5,8 @@ From the Trainer's model it writes `<serving_dir>/ctr/<version>/` and
 switched-off units removed (`models/export.py`), but only if the Evaluator blessed the
 model; for sparse sharing also `<serving_dir>/rank/<version>/`, the joint model that
 scores both tasks (and the rankscore) in one pass over the shared front. Every model stores
-its id tables as `embedding_storage` says (the pipeline's setting). Each version is
+its id tables as `embedding_storage` says and multiplies its pruned layers as `matmul` says
+(the pipeline's settings). Each version is
 written under a dot-folder and moved into place so that a server polling the folder loads
 it whole or not at all (`publish_version`: on object stores, where a rename copies object
 by object, the graph file comes last). Versions are consecutive integers (1, 2, ...), the
@@ -100,11 +101,14 @@ def TaskPusher(
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     serving_dir: Parameter[str],
     embedding_storage: Parameter[str] = export.EMBEDDING_STORAGE,
+    matmul: Parameter[str] = export.MEASURE,
 ) -> None:
     """Pushes the CTR and CVR models of a blessed model; records pushed=0 otherwise.
 
     `embedding_storage`: how every pushed model stores its id tables (one of `export.EMBEDDING_STORAGES`);
     the pipeline gives the Trainer's serving model the same, so these are the scores the Evaluator blessed.
+    `matmul`: how the sparse-sharing models' pruned hidden layers multiply (one of `export.MATMUL_CHOICES`;
+    `measure` times both ways here). The paths do not change a score.
     """
     if not model_utils.is_model_blessed(model_blessing):
         pushed_model.set_int_custom_property("pushed", 0)
@@ -122,10 +126,12 @@ def TaskPusher(
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
         if task == export.RANK_MODEL:
-            export.export_rank_model(trained, transform_output, staging, embedding_storage=embedding_storage)
+            export.export_rank_model(
+                trained, transform_output, staging, matmul=matmul, embedding_storage=embedding_storage
+            )
         else:
             task_network = export.export_task_model(
-                trained, task, transform_output, staging, compact=True, embedding_storage=embedding_storage
+                trained, task, transform_output, staging, matmul=matmul, embedding_storage=embedding_storage
             )
             pushed_model.set_string_custom_property(
                 f"{task}_layer_widths", ",".join(map(str, task_network.layer_widths))
@@ -136,3 +142,4 @@ def TaskPusher(
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)
     pushed_model.set_string_custom_property("embedding_storage", embedding_storage)
+    pushed_model.set_string_custom_property("matmul", matmul)

@@ -52,6 +52,10 @@ INPUT_MODES = (AUTO, MEMORY, STREAMING)
 # int8 with one float32 scale per row. Here, without TensorFlow, for the pipeline's settings.
 FLOAT32, FLOAT16, INT8 = "float32", "float16", "int8"
 EMBEDDING_STORAGES = (FLOAT32, FLOAT16, INT8)
+# How an export's sparse-enough hidden layers multiply (see `export.choose_matmul_path`): the
+# cheaper of the two by CPU time on the exporting machine, or forced.
+DENSE, SPARSE, MEASURE = "dense", "sparse", "measure"
+MATMUL_CHOICES = (MEASURE, DENSE, SPARSE)
 
 
 def rate_for(remaining: float, rounds: int) -> float:

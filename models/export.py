@@ -48,7 +48,7 @@ import tensorflow_transform as tft
 
 from lt4rec import features
 from lt4rec.models import layers, masks, network
-from lt4rec.models.config import EMBEDDING_STORAGES, FLOAT16, FLOAT32
+from lt4rec.models.config import DENSE, EMBEDDING_STORAGES, FLOAT16, FLOAT32, MATMUL_CHOICES, MEASURE, SPARSE
 from lt4rec.models.config import INT8 as INT8  # (re-exported: export.INT8 names a storage, as the others)
 
 NOT_INPUTS = (features.CLICK_LABEL, features.WATCH_RATIO_LABEL, features.REQUEST_ID, features.PRODUCTION_PCTR)
@@ -63,8 +63,6 @@ SCORES_SIGNATURE = "serving_scores"
 RANK_MODEL = "rank"  # the joint model's name in TF Serving's layout, beside the task models
 ASSETS_EXTRA = "assets.extra"
 METADATA_FILE = "lt4rec_model.json"
-DENSE, SPARSE, MEASURE = "dense", "sparse", "measure"
-MATMUL_CHOICES = (MEASURE, DENSE, SPARSE)
 SPARSE_CANDIDATE_DENSITY = 0.5  # denser layers are never timed as sparse
 SPARSE_MARGIN = 0.9  # the sparse path must take at most this share of the dense path's CPU time
 # How every export stores the embedding tables unless told (one place: the export functions'
@@ -623,6 +621,7 @@ class DenseTaskModel(tf.Module):
 
 
 Scorer = Callable[[Mapping[str, tf.Tensor], "Mapping[str, tf.Tensor] | None"], Mapping[str, tf.Tensor]]
+RowScorer = Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]  # whole rows: their own context
 
 
 def without_context(score: Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]) -> Scorer:
@@ -654,22 +653,43 @@ class ServingModule(tf.Module):
         self.transform_layer = transform_output.transform_features_layer()
         self.raw_spec = raw_input_spec(transform_output)
         self.rankscore = rankscore
-        weights = [tf.TensorSpec([3], tf.float32, name=RANK_WEIGHTS_INPUT)] if rankscore else []
+        self.context = context
+
+    def _signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """TF Serving's signatures, traced when saving and not kept on the module.
+
+        A tf.function kept as an attribute is also saved as one of the object's functions,
+        traced a second time in the saving context: every signature's graph would be stored,
+        and loaded, twice. The signatures of whole rows call one traced scoring function, so
+        the network's graph is stored once for them.
+        """
+
+        @tf.function
+        def score_rows(inputs: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+            return self.score(inputs, None)
+
+        def traced(serve: Callable, *specs) -> tf.types.experimental.ConcreteFunction:
+            with_scorer = functools.partial(serve, score_rows)
+            with_scorer.__name__ = serve.__name__  # the graph's function name
+            return tf.function(with_scorer).get_concrete_function(*specs)
+
+        weights = [tf.TensorSpec([3], tf.float32, name=RANK_WEIGHTS_INPUT)] if self.rankscore else []
         examples = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
         raw = {
             spec.name: tf.TensorSpec([None, spec.max_values], tf.string, name=spec.name) for spec in features.FEATURES
         }
-        self.serve_examples = tf.function(self._serve_examples, input_signature=[examples, *weights])
-        self.serve_raw = tf.function(self._serve_raw, input_signature=[raw, *weights])
-        self.serve_context = (
-            tf.function(
-                self._serve_context,
-                input_signature=[tf.TensorSpec([], tf.string, name=CONTEXT_INPUT), examples, *weights],
+        signatures = {
+            "serving_default": traced(self._serve_examples, examples, *weights),
+            "serving_raw": traced(self._serve_raw, raw, *weights),
+        }
+        if self.context:
+            context = tf.TensorSpec([], tf.string, name=CONTEXT_INPUT)
+            signatures[CONTEXT_SIGNATURE] = tf.function(self._serve_context).get_concrete_function(
+                context, examples, *weights
             )
-            if context
-            else None
-        )
-        self.serve_scores = tf.function(self._serve_scores, input_signature=[examples]) if rankscore else None
+        if self.rankscore:
+            signatures[SCORES_SIGNATURE] = traced(self._serve_scores, examples)
+        return signatures
 
     def _transform(self, raw: Mapping[str, tf.SparseTensor]) -> dict[str, tf.Tensor]:
         transformed = self.transform_layer(dict(raw))
@@ -691,18 +711,22 @@ class ServingModule(tf.Module):
             )
         return scores
 
-    def _serve_examples(self, serialized: tf.Tensor, weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def _serve_examples(
+        self, score_rows: RowScorer, serialized: tf.Tensor, weights: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(serialized, self.raw_spec)
-        return self._outputs(raw, self.score(self._transform(raw), None), weights)
+        return self._outputs(raw, score_rows(self._transform(raw)), weights)
 
-    def _serve_scores(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _serve_scores(self, score_rows: RowScorer, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(serialized, self.raw_spec)
-        return dict(self.score(self._transform(raw), None))
+        return dict(score_rows(self._transform(raw)))
 
-    def _serve_raw(self, raw: Mapping[str, tf.Tensor], weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def _serve_raw(
+        self, score_rows: RowScorer, raw: Mapping[str, tf.Tensor], weights: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         """Raw features as named tensors, "" for padding (and for a missing value, as `-1` is)."""
         sparse = {name: tf.sparse.from_dense(values) for name, values in raw.items()}
-        return self._outputs(sparse, self.score(self._transform(sparse), None), weights)
+        return self._outputs(sparse, score_rows(self._transform(sparse)), weights)
 
     def _serve_context(
         self, context: tf.Tensor, serialized: tf.Tensor, weights: tf.Tensor | None = None
@@ -721,15 +745,7 @@ class ServingModule(tf.Module):
         return self._outputs(raw, self.score(candidates, request), weights, rows)
 
     def save(self, path: str) -> None:
-        signatures = {
-            "serving_default": self.serve_examples.get_concrete_function(),
-            "serving_raw": self.serve_raw.get_concrete_function(),
-        }
-        if self.serve_context is not None:
-            signatures[CONTEXT_SIGNATURE] = self.serve_context.get_concrete_function()
-        if self.serve_scores is not None:
-            signatures[SCORES_SIGNATURE] = self.serve_scores.get_concrete_function()
-        tf.saved_model.save(self, path, signatures=signatures)
+        tf.saved_model.save(self, path, signatures=self._signatures())
 
 
 _BUCKET_SECONDS = [features.bucket_seconds(bucket) for bucket in range(len(features.DURATION_BUCKET_EDGES_SECONDS) + 1)]

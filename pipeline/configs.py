@@ -26,6 +26,8 @@ from lt4rec.models.config import (
     FLOAT32,
     HARD_SHARING,
     LAYER_SHARING,
+    MATMUL_CHOICES,
+    MEASURE,
     MMOE,
     NEURON,
     PLE,
@@ -236,6 +238,17 @@ class PipelineSettings:
         "benchmarks/embedding_storage.py). The Evaluator scores, and blesses, the stored tables.",
         choices=EMBEDDING_STORAGES,
     )
+    # How the pushed models' pruned layers multiply: what pays depends on the serving machine's
+    # sparse kernels (docs/RESULTS.md, "The mask frontier"), so the pusher's own timing is right
+    # only when it runs on the servers' kind of CPU.
+    serving_matmul: str = setting(
+        MEASURE,
+        "How the pushed models' hidden layers that are at most half kept multiply: measure (time a dense and a "
+        "sparse matmul on the machine that pushes, keep the cheaper by CPU time), dense, or sparse. Force it "
+        "when TaskPusher runs on another kind of CPU than the servers (measure there with "
+        "benchmarks/exported_models.py). Scores are the same either way.",
+        choices=MATMUL_CHOICES,
+    )
     beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_PIPELINE_ARGS
     # The curated schema CuratedSchemaGen imports: this repository's file by default; on
     # Kubeflow a path inside the image or on GCS (the Kubeflow runner sets the image's).
@@ -263,6 +276,8 @@ class PipelineSettings:
             raise errors.UserFacingError(
                 f"embedding_storage must be one of {EMBEDDING_STORAGES}, not {self.embedding_storage!r}"
             )
+        if self.serving_matmul not in MATMUL_CHOICES:
+            raise errors.UserFacingError(f"serving_matmul must be one of {MATMUL_CHOICES}, not {self.serving_matmul!r}")
         if self.span is not None and (self.first_day or self.last_day):
             raise errors.UserFacingError("span (daily mode) and first_day/last_day (history mode) exclude each other")
 

@@ -141,6 +141,7 @@ def create_components(settings: configs.PipelineSettings) -> list:
         transform_graph=transform.outputs["transform_graph"],
         serving_dir=settings.serving_dir,
         embedding_storage=settings.embedding_storage,
+        matmul=settings.serving_matmul,
     )
     return [
         example_gen,

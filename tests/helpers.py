@@ -72,3 +72,37 @@ def random_transformed(rows: int, seed: int = 0) -> dict:
     examples[features.CLICK_LABEL] = click
     examples[features.WATCH_RATIO_LABEL] = np.where(click == 1, ratio, 0).astype(np.float32)
     return examples
+
+
+def push_blessed(model, transform_output, folder: str, serving_dir: str, **exec_properties):
+    """TaskPusher's executor, as the pipeline runs it, on `model` blessed: returns its PushedModel artifact.
+
+    The Trainer's model artifact holds what `trainer.load_trained` reads (checkpoint, settings).
+    """
+    import json
+
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from lt4rec.components import task_pusher
+    from lt4rec.models import trainer
+
+    training = os.path.join(folder, "model", trainer.TRAINING_FOLDER)
+    tf.train.Checkpoint(network=model).write(os.path.join(training, trainer.CHECKPOINT))
+    with open(os.path.join(training, trainer.SETTINGS_FILE), "w") as handle:
+        json.dump({trainer.FEATURES: model.feature_config.to_dict(), trainer.NETWORK: model.config.to_dict()}, handle)
+    trained = standard_artifacts.Model()
+    trained.uri = os.path.join(folder, "model")
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = os.path.join(folder, "blessing")
+    blessing.set_int_custom_property("blessed", 1)
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = os.path.dirname(transform_output.transform_savedmodel_dir)
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = os.path.join(folder, "pushed")
+    task_pusher.TaskPusher_Executor().Do(
+        {"model": [trained], "model_blessing": [blessing], "transform_graph": [transform_graph]},
+        {"pushed_model": [pushed]},
+        {"serving_dir": serving_dir, **exec_properties},
+    )
+    return pushed

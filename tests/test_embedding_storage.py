@@ -14,14 +14,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfx.types import standard_artifacts
 
 from lt4rec import features
-from lt4rec.components import task_pusher
 from lt4rec.models import export, layers, network, trainer
 from lt4rec.models.config import MMOE, SINGLE_TASK, SPARSE_SHARING, TASKS, NetworkConfig
 from lt4rec.pipeline import configs
 from lt4rec.pipeline import pipeline as pipeline_lib
+from tests.helpers import push_blessed
 
 REDUCED = (export.FLOAT16, export.INT8)
 STORED_DTYPES = {export.FLOAT16: {tf.float16}, export.INT8: {tf.int8, tf.float32}}  # int8: values and row scales
@@ -280,17 +279,6 @@ def test_the_pipeline_gives_its_storage_to_the_trainer_and_the_pusher(tiny_logs)
     assert components["TaskPusher"].exec_properties["embedding_storage"] == export.INT8
 
 
-def _model_artifact(model: network.RankingNetwork, uri: str) -> standard_artifacts.Model:
-    """`model` as the Trainer's model artifact holds it: the checkpoint and settings `trainer.load_trained` reads."""
-    folder = os.path.join(uri, trainer.TRAINING_FOLDER)
-    tf.train.Checkpoint(network=model).write(os.path.join(folder, trainer.CHECKPOINT))
-    with open(os.path.join(folder, trainer.SETTINGS_FILE), "w") as handle:
-        json.dump({trainer.FEATURES: model.feature_config.to_dict(), trainer.NETWORK: model.config.to_dict()}, handle)
-    artifact = standard_artifacts.Model()
-    artifact.uri = uri
-    return artifact
-
-
 @pytest.mark.slow
 def test_task_pusher_pushes_models_with_the_storage_it_is_given(served_models, tmp_path):
     """TaskPusher's executor, as the pipeline runs it, on a blessed model: every pushed model stores int8."""
@@ -303,23 +291,8 @@ def test_task_pusher_pushes_models_with_the_storage_it_is_given(served_models, t
     copy = _rounded_copy(model, inputs, export.INT8)
     expected = {task: copy(inputs, task=task)[task].numpy() for task in TASKS}
 
-    blessing = standard_artifacts.ModelBlessing()
-    blessing.uri = str(tmp_path / "blessing")
-    blessing.set_int_custom_property("blessed", 1)
-    transform_graph = standard_artifacts.TransformGraph()
-    transform_graph.uri = os.path.dirname(transform_output.transform_savedmodel_dir)
-    pushed = standard_artifacts.PushedModel()
-    pushed.uri = str(tmp_path / "pushed")
     serving_dir = str(tmp_path / "serving")
-    task_pusher.TaskPusher_Executor().Do(
-        {
-            "model": [_model_artifact(model, str(tmp_path / "model"))],
-            "model_blessing": [blessing],
-            "transform_graph": [transform_graph],
-        },
-        {"pushed_model": [pushed]},
-        {"serving_dir": serving_dir, "embedding_storage": export.INT8},
-    )
+    pushed = push_blessed(model, transform_output, str(tmp_path), serving_dir, embedding_storage=export.INT8)
     assert pushed.get_int_custom_property("pushed") == 1
     for name in (*TASKS, export.RANK_MODEL):
         path = os.path.join(serving_dir, name, "1")

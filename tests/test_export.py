@@ -12,6 +12,7 @@ import tensorflow as tf
 from lt4rec import features
 from lt4rec.models import export, masks, network
 from lt4rec.models.config import PLE, SHARED_BOTTOM, SINGLE_TASK, NetworkConfig
+from tests.helpers import push_blessed
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,27 @@ def test_both_matmul_paths_score_the_same(served_models, tmp_path, matmul):
     assert any("indices" in name for name in variables) == (matmul == export.SPARSE)
     scores = loaded.signatures["serving_default"](examples=tf.constant(raw))["cvr"].numpy()
     np.testing.assert_allclose(scores, served_models.expected("cvr", raw), atol=1e-5)
+
+
+@pytest.mark.parametrize("matmul", [export.DENSE, export.SPARSE])
+def test_task_pusher_multiplies_every_hidden_layer_as_it_is_told(served_models, tmp_path, matmul):
+    """The pipeline's serving_matmul, forced (for servers on another CPU): every pushed model's layers, same scores."""
+    serving_dir = str(tmp_path / "serving")
+    pushed = push_blessed(
+        served_models.model, served_models.transform_output, str(tmp_path), serving_dir, matmul=matmul
+    )
+    raw = served_models.raw_examples[:64]
+    for name in ("ctr", "cvr", export.RANK_MODEL):
+        path = os.path.join(serving_dir, name, "1")
+        metadata = export.read_metadata(path)
+        towers = list(metadata["tasks"].values()) if name == export.RANK_MODEL else [metadata]
+        paths = [layer["path"] for tower in towers for layer in tower["layers"]]
+        assert len(paths) == 2 * len(towers) and set(paths) == {matmul}
+        signature = export.SCORES_SIGNATURE if name == export.RANK_MODEL else "serving_default"
+        scores = tf.saved_model.load(path).signatures[signature](examples=tf.constant(raw))
+        for task in ("ctr", "cvr") if name == export.RANK_MODEL else (name,):
+            np.testing.assert_allclose(scores[task].numpy(), served_models.expected(task, raw), atol=1e-5)
+    assert pushed.get_string_custom_property("matmul") == matmul
 
 
 def _mlp_scores(kernels: list[np.ndarray], biases: list[np.ndarray], hidden: np.ndarray) -> np.ndarray:
@@ -338,6 +360,21 @@ def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, t
     for task in ("ctr", "cvr"):
         np.testing.assert_allclose(in_context[task].numpy(), served_models.expected(task, whole), atol=1e-5)
     assert export.read_metadata(str(tmp_path / "rank"))["tasks"]["ctr"]["task"] == "ctr"
+    assert _functions_that_multiply(str(tmp_path / "rank")) == ["_serve_context", "score_rows"]
+
+
+def _functions_that_multiply(path: str) -> list[str]:
+    """The graphs of a SavedModel's function library that hold a matmul (a tower's layer), by traced name."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as stored:
+        saved_model.ParseFromString(stored.read())
+    return sorted(
+        function.signature.name.removeprefix("__inference_").rsplit("_", 1)[0]
+        for function in saved_model.meta_graphs[0].graph_def.library.function
+        if any(node.op in ("MatMul", "SparseTensorDenseMatMul") for node in function.node_def)
+    )
 
 
 def test_video_length_in_the_graph_is_the_clients():

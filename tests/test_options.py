@@ -136,6 +136,27 @@ def test_embedding_storage_offers_the_exports_storages_and_keeps_float32_by_defa
         configs.PipelineSettings(**ROOTS, embedding_storage="int4")
 
 
+def test_serving_matmul_offers_the_exports_paths_measures_by_default_and_reaches_the_pusher():
+    """--serving-matmul / LT4REC_SERVING_MATMUL: measured where TaskPusher runs unless forced for other servers."""
+    from lt4rec.models import export
+    from lt4rec.pipeline import pipeline as pipeline_lib
+
+    (leaf,) = [leaf for leaf in LEAVES if leaf.path == ("serving_matmul",)]
+    assert leaf.option.choices == export.MATMUL_CHOICES and leaf.env_names() == ("LT4REC_SERVING_MATMUL",)
+    assert configs.PipelineSettings(**ROOTS).serving_matmul == export.MEASURE
+    base = [f"--{k.replace('_', '-')}={v}" for k, v in ROOTS.items()]
+    with pytest.raises(click.BadParameter) as refused:
+        cli.pipeline_run.make_context("run", [*base, "--serving-matmul=fast"])
+    assert "--serving-matmul" in refused.value.format_message()
+    with pytest.raises(errors.UserFacingError, match="LT4REC_SERVING_MATMUL must be one of"):
+        configs.PipelineSettings.from_env({**ROOT_VARIABLES, "LT4REC_SERVING_MATMUL": "fast"})
+    with pytest.raises(errors.UserFacingError, match="serving_matmul must be one of"):
+        configs.PipelineSettings(**ROOTS, serving_matmul="fast")
+    settings = configs.PipelineSettings(**ROOTS, serving_matmul=export.SPARSE)
+    (pusher,) = [c for c in pipeline_lib.create_components(settings) if c.id == "TaskPusher"]
+    assert pusher.exec_properties["matmul"] == export.SPARSE
+
+
 ROOT_VARIABLES = {f"LT4REC_{k.upper()}": v for k, v in ROOTS.items()}
 VERTEX_VARIABLES = {
     "LT4REC_TRAINING_WORKERS": "3",
