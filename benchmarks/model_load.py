@@ -6,9 +6,9 @@ cost of a load is serving time taken from the requests. For each git revision (d
 models (deployments.export_with_own_code). Then, in one process and in interleaved rounds, `lt4rec serve`'s
 own load of each (`registry.load_servable`: tf.saved_model.load, the signatures described and
 warmed up) and steady calls of the rank model's `serving_context` and `serving_default` on
-one ranking request (so that a smaller graph is seen not to cost the requests anything). Prints per revision and
+one ranking request, on `lt4rec serve`'s threads (--intra-op-threads), wall and CPU time. Prints per revision and
 model the saved_model.pb bytes, the functions and nodes of its library, and the median wall
-and CPU seconds of a load; then the median ms of a steady call.
+and CPU seconds of a load; then the median wall and CPU ms of a steady call.
 
     .venv/bin/python benchmarks/model_load.py --revision 9f6b731
 """
@@ -25,7 +25,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from deployments import export_with_own_code, unpack
-from exported_models import raw_requests
+from exported_models import add_intra_op_threads, raw_requests
 from grpc_latency import ranking_requests
 from lt4rec.models import export, masks
 from lt4rec.serving import registry
@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=30, help="Steady calls per round and revision.")
     parser.add_argument("--seed", type=int, default=0)
+    add_intra_op_threads(parser)
     args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
     work = tempfile.mkdtemp(prefix="lt4rec-model-load-")
     revisions = [*args.revision, "."]
@@ -98,9 +100,9 @@ def main() -> None:
                 function = servable.signatures[signature].function
                 function(**request)
                 for _ in range(args.calls):
-                    start = time.perf_counter()
+                    wall, cpu = time.perf_counter(), time.process_time()
                     function(**request)
-                    calls[key[0], signature].append(time.perf_counter() - start)
+                    calls[key[0], signature].append((time.perf_counter() - wall, time.process_time() - cpu))
             del servable
 
     print(
@@ -113,9 +115,14 @@ def main() -> None:
         wall = statistics.median(w for w, _ in rounds)
         cpu = statistics.median(c for _, c in rounds)
         print(f"{revision:<10} {model:<5} {size / 1e3:7.0f} {functions:9d} {nodes:6d} {wall:7.2f} {cpu:6.2f}")
-    print("\nrank model on one ranking request of 200 candidates, median ms per call")
+    print(
+        f"\nrank model on one ranking request of 200 candidates, {args.intra_op_threads} thread(s) per op "
+        "(0: one per core): median ms per call, wall and CPU"
+    )
     for (revision, signature), times in calls.items():
-        print(f"{revision:<10} {signature:<16} {1e3 * statistics.median(times):.2f}")
+        wall = statistics.median(w for w, _ in times)
+        cpu = statistics.median(c for _, c in times)
+        print(f"{revision:<10} {signature:<16} {1e3 * wall:.2f} {1e3 * cpu:.2f}")
 
 
 if __name__ == "__main__":

@@ -475,25 +475,34 @@ class StoredTable(tf.keras.layers.Layer):
 class StoredFieldEmbeddings(layers.FieldEmbeddings):
     """A `FieldEmbeddings` whose tables are `StoredTable`s of the source's: the same fields and pooling."""
 
-    def __init__(self, source: layers.FieldEmbeddings, embedding_storage: str):
-        super().__init__(source.feature_config, source.dim, name=source.name)
+    def __init__(self, source: layers.FieldEmbeddings, embedding_storage: str, zero_missing_rows: bool = False):
+        super().__init__(source.feature_config, source.dim, zero_missing_rows=zero_missing_rows, name=source.name)
         self.embedding_storage = check_storage(embedding_storage)
         # In place of the (unbuilt, weightless) Embedding layers the parent made.
         self.tables = {
-            name: StoredTable(table.embeddings.numpy(), embedding_storage, name=f"{name}_embedding")
+            name: StoredTable(_table(table, zero_missing_rows), embedding_storage, name=f"{name}_embedding")
             for name, table in source.tables.items()
         }
 
 
+def _table(embedding: tf.keras.layers.Embedding, zero_missing_row: bool) -> np.ndarray:
+    """A trained table, with zeros at the missing id if asked (a row the trained pooling never reads)."""
+    table = embedding.embeddings.numpy()
+    if zero_missing_row:
+        table[features.MISSING_ID] = 0.0
+    return table
+
+
 def _copy_embeddings(source: layers.FieldEmbeddings, embedding_storage: str = FLOAT32) -> layers.FieldEmbeddings:
-    """The source's tables as `embedding_storage` stores them (float32: a plain copy, as trained)."""
+    """The source's tables as an export serves them: stored as `embedding_storage` says (float32:
+    as trained), with zeros at the missing id so that the pooling needs no masks (the same numbers)."""
     if check_storage(embedding_storage) != FLOAT32:
-        return StoredFieldEmbeddings(source, embedding_storage)
-    copy = layers.FieldEmbeddings(source.feature_config, source.dim, name=source.name)
+        return StoredFieldEmbeddings(source, embedding_storage, zero_missing_rows=True)
+    copy = layers.FieldEmbeddings(source.feature_config, source.dim, zero_missing_rows=True, name=source.name)
     copy.build(None)
     for name, table in source.tables.items():
         copy.tables[name].build(None)
-        copy.tables[name].set_weights(table.get_weights())
+        copy.tables[name].set_weights([_table(table, zero_missing_row=True)])
     return copy
 
 

@@ -42,6 +42,30 @@ def test_field_embeddings_average_present_ids_and_ignore_missing():
     assert np.all(output[2, features.FEATURE_NAMES.index("FEA_UID")] == 0)  # missing single-valued id
 
 
+def test_tables_with_zeros_at_the_missing_id_pool_without_masks_to_the_same_numbers():
+    """The exports' pooling (`zero_missing_rows`) against the trained layer's, on missing and padded ids."""
+    trained = layers.FieldEmbeddings(FEATURE_CONFIG, dim=4)
+    inputs = _inputs(rows=32)
+    ids = {name: values.numpy().copy() for name, values in inputs.items()}
+    ids["FEA_IKEYWORD"][0] = 0  # no keyword at all
+    ids["FEA_IKEYWORD"][1, 1:] = 0  # one keyword, the rest padding
+    ids["FEA_UID"][2] = 0  # a missing single-valued id
+    inputs = {name: tf.constant(values) for name, values in ids.items()}
+    expected = trained(inputs).numpy()
+    served = layers.FieldEmbeddings(FEATURE_CONFIG, dim=4, zero_missing_rows=True)
+    served(inputs)
+    tables = {name: table.embeddings.numpy() for name, table in trained.tables.items()}
+    for name, table in tables.items():
+        assert np.any(table[features.MISSING_ID] != 0)  # as trained: the row is noise the masks hide
+        served.tables[name].set_weights([table])
+    assert np.any(served(inputs).numpy() != expected)  # the row must be zero for the masks to go
+    for name, table in tables.items():
+        table[features.MISSING_ID] = 0.0
+        served.tables[name].set_weights([table])
+    np.testing.assert_array_equal(served(inputs).numpy(), expected)
+    assert layers.FieldEmbeddings.from_config(served.get_config()).zero_missing_rows
+
+
 def test_related_features_share_one_table():
     embeddings = layers.FieldEmbeddings(FEATURE_CONFIG, dim=4)
     embeddings(_inputs())
