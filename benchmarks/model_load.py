@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
 from deployments import export_with_own_code, unpack
 from exported_models import add_intra_op_threads, raw_requests
@@ -35,12 +34,9 @@ MODELS = (*masks.TASKS, export.RANK_MODEL)
 
 def library_size(path: str) -> tuple[int, int, int]:
     """(saved_model.pb bytes, functions in its library, nodes in them)."""
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as stored:
-        saved_model.ParseFromString(stored.read())
-    functions = saved_model.meta_graphs[0].graph_def.library.function
+    functions = registry.read_saved_model(path).meta_graphs[0].graph_def.library.function
     return (
-        os.path.getsize(os.path.join(path, "saved_model.pb")),
+        os.path.getsize(os.path.join(path, registry.SAVED_MODEL_FILE)),
         len(functions),
         sum(len(f.node_def) for f in functions),
     )

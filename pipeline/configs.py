@@ -270,14 +270,9 @@ class PipelineSettings:
                 _check_day(value, name)
         if self.span is not None and self.span != "latest":
             _check_day(self.span, "span")
-        if self.masks not in MASK_MODES:
-            raise errors.UserFacingError(f"masks must be one of {MASK_MODES}, not {self.masks!r}")
-        if self.embedding_storage not in EMBEDDING_STORAGES:
-            raise errors.UserFacingError(
-                f"embedding_storage must be one of {EMBEDDING_STORAGES}, not {self.embedding_storage!r}"
-            )
-        if self.serving_matmul not in MATMUL_CHOICES:
-            raise errors.UserFacingError(f"serving_matmul must be one of {MATMUL_CHOICES}, not {self.serving_matmul!r}")
+        for leaf in options.leaves(type(self)):  # this class's own choices (nested configs check theirs)
+            if len(leaf.path) == 1 and leaf.option.choices:
+                leaf.check(getattr(self, leaf.path[0]), leaf.path[0])
         if self.span is not None and (self.first_day or self.last_day):
             raise errors.UserFacingError("span (daily mode) and first_day/last_day (history mode) exclude each other")
 

@@ -125,13 +125,18 @@ class Servable:
         return self.signatures[name]
 
 
-def _saved_tensor_names(path: str) -> dict[str, dict[tuple[str, str], str]]:
-    """{signature: {(inputs|outputs, key): tensor name}} as the SavedModel records them."""
+def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
+    """The SavedModel proto of the version folder `path` (local or on an object store)."""
     saved_model = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
         saved_model.ParseFromString(f.read())
+    return saved_model
+
+
+def _saved_tensor_names(path: str) -> dict[str, dict[tuple[str, str], str]]:
+    """{signature: {(inputs|outputs, key): tensor name}} as the SavedModel records them."""
     names: dict[str, dict[tuple[str, str], str]] = {}
-    for meta_graph in saved_model.meta_graphs:
+    for meta_graph in read_saved_model(path).meta_graphs:
         if tf.saved_model.SERVING in meta_graph.meta_info_def.tags:
             for key, signature_def in meta_graph.signature_def.items():
                 names[key] = {

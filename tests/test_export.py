@@ -365,14 +365,11 @@ def test_rank_model_scores_both_tasks_and_rankscore_in_one_call(served_models, t
 
 def _functions_that_multiply(path: str) -> list[str]:
     """The graphs of a SavedModel's function library that hold a matmul (a tower's layer), by traced name."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from lt4rec.serving import registry
 
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as stored:
-        saved_model.ParseFromString(stored.read())
     return sorted(
         function.signature.name.removeprefix("__inference_").rsplit("_", 1)[0]
-        for function in saved_model.meta_graphs[0].graph_def.library.function
+        for function in registry.read_saved_model(path).meta_graphs[0].graph_def.library.function
         if any(node.op in ("MatMul", "SparseTensorDenseMatMul") for node in function.node_def)
     )
 
