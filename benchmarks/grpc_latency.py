@@ -42,9 +42,12 @@ from ranking_load import MODES, load_test
 
 
 def wait_until_serving(
-    target: str, models: tuple[str, ...] = ("ctr", "cvr", export.RANK_MODEL), deadline_s: float = 120.0
+    target: str,
+    models: tuple[str, ...] = ("ctr", "cvr", export.RANK_MODEL),
+    deadline_s: float = 120.0,
+    poll_s: float = 0.5,
 ) -> None:
-    """Returns once the server at `target` answers for every one of `models`."""
+    """Returns once the server at `target` answers for every one of `models` (asked every `poll_s`)."""
     start = time.perf_counter()
     with client.RankingClient(target, timeout=2.0) as probe:
         while True:
@@ -55,7 +58,7 @@ def wait_until_serving(
             except grpc.RpcError:
                 if time.perf_counter() - start > deadline_s:
                     raise
-                time.sleep(0.5)
+                time.sleep(poll_s)
 
 
 def ranking_requests(

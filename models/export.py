@@ -45,9 +45,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_serving.apis import predict_pb2
 
 from lt4rec import features
-from lt4rec.models import layers, masks, network
+from lt4rec.models import layers, masks, network, warmup
 from lt4rec.models.config import DENSE, EMBEDDING_STORAGES, FLOAT16, FLOAT32, MATMUL_CHOICES, MEASURE, SPARSE
 from lt4rec.models.config import INT8 as INT8  # (re-exported: export.INT8 names a storage, as the others)
 
@@ -61,7 +62,7 @@ CONTEXT_SIGNATURE = "serving_context"
 # through tfx_bsl's RunInference, which feeds a signature nothing but the examples.
 SCORES_SIGNATURE = "serving_scores"
 RANK_MODEL = "rank"  # the joint model's name in TF Serving's layout, beside the task models
-ASSETS_EXTRA = "assets.extra"
+ASSETS_EXTRA = warmup.ASSETS_EXTRA
 METADATA_FILE = "lt4rec_model.json"
 SPARSE_CANDIDATE_DENSITY = 0.5  # denser layers are never timed as sparse
 SPARSE_MARGIN = 0.9  # the sparse path must take at most this share of the dense path's CPU time
@@ -754,7 +755,33 @@ class ServingModule(tf.Module):
         return self._outputs(raw, self.score(candidates, request), weights, rows)
 
     def save(self, path: str) -> None:
-        tf.saved_model.save(self, path, signatures=self._signatures())
+        """The SavedModel, and TF Serving's warm-up requests for each of its signatures."""
+        signatures = self._signatures()
+        tf.saved_model.save(self, path, signatures=signatures)
+        warmup.write(path, self._warmup_requests(signatures))
+
+    def _warmup_requests(
+        self, signatures: Mapping[str, tf.types.experimental.ConcreteFunction]
+    ) -> list[predict_pb2.PredictRequest]:
+        """Each signature on `warmup.WARMUP_ROWS` synthetic rows of many users, then of one request."""
+        requests = []
+        for shared_context in (False, True):
+            examples = warmup.synthetic_examples(shared_context=shared_context)
+            raw = warmup.synthetic_raw(shared_context=shared_context)
+            values = {
+                EXAMPLES_INPUT: examples,
+                CONTEXT_INPUT: examples[0],
+                RANK_WEIGHTS_INPUT: [1.0, 1.0, 1.0],
+                **raw,
+            }
+            for name, function in signatures.items():
+                request = predict_pb2.PredictRequest()
+                request.model_spec.signature_name = name
+                specs = [spec for spec in tf.nest.flatten(function.structured_input_signature) if spec is not None]
+                for spec in specs:  # named as the signature's inputs
+                    request.inputs[spec.name].CopyFrom(tf.make_tensor_proto(values[spec.name], dtype=spec.dtype))
+                requests.append(request)
+        return requests
 
 
 _BUCKET_SECONDS = [features.bucket_seconds(bucket) for bucket in range(len(features.DURATION_BUCKET_EDGES_SECONDS) + 1)]

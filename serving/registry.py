@@ -7,10 +7,10 @@ Each model serves its latest `num_versions` versions (TF Serving's default polic
 version *before* it swaps it in, so no request is dropped; versions gone from disk or beyond
 the policy are unloaded after the swap (requests still running on them finish first). A version
 that cannot be loaded yet (no saved_model.pb, or a load error) is logged and retried; the
-versions already loaded keep serving. Each version runs its signatures once on an empty batch
-before it is swapped in (the job of TF Serving's warmup requests). If no loadable version of a
-model is left on disk, the loaded ones keep serving (logged as a warning) rather than the model
-going away.
+versions already loaded keep serving. Each version replays its warm-up requests
+(`assets.extra/tf_serving_warmup_requests`, as TF Serving does) before it is swapped in. If
+no loadable version of a model is left on disk, the loaded ones keep serving (logged as a
+warning) rather than the model going away.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import grpc
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import model_pb2
+
+from lt4rec.models import warmup
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +148,37 @@ def _saved_tensor_names(path: str) -> dict[str, dict[tuple[str, str], str]]:
     return names
 
 
-def _warm_up(signature: Signature) -> None:
-    """Runs the signature once on an empty batch, so its first real request is not the slow one.
+def _warm_up(path: str, signatures: Mapping[str, Signature]) -> None:
+    """Replays the version's warm-up requests (`models.warmup`), as TF Serving does, before it is swapped in.
 
-    The first call of a loaded function builds its runtime (about 0.3 s here); doing it before
-    the version is swapped in is what TF Serving's warmup requests are for.
+    A request that fails fails the version, as in TF Serving: it would fail real requests
+    too. A model exported without the file gets each signature called on an empty batch,
+    which builds each function's runtime (about 0.3 s) but not its kernels for real batches.
     """
+    requests = warmup.read(path)
+    for number, request in enumerate(requests):
+        name = request.model_spec.signature_name or tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+        if name not in signatures or set(request.inputs) != set(signatures[name].inputs):
+            raise ValueError(
+                f"{warmup.warmup_path(path)}: request {number} does not match a signature: {name!r} with inputs "
+                f"{sorted(request.inputs)}; the model has {({n: sorted(s.inputs) for n, s in signatures.items()})}"
+            )
+        inputs = {
+            alias: tf.constant(tf.make_ndarray(proto), dtype=signatures[name].inputs[alias].dtype)
+            for alias, proto in request.inputs.items()
+        }
+        try:
+            signatures[name].function(**inputs)
+        except (tf.errors.OpError, TypeError) as error:
+            raise ValueError(
+                f"{warmup.warmup_path(path)}: request {number} to signature {name!r} failed: {error_text(error)}"
+            ) from error
+    if not requests:
+        for signature in signatures.values():
+            _warm_up_on_empty_batch(signature)
+
+
+def _warm_up_on_empty_batch(signature: Signature) -> None:
     if any(spec.shape.rank is None for spec in signature.inputs.values()):
         return
     empty = {
@@ -174,8 +201,7 @@ def load_servable(model: str, version: int, path: str) -> Servable:
     }
     if not signatures:
         raise ValueError(f"{path} has no signatures to serve")
-    for signature in signatures.values():
-        _warm_up(signature)
+    _warm_up(path, signatures)
     return Servable(model, version, path, signatures, loaded)
 
 

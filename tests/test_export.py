@@ -386,3 +386,39 @@ def test_video_length_in_the_graph_is_the_clients():
     assert np.isnan(tail[:4]).all()  # missing, none, not a number, past the last bucket
     assert tail[4] == pytest.approx(features.bucket_seconds(7))  # leading zeros, as int() reads them
     assert np.isnan(tail[5])  # two values: no one length (the client refuses it)
+
+
+def test_every_signature_gets_warm_up_requests_that_tf_serving_can_replay(served_models, tmp_path):
+    """assets.extra/tf_serving_warmup_requests, read as TF Serving reads it: a TFRecord of
+    PredictionLogs whose requests name each signature and match its inputs, and run on it."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from lt4rec.serving import registry
+
+    export.export_rank_model(served_models.model, served_models.transform_output, str(tmp_path / "rank"))
+    paths = [os.path.join(served_models.base_path, task, "1") for task in ("ctr", "cvr")] + [str(tmp_path / "rank")]
+    for path in paths:
+        records = tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+        requests = [
+            prediction_log_pb2.PredictionLog.FromString(r).predict_log.request for r in records.as_numpy_iterator()
+        ]
+        signature_defs = registry.read_saved_model(path).meta_graphs[0].signature_def
+        asked = [request.model_spec.signature_name for request in requests]
+        assert sorted(set(asked)) == sorted(name for name in signature_defs if not name.startswith("__"))
+        assert all(asked.count(name) == 2 for name in asked)  # rows of many users, then of one request
+        loaded = tf.saved_model.load(path)
+        for request in requests:
+            signature_def = signature_defs[request.model_spec.signature_name]
+            assert set(request.inputs) == set(signature_def.inputs)
+            for alias, proto in request.inputs.items():
+                assert proto.dtype == signature_def.inputs[alias].dtype
+                if alias == "examples":
+                    assert proto.tensor_shape.dim[0].size == 16
+            inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
+            outputs = loaded.signatures[request.model_spec.signature_name](
+                **{alias: tf.constant(value) for alias, value in inputs.items()}
+            )
+            for name in ("ctr", "cvr"):
+                if name in outputs:
+                    scores = outputs[name].numpy()
+                    assert scores.shape == (16,) and np.all((scores >= 0) & (scores <= 1))

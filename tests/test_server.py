@@ -648,3 +648,36 @@ def test_lt4rec_serve_drains_on_sigterm_under_load(served_models):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_version_whose_warm_up_request_fails_does_not_load(served_models, tmp_path):
+    """As in TF Serving: a warm-up request that fails fails the version, named with the file and
+    request; a version without the file still loads (warmed up on empty batches)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from lt4rec.serving import registry
+
+    broken = tmp_path / "broken"
+    shutil.copytree(os.path.join(served_models.base_path, "ctr", "1"), broken)
+    warmup_file = broken / "assets.extra" / "tf_serving_warmup_requests"
+
+    def write_warmup(alias: str, examples: list[bytes]) -> None:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.signature_name = "serving_default"
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(examples))
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        with tf.io.TFRecordWriter(str(warmup_file)) as writer:
+            writer.write(log.SerializeToString())
+
+    write_warmup("examples", [*served_models.raw_examples[:3], b"not a tf.Example"])
+    with pytest.raises(ValueError, match=r"warmup_requests: request 0 to signature 'serving_default' failed"):
+        registry.load_servable("ctr", 1, str(broken))
+    write_warmup("rows", served_models.raw_examples[:3])
+    with pytest.raises(ValueError, match=r"request 0 does not match a signature: 'serving_default' with inputs"):
+        registry.load_servable("ctr", 1, str(broken))
+
+    os.remove(warmup_file)
+    servable = registry.load_servable("ctr", 1, str(broken))
+    raw = served_models.raw_examples[:4]
+    scores = servable.signatures["serving_default"].function(examples=tf.constant(raw))["ctr"].numpy()
+    np.testing.assert_allclose(scores, served_models.expected("ctr", raw), atol=1e-5)
