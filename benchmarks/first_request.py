@@ -7,9 +7,10 @@ code trains S-Weight and pushes the ctr, cvr and rank models (deployments.export
 Then, in alternated rounds, it starts that revision's `lt4rec serve` on them, waits until every
 model answers (its metadata, asked every 50 ms), and sends --requests ranking requests one at a time, each twice:
 the rank model with the context once (`serving_context`), then the CTR model on the whole
-examples (`serving_default`), timing every gRPC round trip (the same requests, this tree's
-stub). Prints per revision the median seconds from the server's start to answering, and the
-median ms of each model's first, second and third request and of the rest.
+examples (`serving_default`), timing every gRPC round trip on a channel connected before the
+first (the same requests, this tree's stub). Prints per revision the median seconds from the
+server's start to answering, and the median ms of each model's first, second and third
+request and of the rest.
 
     .venv/bin/python benchmarks/first_request.py --revision 8c32581
 """
@@ -70,6 +71,7 @@ def started_and_asked(
         ready = time.perf_counter() - start
         times = {way: [] for way in asked}
         with grpc.insecure_channel(f"localhost:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)  # connected: the requests time the server
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             for way, requests in asked.items():
                 for request in requests:

@@ -1,9 +1,9 @@
 """TF Serving's warm-up requests: written into every export, replayed before a version serves.
 
-A loaded model's first call on a real batch builds what later calls reuse (oneDNN's kernels
-for its matmul shapes among them): 26 ms against 4 for the calls after it, measured on a
-task model even after a call on an empty batch or on one row, while one call on 8 rows made
-the next on 137 or 200 rows as fast as any. TF Serving replays the `PredictionLog`s of
+A process's first call on a real batch builds what later calls reuse (most likely oneDNN's
+kernels for the matmul shapes): 26 ms against 4 for the calls after it, measured on a task
+model even after a call on an empty batch or on one row, while one call on 8 rows made the
+next on 137 or 200 rows as fast as any. TF Serving replays the `PredictionLog`s of
 `assets.extra/tf_serving_warmup_requests` before it makes a version available
 (`--enable_model_warmup`, on by default), and fails the version if one of them fails;
 `lt4rec serve` replays the same file in the same way. The requests hold synthetic rows
