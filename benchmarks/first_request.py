@@ -26,13 +26,13 @@ import tempfile
 import time
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from deployments import export_with_own_code, unpack
 from exported_models import raw_requests
 from grpc_latency import ranking_requests, wait_until_serving
 from lt4rec.models import export
+from lt4rec.serving import client
 from lt4rec.testing.trainer_cluster import free_ports
 
 SHOWN = ("1st", "2nd", "3rd", "rest")
@@ -41,17 +41,17 @@ SHOWN = ("1st", "2nd", "3rd", "rest")
 def predict_requests(rows: int, seed: int, count: int) -> dict[str, list[predict_pb2.PredictRequest]]:
     """`count` ranking requests of the test day, as the rank model's and the CTR model's Predicts."""
     asked = {"rank, context once": [], "ctr, whole examples": []}
+    weights = client.RankWeights(ctr=1.0, cvr=1.0, length=0.5)
     for context, stripped, whole in ranking_requests(raw_requests(rows, seed))[:count]:
-        rank = predict_pb2.PredictRequest()
-        rank.model_spec.name, rank.model_spec.signature_name = export.RANK_MODEL, export.CONTEXT_SIGNATURE
-        rank.inputs[export.CONTEXT_INPUT].CopyFrom(tf.make_tensor_proto(context.SerializeToString()))
-        rank.inputs[export.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([e.SerializeToString() for e in stripped]))
-        rank.inputs[export.RANK_WEIGHTS_INPUT].CopyFrom(tf.make_tensor_proto([1.0, 1.0, 0.5], tf.float32))
-        ctr = predict_pb2.PredictRequest()
-        ctr.model_spec.name = "ctr"
-        ctr.inputs[export.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([e.SerializeToString() for e in whole]))
-        asked["rank, context once"].append(rank)
-        asked["ctr, whole examples"].append(ctr)
+        candidates = [example.SerializeToString() for example in stripped]
+        asked["rank, context once"].append(
+            client.RankingClient.predict_request(
+                export.RANK_MODEL, candidates, context=context.SerializeToString(), weights=weights
+            )
+        )
+        asked["ctr, whole examples"].append(
+            client.RankingClient.predict_request("ctr", [example.SerializeToString() for example in whole])
+        )
     return asked
 
 
